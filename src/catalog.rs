@@ -1,0 +1,186 @@
+//! What the database says about the registry's views: whether a name is a
+//! materialized view, whether it is populated, whether it has a unique index
+//! `CONCURRENTLY` can use, and which views it reads from.
+//!
+//! Names are looked up as bind parameters against `pg_class`, never spliced into
+//! SQL; only the catalog's own spelling is quoted into a `REFRESH` later. This
+//! module reads the catalog; it decides nothing about what to run.
+
+use std::fmt;
+
+use tokio_postgres::GenericClient;
+
+use crate::registry::{display_ident, quote_ident, ViewName};
+
+/// A relation found in the catalog: its OID and its exact schema and name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relation {
+    pub oid: u32,
+    pub schema: String,
+    pub name: String,
+}
+
+/// What a registry name turned out to be.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    /// A materialized view.
+    MatView(Relation),
+    /// Something else, e.g. a table or a plain view; `kind` says what.
+    Other { relation: Relation, kind: &'static str },
+    /// Nothing; `qualified` is the name with the schema it was expected in.
+    Missing { qualified: String },
+}
+
+/// The state of a materialized view that decides how it can be refreshed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViewState {
+    pub populated: bool,
+    /// Has an index CONCURRENTLY accepts: unique, valid, immediate, on plain
+    /// columns only and without a WHERE clause.
+    pub has_usable_unique_index: bool,
+}
+
+impl Relation {
+    /// The name for SQL: both parts quoted.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
+impl fmt::Display for Relation {
+    /// The name for people and the log tables: `public.top_bets_today`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", display_ident(&self.schema), display_ident(&self.name))
+    }
+}
+
+impl Lookup {
+    /// The schema-qualified name to report this view under.
+    pub fn qualified_name(&self) -> String {
+        match self {
+            Self::MatView(relation) | Self::Other { relation, .. } => relation.to_string(),
+            Self::Missing { qualified } => qualified.clone(),
+        }
+    }
+}
+
+fn relkind_name(kind: i8) -> &'static str {
+    match kind as u8 {
+        b'r' => "a table",
+        b'p' => "a partitioned table",
+        b'v' => "a view",
+        b'i' | b'I' => "an index",
+        b'S' => "a sequence",
+        b'f' => "a foreign table",
+        b'c' => "a composite type",
+        b't' => "a TOAST table",
+        _ => "not a materialized view",
+    }
+}
+
+/// Finds `name` the way PostgreSQL would: in its schema, or the first schema of
+/// the search path that has a relation of that name.
+pub async fn lookup(client: &impl GenericClient, name: &ViewName) -> Result<Lookup, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT c.oid, n.nspname::text, c.relname::text, c.relkind \
+             FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relname = $2 \
+               AND CASE WHEN $1::text IS NULL \
+                        THEN n.nspname = ANY (pg_catalog.current_schemas(true)) \
+                        ELSE n.nspname = $1 END \
+             ORDER BY pg_catalog.array_position(pg_catalog.current_schemas(true), n.nspname) \
+             LIMIT 1",
+            &[&name.schema, &name.name],
+        )
+        .await?;
+    let Some(row) = row else {
+        let schema = match &name.schema {
+            Some(schema) => schema.clone(),
+            None => default_schema(client).await?,
+        };
+        return Ok(Lookup::Missing {
+            qualified: format!("{}.{}", display_ident(&schema), display_ident(&name.name)),
+        });
+    };
+    let relation = Relation {
+        oid: row.get(0),
+        schema: row.get(1),
+        name: row.get(2),
+    };
+    let kind: i8 = row.get(3);
+    Ok(if kind as u8 == b'm' {
+        Lookup::MatView(relation)
+    } else {
+        Lookup::Other {
+            relation,
+            kind: relkind_name(kind),
+        }
+    })
+}
+
+/// The schema an unqualified new relation would go to (first of the search path).
+async fn default_schema(client: &impl GenericClient) -> Result<String, tokio_postgres::Error> {
+    let row = client
+        .query_one("SELECT coalesce((pg_catalog.current_schemas(false))[1], 'public')::text", &[])
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Reads the state of the materialized view `oid`; `None` when it is gone.
+pub async fn view_state(client: &impl GenericClient, oid: u32) -> Result<Option<ViewState>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT c.relispopulated, EXISTS ( \
+                 SELECT FROM pg_catalog.pg_index i \
+                 WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid \
+                   AND i.indimmediate AND i.indpred IS NULL AND i.indexprs IS NULL) \
+             FROM pg_catalog.pg_class c WHERE c.oid = $1 AND c.relkind = 'm'",
+            &[&oid],
+        )
+        .await?;
+    Ok(row.map(|r| ViewState {
+        populated: r.get(0),
+        has_usable_unique_index: r.get(1),
+    }))
+}
+
+/// The pairs `(view, dependency)` among `oids`: `view` reads `dependency`,
+/// directly or through plain views.
+pub async fn dependencies(client: &impl GenericClient, oids: &[u32]) -> Result<Vec<(u32, u32)>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "WITH RECURSIVE reads(viewer, source) AS ( \
+                 SELECT r.ev_class, d.refobjid \
+                 FROM pg_catalog.pg_rewrite r \
+                 JOIN pg_catalog.pg_depend d \
+                   ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid \
+                  AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> r.ev_class \
+                 WHERE r.ev_class = ANY ($1) \
+               UNION \
+                 SELECT reads.viewer, d.refobjid \
+                 FROM reads \
+                 JOIN pg_catalog.pg_class c ON c.oid = reads.source AND c.relkind = 'v' \
+                 JOIN pg_catalog.pg_rewrite r ON r.ev_class = c.oid \
+                 JOIN pg_catalog.pg_depend d \
+                   ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid \
+                  AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> r.ev_class \
+             ) \
+             SELECT DISTINCT viewer, source FROM reads WHERE source = ANY ($1) AND viewer <> source",
+            &[&oids],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Whether the `citus` extension is installed in this database.
+pub async fn has_citus(client: &impl GenericClient) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus')",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}

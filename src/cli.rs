@@ -1,0 +1,101 @@
+//! The command line: clap types only, as other tools and scripts drive them.
+//!
+//! Every option can also come from the environment. Nothing here validates beyond
+//! what clap does; `config` turns these raw values into a checked `Config`.
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Keeps PostgreSQL and Citus materialized views fresh.
+///
+/// Exit codes: 0 all views refreshed or skipped on purpose; 1 at least one view
+/// failed (or its outcome could not be recorded); 2 bad invocation or registry,
+/// nothing was executed; 3 the database could not be reached.
+#[derive(Debug, Parser)]
+#[command(name = "mv-refresher", version, about, long_about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// libpq-style URL or key=value string; when absent the standard PGHOST,
+    /// PGPORT, PGUSER, PGPASSWORD, PGDATABASE and PGSSLMODE variables apply.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// View registry (TOML); absent: the embedded default listing the three
+    /// aggregate views of the reference platform.
+    #[arg(long, env = "MV_REFRESHER_REGISTRY", global = true)]
+    pub registry: Option<PathBuf>,
+
+    /// Log format on stderr: json for machines (Kubernetes), text for people.
+    #[arg(
+        long,
+        env = "MV_REFRESHER_LOG_FORMAT",
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
+
+    /// Views refreshed in parallel; dependency order always holds.
+    #[arg(long, env = "MV_REFRESHER_JOBS", global = true, default_value = "1")]
+    pub jobs: NonZeroUsize,
+
+    /// Schema of the log tables materialized_views_refresh_log and
+    /// materialized_views_refresh_history.
+    #[arg(
+        long,
+        env = "MV_REFRESHER_LOG_SCHEMA",
+        global = true,
+        default_value = "public"
+    )]
+    pub log_schema: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Refresh all registry views, or the named ones, once.
+    Refresh(RefreshArgs),
+    /// Freshness report from the log tables.
+    Status(StatusArgs),
+    /// Validate the registry against the database and print the plan.
+    Check,
+    /// Create or upgrade the log tables (idempotent).
+    Init,
+}
+
+#[derive(Debug, Args)]
+pub struct RefreshArgs {
+    /// Views to refresh (default: every registry view). A view the registry does
+    /// not list is refreshed with the registry's [defaults].
+    #[arg(value_name = "VIEW")]
+    pub views: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = StatusFormat::Table)]
+    pub format: StatusFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusFormat {
+    Table,
+    Json,
+}

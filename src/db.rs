@@ -1,0 +1,228 @@
+//! Where the database is and how to reach it: connection settings, the pool,
+//! and the wording of PostgreSQL errors.
+//!
+//! Settings come from `--database-url`/`DATABASE_URL` with libpq's `PG*`
+//! variables filling in what the URL leaves out, as libpq does. Nothing here prints
+//! a password: [`DbTarget`]'s `Debug` and `Display` show host, port, database and
+//! user only. TLS is not negotiated yet (`sslmode=require` fails to connect).
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::config::{Config as PgConfig, Host};
+use tokio_postgres::NoTls;
+
+/// How long a connection attempt may take when neither the URL nor
+/// `PGCONNECT_TIMEOUT` says.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The database to connect to. Holds the password but never shows it.
+#[derive(Clone)]
+pub struct DbTarget {
+    config: PgConfig,
+}
+
+/// A connection string that cannot be used (exit code 2: nothing was tried).
+#[derive(Debug, thiserror::Error)]
+#[error("invalid database URL (--database-url or DATABASE_URL): {0}")]
+pub struct InvalidUrl(String);
+
+/// The database could not be reached (exit code 3).
+#[derive(Debug, thiserror::Error)]
+#[error("could not connect to {target}: {reason}")]
+pub struct ConnectError {
+    pub target: String,
+    pub reason: String,
+}
+
+impl DbTarget {
+    /// Builds the target from an optional URL and the `PG*` variables `env`
+    /// returns (a function, so tests need not touch the process environment).
+    pub fn new(url: Option<&str>, env: impl Fn(&str) -> Option<String>) -> Result<Self, InvalidUrl> {
+        let mut config = match url {
+            Some(url) => PgConfig::from_str(url).map_err(|err| InvalidUrl(error_chain(&err)))?,
+            None => PgConfig::new(),
+        };
+        if config.get_hosts().is_empty() {
+            for host in env("PGHOST").as_deref().unwrap_or("localhost").split(',') {
+                config.host(host);
+            }
+        }
+        if config.get_ports().is_empty() {
+            if let Some(port) = env("PGPORT") {
+                let port = port
+                    .parse()
+                    .map_err(|_| InvalidUrl(format!("PGPORT {port:?} is not a port number")))?;
+                config.port(port);
+            }
+        }
+        if config.get_user().is_none() {
+            let user = env("PGUSER")
+                .or_else(|| env("USER"))
+                .unwrap_or_else(|| "postgres".into());
+            config.user(user);
+        }
+        if config.get_password().is_none() {
+            if let Some(password) = env("PGPASSWORD") {
+                config.password(password);
+            }
+        }
+        if config.get_dbname().is_none() {
+            let dbname = env("PGDATABASE").unwrap_or_else(|| config.get_user().unwrap_or_default().to_owned());
+            config.dbname(dbname);
+        }
+        if let Some(mode) = env("PGSSLMODE") {
+            // The URL's sslmode wins; the variable only fills in a default.
+            if url.is_none_or(|u| !u.contains("sslmode")) {
+                let mode = PgConfig::from_str(&format!("sslmode={mode}"))
+                    .map_err(|_| InvalidUrl(format!("PGSSLMODE {mode:?} is not an sslmode")))?
+                    .get_ssl_mode();
+                config.ssl_mode(mode);
+            }
+        }
+        if config.get_connect_timeout().is_none() {
+            let timeout = env("PGCONNECT_TIMEOUT")
+                .and_then(|t| t.parse().ok())
+                .filter(|&secs| secs > 0)
+                .map_or(DEFAULT_CONNECT_TIMEOUT, Duration::from_secs);
+            config.connect_timeout(timeout);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name(env("PGAPPNAME").as_deref().unwrap_or("mv-refresher"));
+        }
+        Ok(Self { config })
+    }
+
+    /// A pool of up to `size` connections; nothing connects until first use.
+    pub fn pool(&self, size: usize) -> Pool {
+        let manager = Manager::from_config(
+            self.config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        Pool::builder(manager)
+            .max_size(size)
+            .build()
+            .expect("a pool without timeouts needs no runtime")
+    }
+
+    /// Takes a connection from `pool`, turning a failure into [`ConnectError`].
+    pub async fn connect(&self, pool: &Pool) -> Result<deadpool_postgres::Object, ConnectError> {
+        pool.get().await.map_err(|err| ConnectError {
+            target: self.to_string(),
+            reason: match &err {
+                deadpool_postgres::PoolError::Backend(pg) => describe_error(pg),
+                other => other.to_string(),
+            },
+        })
+    }
+}
+
+impl fmt::Display for DbTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hosts: Vec<String> = self
+            .config
+            .get_hosts()
+            .iter()
+            .map(|host| match host {
+                Host::Tcp(name) => name.clone(),
+                Host::Unix(path) => path.display().to_string(),
+            })
+            .collect();
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        write!(
+            f,
+            "host {} port {port} database {:?} as user {:?}",
+            hosts.join(","),
+            self.config.get_dbname().unwrap_or_default(),
+            self.config.get_user().unwrap_or_default(),
+        )
+    }
+}
+
+impl fmt::Debug for DbTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DbTarget({self})")
+    }
+}
+
+/// Whether an error means the server is unreachable or refuses us, as opposed to
+/// a statement failing on a working connection.
+pub fn is_connection_error(err: &tokio_postgres::Error) -> bool {
+    match err.code() {
+        None => true,
+        Some(code) => {
+            let class = &code.code()[..2];
+            // 08: connection exception; 28: invalid authorization; 57P0x: shutdown.
+            class == "08"
+                || class == "28"
+                || *code == SqlState::INVALID_CATALOG_NAME
+                || *code == SqlState::CANNOT_CONNECT_NOW
+                || *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CRASH_SHUTDOWN
+                || *code == SqlState::TOO_MANY_CONNECTIONS
+        }
+    }
+}
+
+/// One line for a PostgreSQL error: the server's message with its detail and
+/// hint, or the client-side error and its causes.
+pub fn describe_error(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => {
+            let mut text = db.message().to_owned();
+            if let Some(detail) = db.detail() {
+                text.push_str(&format!("; detail: {detail}"));
+            }
+            if let Some(hint) = db.hint() {
+                text.push_str(&format!("; hint: {hint}"));
+            }
+            text
+        }
+        None => error_chain(err),
+    }
+}
+
+/// `err` and its sources, joined by ": ".
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |key| vars.iter().find(|(k, _)| *k == key).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn pg_variables_fill_in_what_the_url_leaves_out() {
+        let vars = [("PGHOST", "db"), ("PGPORT", "6432"), ("PGUSER", "u"), ("PGDATABASE", "d")];
+        let target = DbTarget::new(None, env(&vars)).unwrap();
+        assert_eq!(target.to_string(), "host db port 6432 database \"d\" as user \"u\"");
+
+        let target = DbTarget::new(Some("postgres://x@h:1/y"), env(&vars)).unwrap();
+        assert_eq!(target.to_string(), "host h port 1 database \"y\" as user \"x\"");
+    }
+
+    #[test]
+    fn password_never_shows() {
+        let target = DbTarget::new(Some("postgres://u:s3cret@h/d"), env(&[])).unwrap();
+        assert!(!format!("{target} {target:?}").contains("s3cret"));
+        let target = DbTarget::new(None, env(&[("PGPASSWORD", "s3cret")])).unwrap();
+        assert!(!format!("{target} {target:?}").contains("s3cret"));
+    }
+}

@@ -1,0 +1,77 @@
+//! The errors that end a command before or instead of refreshing, and the exit
+//! code each maps to. A view that fails is not an error here: it is an outcome
+//! (`refresh::Outcome`) and exit code 1.
+
+use std::process::ExitCode;
+
+use crate::db::{describe_error, is_connection_error, ConnectError, InvalidUrl};
+use crate::registry::RegistryError;
+
+/// Exit codes, part of the interface (SPEC §2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// All views refreshed or skipped on purpose.
+    Success = 0,
+    /// At least one view failed, or an outcome could not be recorded.
+    ViewsFailed = 1,
+    /// Bad invocation or registry: nothing was executed.
+    Usage = 2,
+    /// The database could not be reached.
+    Unreachable = 3,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> Self {
+        ExitCode::from(exit as u8)
+    }
+}
+
+/// Why a command stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    InvalidUrl(#[from] InvalidUrl),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// A statement failed on a working connection.
+    #[error("{context}: {message}")]
+    Database { context: String, message: String },
+}
+
+impl Error {
+    /// Wraps a PostgreSQL error met while doing `context`; a lost connection
+    /// counts as unreachable.
+    pub fn database(context: &str, target: &impl std::fmt::Display, err: &tokio_postgres::Error) -> Self {
+        if is_connection_error(err) {
+            Self::Connect(ConnectError {
+                target: target.to_string(),
+                reason: format!("{context}: {}", describe_error(err)),
+            })
+        } else {
+            Self::Database {
+                context: context.to_owned(),
+                message: describe_error(err),
+            }
+        }
+    }
+
+    /// For `map_err`: wraps a PostgreSQL error met while doing `context`.
+    pub fn in_context<'a>(
+        context: &'a str,
+        target: &'a impl std::fmt::Display,
+    ) -> impl FnOnce(tokio_postgres::Error) -> Self + 'a {
+        move |err| Self::database(context, target, &err)
+    }
+
+    pub fn exit(&self) -> Exit {
+        match self {
+            Self::Registry(_) | Self::Usage(_) | Self::InvalidUrl(_) => Exit::Usage,
+            Self::Connect(_) => Exit::Unreachable,
+            Self::Database { .. } => Exit::ViewsFailed,
+        }
+    }
+}

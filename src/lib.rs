@@ -1,0 +1,210 @@
+//! mv-refresher keeps PostgreSQL and Citus materialized views fresh.
+//!
+//! The binary (`main.rs`) parses the command line and calls [`run`]; each command
+//! lives in the module named for what it holds: `registry` (the view list),
+//! `db` (reaching the server), `catalog` (what the server says about the views),
+//! `plan` (order and method), `refresh` (doing it), `refresh_log` (recording it),
+//! `status` (reporting it).
+
+#![forbid(unsafe_code)]
+
+pub mod catalog;
+pub mod cli;
+pub mod db;
+pub mod error;
+pub mod output;
+pub mod plan;
+pub mod refresh;
+pub mod refresh_log;
+pub mod registry;
+pub mod status;
+pub mod telemetry;
+pub mod units;
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::cli::{Cli, Command, GlobalArgs};
+use crate::db::DbTarget;
+use crate::error::{Error, Exit};
+use crate::output::{millis, print_table, table};
+use crate::plan::Plan;
+use crate::refresh::{Outcome, RunContext};
+use crate::refresh_log::{RefreshLog, Status};
+use crate::registry::Registry;
+
+/// Runs one command to completion and says how the process should exit.
+pub async fn run(cli: Cli) -> Result<Exit, Error> {
+    let global = &cli.global;
+    let target = DbTarget::new(global.database_url.as_deref(), |key| std::env::var(key).ok())?;
+    let log = RefreshLog::new(&global.log_schema);
+    match &cli.command {
+        Command::Refresh(args) => {
+            let registry = Registry::load(global.registry.as_deref())?;
+            let specs = registry.select(&args.views).map_err(Error::Usage)?;
+            refresh(global, &target, log, specs).await
+        }
+        Command::Check => {
+            let registry = Registry::load(global.registry.as_deref())?;
+            check(&registry, &target, &log).await
+        }
+        Command::Init => init(&target, &log).await,
+        Command::Status(args) => {
+            let registry = Registry::load(global.registry.as_deref())?;
+            status::run(&registry, &target, &log, args.format).await
+        }
+    }
+}
+
+/// `refresh`: plans the views, refreshes them, prints one line per view.
+async fn refresh(
+    global: &GlobalArgs,
+    target: &DbTarget,
+    log: RefreshLog,
+    specs: Vec<registry::ViewSpec>,
+) -> Result<Exit, Error> {
+    let jobs = global.jobs.get();
+    // One connection per job, and one for recording outcomes alongside.
+    let pool = target.pool(jobs + 1);
+    let mut client = target.connect(&pool).await?;
+    let db_err = |context| Error::in_context(context, target);
+
+    let logging = log
+        .ensure(&mut client)
+        .await
+        .map_err(db_err("preparing the log tables"))?;
+    let plan = Plan::build(&**client, specs)
+        .await
+        .map_err(db_err("planning the refresh"))?;
+    drop(client);
+
+    let ctx = Arc::new(RunContext {
+        pool,
+        log: logging.then_some(log),
+        run_id: Uuid::new_v4(),
+        host: gethostname::gethostname().to_string_lossy().into_owned(),
+        jobs,
+    });
+    tracing::info!(run_id = %ctx.run_id, views = plan.steps.len(), jobs, "refresh started");
+    let outcomes = refresh::execute(ctx.clone(), Arc::new(plan)).await;
+    print_outcomes(&outcomes, ctx.run_id);
+
+    let failed = outcomes
+        .iter()
+        .any(|o| o.status == Status::Failed || o.status == Status::Cancelled || o.log_error.is_some());
+    Ok(if failed { Exit::ViewsFailed } else { Exit::Success })
+}
+
+fn print_outcomes(outcomes: &[Outcome], run_id: Uuid) {
+    let mut t = table(["VIEW", "STATUS", "METHOD", "DURATION", "ATTEMPTS", "NOTE"]);
+    for o in outcomes {
+        let mut note = o.message.clone().unwrap_or_default();
+        if let Some(err) = &o.log_error {
+            note.push_str(&format!(" (not recorded: {err})"));
+        }
+        t.add_row([
+            o.view_name.clone(),
+            o.status.as_str().to_owned(),
+            o.method.map_or("-", |m| m.as_str()).to_owned(),
+            if o.status == Status::Skipped { "-".into() } else { millis(o.duration_ms) },
+            o.attempts.to_string(),
+            note,
+        ]);
+    }
+    print_table(&t);
+    let count = |s: Status| outcomes.iter().filter(|o| o.status == s).count();
+    println!(
+        "\nrun {run_id}: {} refreshed, {} skipped, {} failed",
+        count(Status::Success),
+        count(Status::Skipped),
+        count(Status::Failed) + count(Status::Cancelled),
+    );
+}
+
+/// `check`: the plan and its problems, without refreshing or creating anything.
+async fn check(registry: &Registry, target: &DbTarget, log: &RefreshLog) -> Result<Exit, Error> {
+    let pool = target.pool(1);
+    let client = target.connect(&pool).await?;
+    let db_err = |context| Error::in_context(context, target);
+
+    let version: String = client
+        .query_one("SELECT current_setting('server_version')", &[])
+        .await
+        .map_err(db_err("reading the server version"))?
+        .get(0);
+    let citus = catalog::has_citus(&**client).await.map_err(db_err("looking for citus"))?;
+    let log_exists = log.exists(&**client).await.map_err(db_err("looking for the log tables"))?;
+    let plan = Plan::build(&**client, registry.views.clone())
+        .await
+        .map_err(db_err("planning the refresh"))?;
+
+    println!("registry:   {} ({} views)", registry.source, registry.views.len());
+    println!(
+        "database:   {target}, PostgreSQL {version}{}",
+        if citus { ", citus extension present (materialized views refresh on the coordinator)" } else { "" }
+    );
+    println!(
+        "log tables: {}",
+        if log_exists {
+            format!("present in schema {}", log.schema())
+        } else {
+            format!("missing in schema {} (refresh or init creates them)", log.schema())
+        }
+    );
+    println!();
+
+    let mut t = table([
+        "#", "VIEW", "METHOD", "WORK_MEM", "STATEMENT_TIMEOUT", "LOCK_TIMEOUT", "RETRIES",
+        "MIN_INTERVAL", "AFTER",
+    ]);
+    for (i, step) in plan.steps.iter().enumerate() {
+        let s = step.settings();
+        let after: Vec<String> = step.depends_on.iter().map(|&d| (d + 1).to_string()).collect();
+        t.add_row([
+            (i + 1).to_string(),
+            step.view_name(),
+            match (&step.problem, step.method) {
+                (None, Some((method, reason))) => format!("{} ({reason})", method.as_str()),
+                _ => "cannot refresh".into(),
+            },
+            s.work_mem.to_string(),
+            s.statement_timeout.to_string(),
+            s.lock_timeout.to_string(),
+            s.retries.to_string(),
+            s.min_interval.map_or("-".into(), |d| d.to_string()),
+            if after.is_empty() { "-".into() } else { after.join(",") },
+        ]);
+    }
+    print_table(&t);
+
+    let problems: Vec<_> = plan.steps.iter().filter(|s| s.problem.is_some()).collect();
+    if problems.is_empty() {
+        println!("\nno problems: every view can be refreshed as configured");
+        return Ok(Exit::Success);
+    }
+    println!("\nproblems:");
+    for step in problems {
+        println!(
+            "  {} {} (registry name {:?})",
+            step.view_name(),
+            step.problem.as_deref().unwrap_or_default(),
+            step.spec.name.to_string()
+        );
+    }
+    Ok(Exit::ViewsFailed)
+}
+
+/// `init`: creates or upgrades the log tables.
+async fn init(target: &DbTarget, log: &RefreshLog) -> Result<Exit, Error> {
+    let pool = target.pool(1);
+    let mut client = target.connect(&pool).await?;
+    log.create(&mut client)
+        .await
+        .map_err(|e| Error::database(&format!("creating the log tables in schema {:?}", log.schema()), target, &e))?;
+    println!(
+        "log tables ready: {0}.materialized_views_refresh_log, {0}.materialized_views_refresh_history",
+        registry::display_ident(log.schema())
+    );
+    Ok(Exit::Success)
+}

@@ -1,0 +1,206 @@
+//! The plan: which views run, in which order, and how each can be refreshed.
+//!
+//! A plan is built from the registry's selection and the catalog, before anything
+//! is refreshed. Order comes from the catalog's dependencies (a view that reads
+//! another registry view runs after it), never from the order of the file. `check`
+//! prints a plan; `refresh` executes one (see `refresh`).
+
+use std::collections::HashMap;
+
+use tokio_postgres::GenericClient;
+
+use crate::catalog::{self, Lookup, ViewState};
+use crate::refresh_log::Method;
+use crate::registry::{Concurrently, ViewSettings, ViewSpec};
+
+/// The views of one run, in a dependency-respecting order.
+#[derive(Debug)]
+pub struct Plan {
+    /// In execution order: every view comes after the views it depends on.
+    pub steps: Vec<Step>,
+}
+
+/// One view of the plan.
+#[derive(Debug)]
+pub struct Step {
+    pub spec: ViewSpec,
+    pub lookup: Lookup,
+    /// Indexes into [`Plan::steps`] of the views this one reads from.
+    pub depends_on: Vec<usize>,
+    /// Set when the catalog shows the view cannot be refreshed as configured.
+    pub problem: Option<String>,
+    /// The method it will get, when there is no problem.
+    pub method: Option<(Method, &'static str)>,
+}
+
+impl Step {
+    /// The schema-qualified name this view is reported and logged under.
+    pub fn view_name(&self) -> String {
+        self.lookup.qualified_name()
+    }
+
+    pub fn settings(&self) -> &ViewSettings {
+        &self.spec.settings
+    }
+}
+
+/// Chooses the `REFRESH` for a view in `state` under `mode`, with the reason; an
+/// error says why the view cannot be refreshed as configured.
+pub fn choose_method(mode: Concurrently, state: ViewState) -> Result<(Method, &'static str), String> {
+    match mode {
+        Concurrently::Never => Ok((Method::Full, "concurrently = never")),
+        _ if !state.populated => match mode {
+            Concurrently::Always => Err("is not populated (created WITH NO DATA), and CONCURRENTLY \
+                 cannot populate it: refresh it once without CONCURRENTLY or set concurrently = \"auto\""
+                .into()),
+            _ => Ok((Method::Full, "not populated yet")),
+        },
+        _ if !state.has_usable_unique_index => match mode {
+            Concurrently::Always => Err("has no unique index usable by CONCURRENTLY (it must be \
+                 unique, valid, on plain columns and without a WHERE clause)"
+                .into()),
+            _ => Ok((Method::Full, "no unique index usable by CONCURRENTLY")),
+        },
+        _ => Ok((Method::Concurrently, "populated, with a unique index")),
+    }
+}
+
+/// Why a registry name cannot be refreshed at all, if it cannot.
+fn lookup_problem(lookup: &Lookup) -> Option<String> {
+    match lookup {
+        Lookup::MatView(_) => None,
+        Lookup::Other { kind, .. } => Some(format!("is {kind}, not a materialized view")),
+        Lookup::Missing { .. } => Some("does not exist (no relation of that name)".into()),
+    }
+}
+
+impl Plan {
+    /// Looks up `specs` in the catalog and orders them by their dependencies.
+    pub async fn build(client: &impl GenericClient, specs: Vec<ViewSpec>) -> Result<Self, tokio_postgres::Error> {
+        let mut steps = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let lookup = catalog::lookup(client, &spec.name).await?;
+            let mut problem = lookup_problem(&lookup);
+            let mut method = None;
+            if let Lookup::MatView(relation) = &lookup {
+                match catalog::view_state(client, relation.oid).await? {
+                    Some(state) => match choose_method(spec.settings.concurrently, state) {
+                        Ok(chosen) => method = Some(chosen),
+                        Err(why) => problem = Some(why),
+                    },
+                    None => problem = Some("was dropped while planning".into()),
+                }
+            }
+            steps.push(Step {
+                spec,
+                lookup,
+                depends_on: Vec::new(),
+                problem,
+                method,
+            });
+        }
+
+        let index_of: HashMap<u32, usize> = steps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, step)| match &step.lookup {
+                Lookup::MatView(relation) => Some((relation.oid, i)),
+                _ => None,
+            })
+            .collect();
+        let oids: Vec<u32> = index_of.keys().copied().collect();
+        for (viewer, source) in catalog::dependencies(client, &oids).await? {
+            if let (Some(&v), Some(&s)) = (index_of.get(&viewer), index_of.get(&source)) {
+                steps[v].depends_on.push(s);
+            }
+        }
+        Ok(Self::ordered(steps))
+    }
+
+    /// Reorders `steps` so each follows its dependencies, keeping the registry's
+    /// order otherwise; views caught in a cycle keep their place with a problem.
+    fn ordered(mut steps: Vec<Step>) -> Self {
+        let n = steps.len();
+        let mut placed = vec![false; n];
+        let mut order = Vec::with_capacity(n);
+        while order.len() < n {
+            let next = (0..n).find(|&i| !placed[i] && steps[i].depends_on.iter().all(|&d| placed[d]));
+            let i = next.unwrap_or_else(|| {
+                // Only a cycle leaves nothing ready; break it at the first view left.
+                let i = (0..n).find(|&i| !placed[i]).expect("a view is left");
+                steps[i].problem = Some("is part of a dependency cycle among registry views".into());
+                i
+            });
+            placed[i] = true;
+            order.push(i);
+        }
+        let mut position = vec![0; n];
+        for (pos, &i) in order.iter().enumerate() {
+            position[i] = pos;
+        }
+        for step in &mut steps {
+            for d in &mut step.depends_on {
+                *d = position[*d];
+            }
+            step.depends_on.sort_unstable();
+        }
+        let mut slots: Vec<Option<Step>> = steps.into_iter().map(Some).collect();
+        let steps = order.iter().map(|&i| slots[i].take().expect("each once")).collect();
+        Self { steps }
+    }
+
+    /// Whether every view can be refreshed as configured.
+    pub fn is_clean(&self) -> bool {
+        self.steps.iter().all(|s| s.problem.is_none())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(populated: bool, has_usable_unique_index: bool) -> ViewState {
+        ViewState {
+            populated,
+            has_usable_unique_index,
+        }
+    }
+
+    #[test]
+    fn auto_falls_back_to_full_and_always_refuses() {
+        use Concurrently::*;
+        assert_eq!(choose_method(Auto, state(true, true)).unwrap().0, Method::Concurrently);
+        assert_eq!(choose_method(Auto, state(false, true)).unwrap().0, Method::Full);
+        assert_eq!(choose_method(Auto, state(true, false)).unwrap().0, Method::Full);
+        assert!(choose_method(Always, state(true, false)).is_err());
+        assert!(choose_method(Always, state(false, true)).is_err());
+        assert_eq!(choose_method(Never, state(true, true)).unwrap().0, Method::Full);
+    }
+
+    fn step(name: &str, depends_on: Vec<usize>) -> Step {
+        Step {
+            spec: ViewSpec {
+                name: name.parse().unwrap(),
+                settings: ViewSettings::default(),
+            },
+            lookup: Lookup::Missing {
+                qualified: format!("public.{name}"),
+            },
+            depends_on,
+            problem: None,
+            method: None,
+        }
+    }
+
+    #[test]
+    fn dependencies_come_first_and_cycles_are_reported() {
+        // c reads b, b reads a; listed in reverse.
+        let plan = Plan::ordered(vec![step("c", vec![1]), step("b", vec![2]), step("a", vec![])]);
+        let names: Vec<_> = plan.steps.iter().map(Step::view_name).collect();
+        assert_eq!(names, ["public.a", "public.b", "public.c"]);
+        assert_eq!(plan.steps[2].depends_on, [1]);
+
+        let plan = Plan::ordered(vec![step("x", vec![1]), step("y", vec![0])]);
+        assert!(plan.steps.iter().any(|s| s.problem.is_some()));
+    }
+}

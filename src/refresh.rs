@@ -1,0 +1,430 @@
+//! Refreshing: one view in one transaction, and a whole plan in dependency order
+//! with up to `--jobs` views at a time.
+//!
+//! Per view: take the view's advisory lock without waiting (another refresher
+//! holding it means `skipped`), `SET LOCAL` its settings, re-read its state, run
+//! `REFRESH MATERIALIZED VIEW [CONCURRENTLY]` on the catalog's quoted name, and
+//! record the success in the same transaction. A failure is recorded after the
+//! rollback. Transient failures are retried with backoff. A failing view never
+//! stops the others; a view that depends on a failed one is skipped.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::Pool;
+use tokio::task::JoinSet;
+use tokio_postgres::error::SqlState;
+use uuid::Uuid;
+
+use crate::catalog::{self, Lookup, Relation};
+use crate::db::{describe_error, is_connection_error};
+use crate::plan::{choose_method, Plan, Step};
+use crate::refresh_log::{Attempt, Method, RefreshLog, Status};
+
+/// Everything the refresh of one run shares.
+#[derive(Debug)]
+pub struct RunContext {
+    pub pool: Pool,
+    /// `None` when the log tables are missing and could not be created.
+    pub log: Option<RefreshLog>,
+    pub run_id: Uuid,
+    /// Host (pod) name, recorded with every attempt.
+    pub host: String,
+    pub jobs: usize,
+}
+
+/// How one view's refresh ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub view_name: String,
+    pub status: Status,
+    pub method: Option<Method>,
+    /// Time spent in `REFRESH` on the last attempt, in milliseconds.
+    pub duration_ms: f64,
+    pub attempts: u32,
+    /// The error of a failure, or the reason for a skip or a method.
+    pub message: Option<String>,
+    /// Set when the outcome could not be written to the log tables.
+    pub log_error: Option<String>,
+    /// Whether views depending on this one must be skipped.
+    pub blocks_dependents: bool,
+}
+
+/// Key of the per-view advisory lock: a constant prefix ("mvrf") and the OID.
+fn lock_key(oid: u32) -> i64 {
+    (0x6d76_7266_i64 << 32) | i64::from(oid)
+}
+
+/// A failed attempt, with what is needed to log it and decide on a retry.
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    sqlstate: Option<String>,
+    method: Option<Method>,
+    duration_ms: f64,
+    transient: bool,
+}
+
+impl Failure {
+    fn from_pg(err: &tokio_postgres::Error, step: &Step, method: Option<Method>, duration_ms: f64) -> Self {
+        let settings = step.settings();
+        let mut message = describe_error(err);
+        // Name the setting that fired: the server's message does not.
+        match err.code() {
+            Some(code) if *code == SqlState::QUERY_CANCELED => {
+                message.push_str(&format!(" (statement_timeout = {})", settings.statement_timeout));
+            }
+            Some(code) if *code == SqlState::LOCK_NOT_AVAILABLE => {
+                message.push_str(&format!(" (lock_timeout = {})", settings.lock_timeout));
+            }
+            _ => {}
+        }
+        Self {
+            message,
+            sqlstate: err.code().map(|c| c.code().to_owned()),
+            method,
+            duration_ms,
+            transient: is_transient(err),
+        }
+    }
+
+    fn permanent(message: String) -> Self {
+        Self {
+            message,
+            sqlstate: None,
+            method: None,
+            duration_ms: 0.0,
+            transient: false,
+        }
+    }
+}
+
+/// Errors worth another attempt: the connection, deadlocks, serialization
+/// failures, lock timeouts and server shutdowns.
+fn is_transient(err: &tokio_postgres::Error) -> bool {
+    let Some(code) = err.code() else {
+        return true;
+    };
+    is_connection_error(err)
+        || *code == SqlState::T_R_DEADLOCK_DETECTED
+        || *code == SqlState::T_R_SERIALIZATION_FAILURE
+        || *code == SqlState::LOCK_NOT_AVAILABLE
+}
+
+/// How a successful attempt ended: refreshed, or skipped because another
+/// refresher holds the view.
+enum Done {
+    Refreshed {
+        method: Method,
+        reason: &'static str,
+        duration_ms: f64,
+        log_error: Option<String>,
+    },
+    Locked,
+}
+
+/// Refreshes every view of `plan`, dependencies first, up to `ctx.jobs` at once.
+/// Returns the outcomes in plan order.
+pub async fn execute(ctx: Arc<RunContext>, plan: Arc<Plan>) -> Vec<Outcome> {
+    let n = plan.steps.len();
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
+    let mut started = vec![false; n];
+    let mut running = JoinSet::new();
+
+    loop {
+        for i in 0..n {
+            if started[i] || running.len() >= ctx.jobs {
+                continue;
+            }
+            let deps = &plan.steps[i].depends_on;
+            if deps.iter().any(|&d| outcomes[d].is_none()) {
+                continue;
+            }
+            let blocked_by = deps
+                .iter()
+                .find(|&&d| outcomes[d].as_ref().is_some_and(|o| o.blocks_dependents))
+                .map(|&d| plan.steps[d].view_name());
+            started[i] = true;
+            let (ctx, plan) = (ctx.clone(), plan.clone());
+            running.spawn(async move { (i, refresh_step(&ctx, &plan.steps[i], blocked_by).await) });
+        }
+        match running.join_next().await {
+            Some(Ok((i, outcome))) => outcomes[i] = Some(outcome),
+            Some(Err(err)) => std::panic::resume_unwind(err.into_panic()),
+            None => break,
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|o| o.expect("every step ran: dependencies always precede dependents"))
+        .collect()
+}
+
+/// One view, with its retries.
+async fn refresh_step(ctx: &RunContext, step: &Step, blocked_by: Option<String>) -> Outcome {
+    let view_name = step.view_name();
+    let settings = step.settings();
+    let skip = |reason: String| Outcome {
+        view_name: view_name.clone(),
+        status: Status::Skipped,
+        method: None,
+        duration_ms: 0.0,
+        attempts: 0,
+        message: Some(reason),
+        log_error: None,
+        blocks_dependents: false,
+    };
+
+    if let Some(dependency) = blocked_by {
+        let mut outcome = skip(format!("depends on {dependency}, which was not refreshed"));
+        outcome.blocks_dependents = true;
+        return finish(ctx, step, outcome).await;
+    }
+    let relation = match (&step.lookup, &step.problem) {
+        (Lookup::MatView(relation), None) => relation,
+        (_, problem) => {
+            let why = problem.as_deref().unwrap_or("is not a materialized view");
+            let failure = Failure::permanent(format!("view {view_name} {why}"));
+            return fail(ctx, step, failure, 1).await;
+        }
+    };
+    if let Some(reason) = fresh_enough(ctx, step).await {
+        return finish(ctx, step, skip(reason)).await;
+    }
+
+    let mut attempt = 1;
+    loop {
+        match attempt_refresh(ctx, step, relation, attempt).await {
+            Ok(Done::Refreshed {
+                method,
+                reason,
+                duration_ms,
+                log_error,
+            }) => {
+                let outcome = Outcome {
+                    view_name,
+                    status: Status::Success,
+                    method: Some(method),
+                    duration_ms,
+                    attempts: attempt,
+                    message: Some(reason.to_owned()),
+                    log_error,
+                    blocks_dependents: false,
+                };
+                report(&outcome);
+                return outcome;
+            }
+            Ok(Done::Locked) => {
+                let mut outcome = skip("another refresher is refreshing this view".into());
+                outcome.attempts = attempt;
+                return finish(ctx, step, outcome).await;
+            }
+            Err(failure) if failure.transient && attempt <= settings.retries => {
+                let delay = backoff(attempt);
+                tracing::warn!(
+                    view = %view_name,
+                    attempt,
+                    error = %failure.message,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "refresh failed, retrying"
+                );
+                let outcome = failed_outcome(step, failure.message, failure.method, failure.duration_ms, attempt);
+                record(ctx, step, outcome, failure.sqlstate.as_deref(), true).await;
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+            }
+            Err(failure) => return fail(ctx, step, failure, attempt).await,
+        }
+    }
+}
+
+/// Exponential backoff from 200 ms, capped at 10 s, with full jitter.
+fn backoff(attempt: u32) -> Duration {
+    let ceiling = 200u64.saturating_mul(1 << attempt.min(6)).min(10_000);
+    Duration::from_millis(ceiling / 2 + fastrand::u64(0..=ceiling / 2))
+}
+
+/// The reason to skip a view refreshed more recently than its `min_interval`.
+async fn fresh_enough(ctx: &RunContext, step: &Step) -> Option<String> {
+    let interval = step.settings().min_interval?;
+    let log = ctx.log.as_ref()?;
+    let client = ctx.pool.get().await.ok()?;
+    let age = log.seconds_since_success(&**client, &step.view_name()).await.ok()??;
+    (age * 1000.0 < interval.as_millis() as f64)
+        .then(|| format!("fresh: refreshed {age:.0}s ago, min_interval is {interval}"))
+}
+
+/// One attempt in one transaction: lock, settings, `REFRESH`, success log row.
+async fn attempt_refresh(ctx: &RunContext, step: &Step, relation: &Relation, attempt: u32) -> Result<Done, Failure> {
+    let pg = |method| move |err: tokio_postgres::Error| Failure::from_pg(&err, step, method, 0.0);
+    let mut client = ctx
+        .pool
+        .get()
+        .await
+        .map_err(|err| Failure {
+            transient: true,
+            ..Failure::permanent(format!("could not get a connection: {err}"))
+        })?;
+    let mut tx = client.transaction().await.map_err(pg(None))?;
+    let locked: bool = tx
+        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&lock_key(relation.oid)])
+        .await
+        .map_err(pg(None))?
+        .get(0);
+    if !locked {
+        return Ok(Done::Locked);
+    }
+    let settings = step.settings();
+    tx.execute(
+        "SELECT set_config('work_mem', $1, true), set_config('statement_timeout', $2, true), \
+                set_config('lock_timeout', $3, true)",
+        &[
+            &settings.work_mem.setting(),
+            &settings.statement_timeout.setting(),
+            &settings.lock_timeout.setting(),
+        ],
+    )
+    .await
+    .map_err(pg(None))?;
+
+    // The state may have changed since planning (another refresher populated it,
+    // an index was dropped): decide on what is true now, inside the lock.
+    let state = catalog::view_state(&*tx, relation.oid)
+        .await
+        .map_err(pg(None))?
+        .ok_or_else(|| Failure::permanent(format!("view {relation} was dropped")))?;
+    let (method, reason) = choose_method(settings.concurrently, state)
+        .map_err(|why| Failure::permanent(format!("view {relation} {why}")))?;
+
+    let sql = match method {
+        Method::Concurrently => format!("REFRESH MATERIALIZED VIEW CONCURRENTLY {}", relation.quoted()),
+        Method::Full => format!("REFRESH MATERIALIZED VIEW {}", relation.quoted()),
+    };
+    let started = Instant::now();
+    let refreshed = tx.batch_execute(&sql).await;
+    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    refreshed.map_err(|err| Failure::from_pg(&err, step, Some(method), duration_ms))?;
+
+    // The success row goes in the refresh's own transaction, behind a savepoint:
+    // a log that cannot be written must not undo the refresh.
+    let mut log_error = None;
+    if let Some(log) = &ctx.log {
+        let savepoint = tx.savepoint("mv_refresher_log").await.map_err(pg(Some(method)))?;
+        let view_name = relation.to_string();
+        let record = Attempt {
+            run_id: ctx.run_id,
+            view_name: &view_name,
+            duration_ms,
+            status: Status::Success,
+            method: Some(method),
+            attempt,
+            settings,
+            sqlstate: None,
+            error: None,
+            note: Some(reason),
+            host: &ctx.host,
+            retried: false,
+        };
+        match log.record(&*savepoint, &record).await {
+            Ok(()) => savepoint.commit().await.map_err(pg(Some(method)))?,
+            Err(err) => {
+                log_error = Some(describe_error(&err));
+                savepoint.rollback().await.map_err(pg(Some(method)))?;
+            }
+        }
+    }
+    tx.commit().await.map_err(pg(Some(method)))?;
+    Ok(Done::Refreshed {
+        method,
+        reason,
+        duration_ms,
+        log_error,
+    })
+}
+
+/// Records a failed attempt (after its transaction rolled back) and returns its
+/// outcome.
+async fn fail(ctx: &RunContext, step: &Step, failure: Failure, attempt: u32) -> Outcome {
+    let outcome = failed_outcome(step, failure.message, failure.method, failure.duration_ms, attempt);
+    record(ctx, step, outcome, failure.sqlstate.as_deref(), false).await
+}
+
+fn failed_outcome(step: &Step, message: String, method: Option<Method>, duration_ms: f64, attempts: u32) -> Outcome {
+    Outcome {
+        view_name: step.view_name(),
+        status: Status::Failed,
+        method,
+        duration_ms,
+        attempts,
+        message: Some(message),
+        log_error: None,
+        blocks_dependents: true,
+    }
+}
+
+/// Records a skip and returns its outcome.
+async fn finish(ctx: &RunContext, step: &Step, outcome: Outcome) -> Outcome {
+    record(ctx, step, outcome, None, false).await
+}
+
+/// Writes `outcome` to the log tables on a fresh connection, then reports it.
+/// `retried`: a failed attempt that another attempt follows.
+async fn record(
+    ctx: &RunContext,
+    step: &Step,
+    mut outcome: Outcome,
+    sqlstate: Option<&str>,
+    retried: bool,
+) -> Outcome {
+    if let Some(log) = &ctx.log {
+        let (error, note) = match outcome.status {
+            Status::Failed | Status::Cancelled => (outcome.message.as_deref(), None),
+            _ => (None, outcome.message.as_deref()),
+        };
+        let attempt = Attempt {
+            run_id: ctx.run_id,
+            view_name: &outcome.view_name,
+            duration_ms: outcome.duration_ms,
+            status: outcome.status,
+            method: outcome.method,
+            attempt: outcome.attempts.max(1),
+            settings: step.settings(),
+            sqlstate,
+            error,
+            note,
+            host: &ctx.host,
+            retried,
+        };
+        let written = match ctx.pool.get().await {
+            Ok(client) => log.record(&**client, &attempt).await.map_err(|e| describe_error(&e)),
+            Err(err) => Err(err.to_string()),
+        };
+        outcome.log_error = written.err();
+    }
+    if !retried {
+        report(&outcome);
+    }
+    outcome
+}
+
+/// One log event per view outcome.
+fn report(outcome: &Outcome) {
+    let view = outcome.view_name.as_str();
+    let status = outcome.status.as_str();
+    let method = outcome.method.map_or("", Method::as_str);
+    let duration_ms = (outcome.duration_ms * 10.0).round() / 10.0;
+    let message = outcome.message.as_deref().unwrap_or("");
+    match outcome.status {
+        Status::Failed | Status::Cancelled => tracing::error!(
+            view, status, method, duration_ms, attempt = outcome.attempts, error = message,
+            "view refresh failed"
+        ),
+        Status::Skipped => tracing::info!(view, status, reason = message, "view skipped"),
+        Status::Success => tracing::info!(
+            view, status, method, duration_ms, attempt = outcome.attempts, "view refreshed"
+        ),
+    }
+    if let Some(err) = &outcome.log_error {
+        tracing::error!(view, error = %err, "could not record the outcome in the log tables");
+    }
+}

@@ -1,0 +1,321 @@
+//! The log tables: `materialized_views_refresh_log` (one row per view, the shape
+//! the seeds' monitoring query reads) and `materialized_views_refresh_history`
+//! (one row per attempt), and every SQL statement that touches them.
+//!
+//! This module writes what happened; it does not decide what happens. The schema
+//! name is the only identifier spliced into SQL, always quoted; all values are
+//! bind parameters.
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::GenericClient;
+use uuid::Uuid;
+
+use crate::registry::{quote_ident, ViewSettings};
+
+const DDL: &str = include_str!("sql/log_tables.sql");
+
+/// Serializes concurrent `CREATE TABLE IF NOT EXISTS` of two refreshers starting
+/// together, which can otherwise fail on the catalog's unique index.
+const DDL_LOCK_KEY: i64 = 0x6d76_7266_0000_0000;
+
+/// The two tables in one schema.
+#[derive(Debug, Clone)]
+pub struct RefreshLog {
+    schema: String,
+    log_table: String,
+    history_table: String,
+}
+
+/// How an attempt ended, as the `status` column spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Success,
+    Failed,
+    Skipped,
+    Cancelled,
+}
+
+/// Which `REFRESH` ran, as the `method` column spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Concurrently,
+    Full,
+}
+
+/// One attempt at one view, as the history table records it.
+#[derive(Debug)]
+pub struct Attempt<'a> {
+    pub run_id: Uuid,
+    /// Schema-qualified, as people read it: `public.top_bets_today`.
+    pub view_name: &'a str,
+    pub duration_ms: f64,
+    pub status: Status,
+    pub method: Option<Method>,
+    pub attempt: u32,
+    pub settings: &'a ViewSettings,
+    pub sqlstate: Option<&'a str>,
+    pub error: Option<&'a str>,
+    /// Why: the reason for the method chosen or for a skip.
+    pub note: Option<&'a str>,
+    pub host: &'a str,
+    /// A failed attempt that will be retried: a history row only, the summary
+    /// row counts the refresh once it has its final outcome.
+    pub retried: bool,
+}
+
+/// One row of `materialized_views_refresh_log`, for `status`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct LogRow {
+    pub view_name: String,
+    pub refresh_count: i64,
+    pub failure_count: i64,
+    pub avg_refresh_time_ms: Option<f64>,
+    pub last_refresh_time_ms: Option<f64>,
+    /// RFC 3339, UTC.
+    pub last_refreshed_at: Option<String>,
+    pub age_seconds: Option<f64>,
+    pub last_attempt_at: Option<String>,
+    pub last_status: Option<String>,
+    pub last_method: Option<String>,
+    pub last_error: Option<String>,
+    pub refreshed_by: Option<String>,
+}
+
+impl LogRow {
+    /// The row of a view never attempted.
+    pub fn never(view_name: String) -> Self {
+        Self {
+            view_name,
+            ..Self::default()
+        }
+    }
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Failed => "failed",
+            Self::Skipped => "skipped",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Concurrently => "concurrently",
+            Self::Full => "full",
+        }
+    }
+}
+
+/// Formats a timestamptz column as RFC 3339 in UTC, whatever the session's TimeZone.
+macro_rules! utc {
+    ($column:literal) => {
+        concat!(
+            "to_char(",
+            $column,
+            " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+        )
+    };
+}
+
+impl RefreshLog {
+    /// The log tables in `schema` (unquoted, as the catalog spells it).
+    pub fn new(schema: &str) -> Self {
+        let quoted = quote_ident(schema);
+        Self {
+            schema: schema.to_owned(),
+            log_table: format!("{quoted}.materialized_views_refresh_log"),
+            history_table: format!("{quoted}.materialized_views_refresh_history"),
+        }
+    }
+
+    /// The schema the tables live in.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// Whether both tables exist and can be read by this role.
+    pub async fn exists(&self, client: &impl GenericClient) -> Result<bool, tokio_postgres::Error> {
+        let row = client
+            .query_one(
+                "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL",
+                &[&self.log_table, &self.history_table],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Creates or upgrades the tables; safe to run any number of times, by several
+    /// refreshers at once.
+    pub async fn create(&self, client: &mut tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&DDL_LOCK_KEY]).await?;
+        tx.batch_execute(&DDL.replace("{schema}", &quote_ident(&self.schema)))
+            .await?;
+        tx.commit().await
+    }
+
+    /// Makes sure the tables exist, creating them when missing. Returns `false`
+    /// (and logs why) when this role may not create them: refreshes still run.
+    pub async fn ensure(&self, client: &mut tokio_postgres::Client) -> Result<bool, tokio_postgres::Error> {
+        if self.exists(&*client).await? {
+            return Ok(true);
+        }
+        match self.create(client).await {
+            Ok(()) => {
+                tracing::info!(schema = %self.schema, "created the log tables");
+                Ok(true)
+            }
+            Err(err) if is_privilege_error(&err) => {
+                tracing::warn!(
+                    schema = %self.schema,
+                    error = %crate::db::describe_error(&err),
+                    "the log tables do not exist and this role may not create them; \
+                     views are refreshed but nothing is recorded (run `mv-refresher init` \
+                     as a role that may create tables in this schema)"
+                );
+                Ok(false)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Records one attempt: a history row, and for anything but a skip the view's
+    /// summary row. Runs on `client`, so a success is recorded in the refresh's
+    /// own transaction.
+    pub async fn record(&self, client: &impl GenericClient, attempt: &Attempt<'_>) -> Result<(), tokio_postgres::Error> {
+        let settings = attempt.settings;
+        let history = format!(
+            "INSERT INTO {} (run_id, view_name, started_at, finished_at, duration_ms, status, \
+                 method, attempt, work_mem, statement_timeout, lock_timeout, sqlstate, error, note, host) \
+             SELECT $1, $2, now - make_interval(secs => $3 / 1000.0), now, $3, $4, $5, $6, \
+                 $7, $8, $9, $10, $11, $12, $13 \
+             FROM clock_timestamp() AS now",
+            self.history_table
+        );
+        let attempt_no = attempt.attempt as i32;
+        client
+            .execute(
+                &history,
+                &[
+                    &attempt.run_id,
+                    &attempt.view_name,
+                    &attempt.duration_ms,
+                    &attempt.status.as_str(),
+                    &attempt.method.map(Method::as_str),
+                    &attempt_no,
+                    &settings.work_mem.to_string(),
+                    &settings.statement_timeout.to_string(),
+                    &settings.lock_timeout.to_string(),
+                    &attempt.sqlstate,
+                    &attempt.error,
+                    &attempt.note,
+                    &attempt.host,
+                ],
+            )
+            .await?;
+        if attempt.status == Status::Skipped || attempt.retried {
+            return Ok(());
+        }
+        let success = attempt.status == Status::Success;
+        let failed = attempt.status == Status::Failed;
+        let summary = format!(
+            "INSERT INTO {table} AS l (view_name, refresh_count, failure_count, avg_refresh_time_ms, \
+                 last_refresh_time_ms, last_refreshed_at, last_attempt_at, last_status, last_method, \
+                 last_error, refreshed_by) \
+             SELECT $1, $2::boolean::int, $3::boolean::int, \
+                 CASE WHEN $2 THEN $4::float8 END, CASE WHEN $2 THEN $4::float8 END, \
+                 CASE WHEN $2 THEN now END, now, $5, $6, $7, $8 \
+             FROM clock_timestamp() AS now \
+             ON CONFLICT (view_name) DO UPDATE SET \
+                 refresh_count = l.refresh_count + EXCLUDED.refresh_count, \
+                 failure_count = l.failure_count + EXCLUDED.failure_count, \
+                 avg_refresh_time_ms = CASE WHEN $2 \
+                     THEN (coalesce(l.avg_refresh_time_ms, 0) * l.refresh_count + $4) / (l.refresh_count + 1) \
+                     ELSE l.avg_refresh_time_ms END, \
+                 last_refresh_time_ms = coalesce(EXCLUDED.last_refresh_time_ms, l.last_refresh_time_ms), \
+                 last_refreshed_at = coalesce(EXCLUDED.last_refreshed_at, l.last_refreshed_at), \
+                 last_attempt_at = EXCLUDED.last_attempt_at, \
+                 last_status = EXCLUDED.last_status, \
+                 last_method = EXCLUDED.last_method, \
+                 last_error = EXCLUDED.last_error, \
+                 refreshed_by = EXCLUDED.refreshed_by",
+            table = self.log_table
+        );
+        client
+            .execute(
+                &summary,
+                &[
+                    &attempt.view_name,
+                    &success,
+                    &failed,
+                    &attempt.duration_ms,
+                    &attempt.status.as_str(),
+                    &attempt.method.map(Method::as_str),
+                    &attempt.error,
+                    &attempt.host,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Seconds since the view's last successful refresh, if it ever had one.
+    pub async fn seconds_since_success(
+        &self,
+        client: &impl GenericClient,
+        view_name: &str,
+    ) -> Result<Option<f64>, tokio_postgres::Error> {
+        let sql = format!(
+            "SELECT extract(epoch FROM clock_timestamp() - last_refreshed_at)::float8 \
+             FROM {} WHERE view_name = $1",
+            self.log_table
+        );
+        let row = client.query_opt(&sql, &[&view_name]).await?;
+        Ok(row.and_then(|r| r.get(0)))
+    }
+
+    /// The summary rows of `view_names`, in no particular order; views never
+    /// attempted have no row.
+    pub async fn rows(&self, client: &impl GenericClient, view_names: &[String]) -> Result<Vec<LogRow>, tokio_postgres::Error> {
+        let sql = format!(
+            concat!(
+                "SELECT view_name, refresh_count, failure_count, avg_refresh_time_ms, ",
+                "last_refresh_time_ms, ",
+                utc!("last_refreshed_at"),
+                ", extract(epoch FROM clock_timestamp() - last_refreshed_at)::float8, ",
+                utc!("last_attempt_at"),
+                ", last_status, last_method, last_error, refreshed_by ",
+                "FROM {} WHERE view_name = ANY($1)"
+            ),
+            self.log_table
+        );
+        let rows = client.query(&sql, &[&view_names]).await?;
+        Ok(rows
+            .iter()
+            .map(|r| LogRow {
+                view_name: r.get(0),
+                refresh_count: r.get(1),
+                failure_count: r.get(2),
+                avg_refresh_time_ms: r.get(3),
+                last_refresh_time_ms: r.get(4),
+                last_refreshed_at: r.get(5),
+                age_seconds: r.get(6),
+                last_attempt_at: r.get(7),
+                last_status: r.get(8),
+                last_method: r.get(9),
+                last_error: r.get(10),
+                refreshed_by: r.get(11),
+            })
+            .collect())
+    }
+}
+
+/// Permission denied on the schema or the tables.
+pub fn is_privilege_error(err: &tokio_postgres::Error) -> bool {
+    err.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE)
+}

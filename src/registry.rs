@@ -1,0 +1,516 @@
+//! The view registry: which materialized views to refresh and with what settings.
+//!
+//! The registry is a TOML file (or the embedded default listing the seeds' three
+//! aggregate views). Everything in it is checked here, before any connection is
+//! made: unknown keys, malformed or out-of-range values, duplicate views and an
+//! empty list are errors naming the file, line and key. What the names refer to in
+//! the database is checked later, by `catalog`.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::units::{Memory, PgDuration};
+
+/// The registry used when none is given: the seeds' three aggregate views.
+pub const EMBEDDED_REGISTRY: &str = include_str!("default_registry.toml");
+
+/// What `source` says when the embedded default is in use.
+const EMBEDDED_SOURCE: &str = "<embedded default registry>";
+
+/// The validated list of views to refresh.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    /// The file the registry was read from, or a marker for the embedded default.
+    pub source: String,
+    /// The views, in the order the file lists them.
+    pub views: Vec<ViewSpec>,
+    /// The settings of `[defaults]`, used for views named on the command line only.
+    pub defaults: ViewSettings,
+}
+
+/// One view of the registry and the settings its refresh runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewSpec {
+    pub name: ViewName,
+    pub settings: ViewSettings,
+}
+
+/// Per-view settings, with `[defaults]` and the built-in defaults applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewSettings {
+    pub work_mem: Memory,
+    pub statement_timeout: PgDuration,
+    pub lock_timeout: PgDuration,
+    pub concurrently: Concurrently,
+    pub retries: u32,
+    /// Skip the view when it was refreshed successfully more recently than this.
+    pub min_interval: Option<PgDuration>,
+}
+
+/// When to use `REFRESH MATERIALIZED VIEW CONCURRENTLY`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Concurrently {
+    /// Concurrently when the view is populated and has a usable unique index.
+    Auto,
+    /// Concurrently or not at all: a view that cannot be is a failure.
+    Always,
+    /// Always a plain refresh.
+    Never,
+}
+
+/// A view name as written: optionally schema-qualified, with SQL identifier rules
+/// (unquoted parts fold to lower case, `"Quoted"` parts are kept as written).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ViewName {
+    pub schema: Option<String>,
+    pub name: String,
+}
+
+/// A registry that cannot be used, with the place that is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}:{column}: {message}")]
+pub struct RegistryError {
+    /// The registry file, or a marker for the embedded default.
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl Default for ViewSettings {
+    fn default() -> Self {
+        Self {
+            work_mem: "64MB".parse().expect("valid constant"),
+            statement_timeout: "10min".parse().expect("valid constant"),
+            lock_timeout: "30s".parse().expect("valid constant"),
+            concurrently: Concurrently::Auto,
+            retries: 2,
+            min_interval: None,
+        }
+    }
+}
+
+impl Concurrently {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Always => "always",
+            Self::Never => "never",
+        }
+    }
+}
+
+impl FromStr for Concurrently {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "auto" => Ok(Self::Auto),
+            "always" => Ok(Self::Always),
+            "never" => Ok(Self::Never),
+            other => Err(format!(
+                "invalid value {other:?}: expected \"auto\", \"always\" or \"never\""
+            )),
+        }
+    }
+}
+
+impl ViewName {
+    /// Whether `other` may name the same view: equal, or equal once the schema
+    /// one of them leaves out is ignored.
+    pub fn matches(&self, other: &ViewName) -> bool {
+        self.name == other.name
+            && (self.schema.is_none() || other.schema.is_none() || self.schema == other.schema)
+    }
+}
+
+impl FromStr for ViewName {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut parts = split_identifiers(text)?;
+        match parts.len() {
+            1 => Ok(Self {
+                schema: None,
+                name: parts.remove(0),
+            }),
+            2 => Ok(Self {
+                name: parts.remove(1),
+                schema: Some(parts.remove(0)),
+            }),
+            _ => Err(format!(
+                "invalid view name {text:?}: expected \"view\" or \"schema.view\""
+            )),
+        }
+    }
+}
+
+impl fmt::Display for ViewName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(schema) = &self.schema {
+            write!(f, "{}.", display_ident(schema))?;
+        }
+        write!(f, "{}", display_ident(&self.name))
+    }
+}
+
+/// Splits `schema."View"` into identifiers, applying SQL's case folding.
+fn split_identifiers(text: &str) -> Result<Vec<String>, String> {
+    let invalid = |why: &str| format!("invalid view name {text:?}: {why}");
+    let mut parts = Vec::new();
+    let mut chars = text.trim().chars().peekable();
+    loop {
+        let mut part = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('"') if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        part.push('"');
+                    }
+                    Some('"') => break,
+                    Some(c) => part.push(c),
+                    None => return Err(invalid("unterminated quoted identifier")),
+                }
+            }
+            if !matches!(chars.peek(), None | Some('.')) {
+                return Err(invalid("unexpected text after a quoted identifier"));
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == '.' {
+                    break;
+                }
+                if c == '"' {
+                    return Err(invalid("quote inside an unquoted identifier"));
+                }
+                part.push(c.to_ascii_lowercase());
+                chars.next();
+            }
+        }
+        if part.is_empty() {
+            return Err(invalid("empty identifier"));
+        }
+        parts.push(part);
+        match chars.next() {
+            Some('.') => continue,
+            None => return Ok(parts),
+            Some(_) => unreachable!("parts end at a dot or at the end"),
+        }
+    }
+}
+
+/// Quotes an identifier for SQL text: always, so no name is ever read as SQL.
+pub fn quote_ident(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// An identifier as people read it: quoted only when PostgreSQL would need it.
+pub fn display_ident(ident: &str) -> String {
+    let plain = ident
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && ident
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
+    if plain {
+        ident.to_owned()
+    } else {
+        quote_ident(ident)
+    }
+}
+
+/// One table of the file: `[defaults]` or a `[[view]]`. Both share the keys, so
+/// one struct with `deny_unknown_fields` catches misspellings in either.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTable {
+    name: Option<Spanned<String>>,
+    work_mem: Option<Spanned<String>>,
+    statement_timeout: Option<Spanned<String>>,
+    lock_timeout: Option<Spanned<String>>,
+    concurrently: Option<Spanned<String>>,
+    retries: Option<Spanned<i64>>,
+    min_interval: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistry {
+    defaults: Option<Spanned<RawTable>>,
+    #[serde(default)]
+    view: Vec<Spanned<RawTable>>,
+}
+
+/// Largest `work_mem` and timeouts PostgreSQL accepts (INT_MAX kB and ms).
+const PG_INT_MAX: u64 = i32::MAX as u64;
+const MIN_WORK_MEM_KB: u64 = 64;
+const MAX_RETRIES: i64 = 10;
+const MAX_MIN_INTERVAL_MS: u64 = 366 * 86_400_000;
+
+impl Registry {
+    /// Reads the registry at `path`, or the embedded default when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Self, RegistryError> {
+        match path {
+            None => Self::parse(EMBEDDED_REGISTRY, EMBEDDED_SOURCE),
+            Some(path) => {
+                let source = path.display().to_string();
+                let text = std::fs::read_to_string(path).map_err(|err| RegistryError {
+                    message: format!("cannot read registry: {err}"),
+                    file: source.clone(),
+                    line: 1,
+                    column: 1,
+                })?;
+                Self::parse(&text, &source)
+            }
+        }
+    }
+
+    /// Parses and validates registry `text`; `source` names it in errors.
+    pub fn parse(text: &str, source: &str) -> Result<Self, RegistryError> {
+        let error_at = |span: Option<std::ops::Range<usize>>, message: String| {
+            let (line, column) = line_column(text, span.map_or(0, |s| s.start));
+            RegistryError {
+                file: source.to_owned(),
+                line,
+                column,
+                message,
+            }
+        };
+        let raw: RawRegistry = toml::from_str(text)
+            .map_err(|err| error_at(err.span(), err.message().trim_end().to_owned()))?;
+
+        let builtin = ViewSettings::default();
+        let defaults = match &raw.defaults {
+            Some(table) => {
+                if let Some(name) = &table.get_ref().name {
+                    return Err(error_at(
+                        Some(name.span()),
+                        "key \"name\" belongs in a [[view]] table, not in [defaults]".into(),
+                    ));
+                }
+                apply(table.get_ref(), &builtin).map_err(|(span, msg)| error_at(span, msg))?
+            }
+            None => builtin,
+        };
+
+        if raw.view.is_empty() {
+            return Err(error_at(
+                None,
+                "the registry lists no views: add at least one [[view]] table with a name".into(),
+            ));
+        }
+
+        let mut views: Vec<ViewSpec> = Vec::with_capacity(raw.view.len());
+        for table in &raw.view {
+            let Some(name) = &table.get_ref().name else {
+                return Err(error_at(
+                    Some(table.span()),
+                    "[[view]] table has no key \"name\"".into(),
+                ));
+            };
+            let parsed: ViewName = name
+                .get_ref()
+                .parse()
+                .map_err(|msg| error_at(Some(name.span()), format!("key \"name\": {msg}")))?;
+            if let Some(earlier) = views.iter().find(|v| v.name.matches(&parsed)) {
+                return Err(error_at(
+                    Some(name.span()),
+                    format!(
+                        "key \"name\": view {parsed} is listed twice (also as {})",
+                        earlier.name
+                    ),
+                ));
+            }
+            let settings =
+                apply(table.get_ref(), &defaults).map_err(|(span, msg)| error_at(span, msg))?;
+            views.push(ViewSpec {
+                name: parsed,
+                settings,
+            });
+        }
+
+        Ok(Self {
+            source: source.to_owned(),
+            views,
+            defaults,
+        })
+    }
+
+    /// The views to refresh: all of them, or those `names` picks. A name the
+    /// registry does not list is refreshed with the `[defaults]` settings.
+    pub fn select(&self, names: &[String]) -> Result<Vec<ViewSpec>, String> {
+        if names.is_empty() {
+            return Ok(self.views.clone());
+        }
+        let mut picked: Vec<ViewSpec> = Vec::new();
+        for text in names {
+            let name: ViewName = text.parse()?;
+            if picked.iter().any(|v| v.name.matches(&name)) {
+                continue;
+            }
+            let spec = self
+                .views
+                .iter()
+                .find(|v| v.name.matches(&name))
+                .cloned()
+                .unwrap_or_else(|| ViewSpec {
+                    name,
+                    settings: self.defaults.clone(),
+                });
+            picked.push(spec);
+        }
+        Ok(picked)
+    }
+}
+
+type Span = Option<std::ops::Range<usize>>;
+
+/// Layers the keys of `table` over `base`, checking each value and its range.
+fn apply(table: &RawTable, base: &ViewSettings) -> Result<ViewSettings, (Span, String)> {
+    fn parse<T: FromStr>(
+        key: &str,
+        value: &Spanned<String>,
+        check: impl Fn(&T) -> Option<String>,
+    ) -> Result<T, (Span, String)>
+    where
+        T::Err: fmt::Display,
+    {
+        let fail = |msg: String| (Some(value.span()), format!("key {key:?}: {msg}"));
+        let parsed = value.get_ref().parse::<T>().map_err(|e| fail(e.to_string()))?;
+        match check(&parsed) {
+            Some(msg) => Err(fail(msg)),
+            None => Ok(parsed),
+        }
+    }
+    let timeout_range = |d: &PgDuration| {
+        (d.as_millis() > PG_INT_MAX).then(|| {
+            format!("{d} is out of range: PostgreSQL accepts at most {PG_INT_MAX}ms (about 24 days)")
+        })
+    };
+
+    let mut settings = base.clone();
+    if let Some(v) = &table.work_mem {
+        settings.work_mem = parse("work_mem", v, |m: &Memory| {
+            (!(MIN_WORK_MEM_KB..=PG_INT_MAX).contains(&m.as_kilobytes())).then(|| {
+                format!("{m} is out of range: PostgreSQL accepts 64kB to {PG_INT_MAX}kB")
+            })
+        })?;
+    }
+    if let Some(v) = &table.statement_timeout {
+        settings.statement_timeout = parse("statement_timeout", v, timeout_range)?;
+    }
+    if let Some(v) = &table.lock_timeout {
+        settings.lock_timeout = parse("lock_timeout", v, timeout_range)?;
+    }
+    if let Some(v) = &table.concurrently {
+        settings.concurrently = parse("concurrently", v, |_: &Concurrently| None)?;
+    }
+    if let Some(v) = &table.min_interval {
+        let interval = parse("min_interval", v, |d: &PgDuration| {
+            (d.as_millis() > MAX_MIN_INTERVAL_MS)
+                .then(|| format!("{d} is out of range: at most 366 days"))
+        })?;
+        settings.min_interval = (interval.as_millis() > 0).then_some(interval);
+    }
+    if let Some(v) = &table.retries {
+        let retries = *v.get_ref();
+        if !(0..=MAX_RETRIES).contains(&retries) {
+            return Err((
+                Some(v.span()),
+                format!("key \"retries\": {retries} is out of range: expected 0 to {MAX_RETRIES}"),
+            ));
+        }
+        settings.retries = retries as u32;
+    }
+    Ok(settings)
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(text: &str) -> RegistryError {
+        Registry::parse(text, "r.toml").expect_err("registry should be rejected")
+    }
+
+    #[test]
+    fn embedded_default_lists_the_three_seed_views() {
+        let registry = Registry::load(None).unwrap();
+        let names: Vec<_> = registry.views.iter().map(|v| v.name.to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                "tenants_summary_view",
+                "user_activity_view",
+                "top_bets_today"
+            ]
+        );
+    }
+
+    #[test]
+    fn defaults_then_view_keys_apply_in_order() {
+        let registry = Registry::parse(
+            "[defaults]\nwork_mem = \"32MB\"\nretries = 0\n\n[[view]]\nname = \"a\"\n\n[[view]]\nname = \"Reporting.\\\"Daily\\\"\"\nwork_mem = \"1GB\"\nmin_interval = \"15m\"\n",
+            "r.toml",
+        )
+        .unwrap();
+        let [a, b] = &registry.views[..] else {
+            panic!("two views")
+        };
+        assert_eq!(a.settings.work_mem.to_string(), "32MB");
+        assert_eq!(a.settings.retries, 0);
+        assert_eq!(b.name.schema.as_deref(), Some("reporting"));
+        assert_eq!(b.name.name, "Daily");
+        assert_eq!(b.name.to_string(), "reporting.\"Daily\"");
+        assert_eq!(b.settings.work_mem.to_string(), "1GB");
+        assert_eq!(b.settings.min_interval.unwrap().as_millis(), 900_000);
+    }
+
+    #[test]
+    fn errors_name_line_and_key() {
+        let e = error("[[view]]\nname = \"a\"\nwork_mem = \"64XB\"\n");
+        assert_eq!((e.line, e.file.as_str()), (3, "r.toml"));
+        assert!(e.message.contains("work_mem"), "{e}");
+
+        let e = error("[[view]]\nname = \"a\"\nwork_memory = \"64MB\"\n");
+        assert_eq!(e.line, 3);
+        assert!(e.message.contains("work_memory"), "{e}");
+
+        let e = error("[[view]]\nname = \"a\"\n\n[[view]]\nname = \"public.a\"\n");
+        assert_eq!(e.line, 5);
+        assert!(e.message.contains("listed twice"), "{e}");
+
+        let e = error("[defaults]\nretries = 11\n[[view]]\nname = \"a\"\n");
+        assert_eq!(e.line, 2);
+        assert!(e.message.contains("retries"), "{e}");
+
+        let e = error("[defaults]\nwork_mem = \"64MB\"\n");
+        assert!(e.message.contains("no views"), "{e}");
+    }
+
+    #[test]
+    fn names_fold_like_sql_identifiers() {
+        let name: ViewName = "Public.Top_Bets".parse().unwrap();
+        assert_eq!(name.schema.as_deref(), Some("public"));
+        assert_eq!(name.name, "top_bets");
+        assert!("a.b.c".parse::<ViewName>().is_err());
+        assert!("\"open".parse::<ViewName>().is_err());
+        assert!("a.".parse::<ViewName>().is_err());
+        assert_eq!(quote_ident("x\"; DROP"), "\"x\"\"; DROP\"");
+    }
+}

@@ -1,0 +1,43 @@
+-- The log tables of mv-refresher. Idempotent: `init` and the first `refresh`
+-- run it; later versions add columns with ADD COLUMN IF NOT EXISTS, never rename.
+-- {schema} is replaced by the quoted --log-schema.
+
+CREATE TABLE IF NOT EXISTS {schema}.materialized_views_refresh_log (
+    view_name            text PRIMARY KEY,          -- schema-qualified: public.top_bets_today
+    refresh_count        bigint NOT NULL DEFAULT 0,  -- successful refreshes
+    failure_count        bigint NOT NULL DEFAULT 0,  -- failed refreshes
+    avg_refresh_time_ms  double precision,           -- over successful refreshes
+    last_refresh_time_ms double precision,           -- of the last successful refresh
+    last_refreshed_at    timestamptz,                -- end of the last successful refresh
+    last_attempt_at      timestamptz,
+    last_status          text,
+    last_method          text,
+    last_error           text,
+    refreshed_by         text                        -- host (pod) of the latest attempt
+);
+
+CREATE TABLE IF NOT EXISTS {schema}.materialized_views_refresh_history (
+    id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_id            uuid NOT NULL,
+    view_name         text NOT NULL,
+    started_at        timestamptz NOT NULL,
+    finished_at       timestamptz NOT NULL,
+    duration_ms       double precision NOT NULL,
+    status            text NOT NULL
+                      CHECK (status IN ('success', 'failed', 'skipped', 'cancelled')),
+    method            text CHECK (method IN ('concurrently', 'full')),
+    attempt           integer NOT NULL,
+    work_mem          text,
+    statement_timeout text,
+    lock_timeout      text,
+    sqlstate          text,
+    error             text,
+    note              text,                     -- why: the method chosen, a skip's reason
+    host              text
+);
+
+CREATE INDEX IF NOT EXISTS materialized_views_refresh_history_view_idx
+    ON {schema}.materialized_views_refresh_history (view_name, started_at DESC);
+
+CREATE INDEX IF NOT EXISTS materialized_views_refresh_history_started_idx
+    ON {schema}.materialized_views_refresh_history (started_at);
