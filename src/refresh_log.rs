@@ -192,7 +192,7 @@ impl RefreshLog {
         let history = format!(
             "INSERT INTO {} (run_id, view_name, started_at, finished_at, duration_ms, status, \
                  method, attempt, work_mem, statement_timeout, lock_timeout, sqlstate, error, note, host) \
-             SELECT $1, $2, now - make_interval(secs => $3 / 1000.0), now, $3, $4, $5, $6, \
+             SELECT $1, $2, now - make_interval(secs => $3::float8 / 1000), now, $3::float8, $4, $5, $6, \
                  $7, $8, $9, $10, $11, $12, $13 \
              FROM clock_timestamp() AS now",
             self.history_table

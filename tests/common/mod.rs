@@ -1,0 +1,298 @@
+//! The test harness: a throwaway PostgreSQL cluster per test binary (started by
+//! `scripts/pg-throwaway`, the same script the demo uses), one database per test
+//! copied from a template holding the reference platform, and a runner for the
+//! real `mv-refresher` binary that prints everything when an expectation fails.
+//!
+//! The cluster is stopped and removed by a watchdog process when the test binary
+//! exits, however it exits.
+
+#![allow(dead_code)] // each test binary uses its own part of the harness
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+/// The role with a password (pg_hba requires one for roles named `pw_*`).
+pub const PASSWORD_ROLE: &str = "pw_refresher";
+/// Its password: tests check it never appears in any output.
+pub const PASSWORD: &str = "S3cret-Pa55-word";
+
+const TEMPLATE: &str = "mvr_platform_template";
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+/// `CREATE DATABASE ... TEMPLATE` fails while another copy is being made.
+static CREATE_DB: Mutex<()> = Mutex::new(());
+static NEXT_DB: AtomicUsize = AtomicUsize::new(0);
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn script() -> PathBuf {
+    repo().join("scripts/pg-throwaway")
+}
+
+/// The cluster of this test binary, started on first use.
+pub fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(Cluster::start)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free local port")
+        .port()
+}
+
+impl Cluster {
+    fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("mv-refresher-test-{}", std::process::id()));
+        let _ = Command::new(script()).arg("stop").arg(&dir).status();
+        let port = free_port();
+        let status = Command::new(script())
+            .arg("start")
+            .arg(&dir)
+            .arg(port.to_string())
+            .status()
+            .expect("scripts/pg-throwaway runs");
+        assert!(status.success(), "scripts/pg-throwaway start failed");
+
+        // Stops the cluster when this process is gone, even after a panic or a kill.
+        // Its own process group keeps a Ctrl-C to `cargo test` from ending it first.
+        use std::os::unix::process::CommandExt;
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; exec '{script}' stop '{dir}'",
+                pid = std::process::id(),
+                script = script().display(),
+                dir = dir.display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("the watchdog starts");
+
+        let cluster = Self { dir, port };
+        cluster.load_template();
+        cluster
+    }
+
+    /// A `postgres://` URL for `database` as the superuser.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    pub fn connect(&self, database: &str) -> postgres::Client {
+        postgres::Client::connect(&self.url(database), postgres::NoTls)
+            .unwrap_or_else(|e| panic!("connect to {database}: {e}"))
+    }
+
+    fn load_template(&self) {
+        let mut admin = self.connect("postgres");
+        admin.batch_execute(&format!("CREATE DATABASE {TEMPLATE}")).unwrap();
+        admin
+            .batch_execute(&format!(
+                "CREATE ROLE {PASSWORD_ROLE} LOGIN SUPERUSER PASSWORD '{PASSWORD}'"
+            ))
+            .unwrap();
+        let mut db = self.connect(TEMPLATE);
+        let sql = |file: &str| std::fs::read_to_string(repo().join("sql").join(file)).unwrap();
+        db.batch_execute(&sql("platform.sql")).expect("sql/platform.sql loads");
+        db.batch_execute(
+            "SET demo.bets = '3000'; SET demo.users = '400'; SET demo.tenants = '3';",
+        )
+        .unwrap();
+        db.batch_execute(&sql("sample_data.sql")).expect("sql/sample_data.sql loads");
+    }
+}
+
+/// A database of its own for one test, dropped at the end of the test.
+pub struct TestDb {
+    pub name: String,
+}
+
+impl TestDb {
+    /// A copy of the reference platform with sample data.
+    pub fn platform(test: &str) -> Self {
+        Self::create(test, &format!("TEMPLATE {TEMPLATE}"))
+    }
+
+    /// An empty database.
+    pub fn empty(test: &str) -> Self {
+        Self::create(test, "")
+    }
+
+    fn create(test: &str, options: &str) -> Self {
+        let cluster = cluster();
+        let n = NEXT_DB.fetch_add(1, Ordering::SeqCst);
+        let name: String = format!("t{n}_{test}").chars().take(60).collect();
+        let _guard = CREATE_DB.lock().unwrap_or_else(|e| e.into_inner());
+        cluster
+            .connect("postgres")
+            .batch_execute(&format!("CREATE DATABASE \"{name}\" {options}"))
+            .unwrap_or_else(|e| panic!("create database {name}: {e}"));
+        Self { name }
+    }
+
+    pub fn url(&self) -> String {
+        cluster().url(&self.name)
+    }
+
+    pub fn client(&self) -> postgres::Client {
+        cluster().connect(&self.name)
+    }
+
+    /// Runs `sql` (several statements allowed).
+    pub fn execute(&self, sql: &str) {
+        self.client()
+            .batch_execute(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    }
+
+    /// The first column of the first row of `sql`.
+    pub fn scalar<T: for<'a> postgres::types::FromSql<'a>>(&self, sql: &str) -> T {
+        self.client()
+            .query_one(sql, &[])
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+            .get(0)
+    }
+
+    /// The rows of `sql`, every column rendered as text by the server.
+    pub fn rows(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        self.client()
+            .simple_query(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+            .into_iter()
+            .filter_map(|m| match m {
+                postgres::SimpleQueryMessage::Row(row) => {
+                    Some((0..row.len()).map(|i| row.get(i).map(str::to_owned)).collect())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A registry file in a temporary directory, removed with the database.
+    pub fn registry(&self, toml: &str) -> PathBuf {
+        let path = cluster().dir.join(format!("{}.toml", self.name));
+        std::fs::write(&path, toml).unwrap();
+        path
+    }
+
+    /// The binary, pointed at this database.
+    pub fn mvr(&self) -> Mvr {
+        Mvr::new().env("DATABASE_URL", &self.url())
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = postgres::Client::connect(&cluster().url("postgres"), postgres::NoTls) {
+            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name));
+        }
+        let _ = std::fs::remove_file(cluster().dir.join(format!("{}.toml", self.name)));
+    }
+}
+
+/// The `mv-refresher` binary with a clean environment.
+pub struct Mvr {
+    cmd: Command,
+}
+
+/// What a run of the binary did.
+pub struct Output {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    command: String,
+}
+
+impl Mvr {
+    pub fn new() -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mv-refresher"));
+        cmd.env_clear().env("RUST_LOG", "info");
+        Self { cmd }
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.cmd.env(key, value);
+        self
+    }
+
+    pub fn env_remove(mut self, key: &str) -> Self {
+        self.cmd.env_remove(key);
+        self
+    }
+
+    pub fn arg(mut self, arg: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.cmd.arg(arg);
+        self
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: AsRef<std::ffi::OsStr>>(mut self, args: I) -> Self {
+        self.cmd.args(args);
+        self
+    }
+
+    pub fn run(mut self) -> Output {
+        let command = format!("{:?}", self.cmd);
+        let out = self.cmd.output().expect("the binary runs");
+        Output {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            command,
+        }
+    }
+}
+
+impl Output {
+    /// Asserts the exit code, printing the whole run when it differs.
+    #[track_caller]
+    pub fn code(&self, expected: i32) -> &Self {
+        assert_eq!(self.code, Some(expected), "unexpected exit code\n{self}");
+        self
+    }
+
+    #[track_caller]
+    pub fn stdout_has(&self, needle: &str) -> &Self {
+        assert!(self.stdout.contains(needle), "stdout lacks {needle:?}\n{self}");
+        self
+    }
+
+    #[track_caller]
+    pub fn stderr_has(&self, needle: &str) -> &Self {
+        assert!(self.stderr.contains(needle), "stderr lacks {needle:?}\n{self}");
+        self
+    }
+
+    /// Asserts `needle` appears nowhere in the output.
+    #[track_caller]
+    pub fn never_shows(&self, needle: &str) -> &Self {
+        assert!(
+            !self.stdout.contains(needle) && !self.stderr.contains(needle),
+            "output shows {needle:?}\n{self}"
+        );
+        self
+    }
+}
+
+impl std::fmt::Display for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "command: {}\nexit code: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.command, self.code, self.stdout, self.stderr
+        )
+    }
+}

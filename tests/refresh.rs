@@ -1,0 +1,367 @@
+//! `refresh` against a real server: what it refreshes, what it records, what it
+//! refuses, and how it exits.
+
+mod common;
+
+use common::TestDb;
+
+const SEED_QUERY: &str = "SELECT view_name, avg_refresh_time_ms, refresh_count, last_refreshed_at
+FROM materialized_views_refresh_log WHERE avg_refresh_time_ms > 500;";
+
+#[test]
+fn default_registry_refreshes_the_three_seed_views_and_logs_them() {
+    let db = TestDb::platform("default_registry");
+    // A new bet that only a refresh makes visible in the aggregate view.
+    let before: i32 = db.scalar("SELECT total_bets FROM tenants_summary_view WHERE tenant_id = 10001");
+    db.execute(
+        "INSERT INTO bets_view (tenant_id, bet_id, user_id, stake, odds, status, created_at, \
+             last_updated_timestamp, last_updated_at) \
+         VALUES (10001, 'bet-new', 'user-1', 10, 2, 'placed', now(), 0, now())",
+    );
+
+    let out = db.mvr().args(["refresh"]).run();
+    out.code(0)
+        .stdout_has("public.tenants_summary_view")
+        .stdout_has("public.user_activity_view")
+        .stdout_has("public.top_bets_today")
+        .stdout_has("3 refreshed, 0 skipped, 0 failed");
+
+    let after: i32 = db.scalar("SELECT total_bets FROM tenants_summary_view WHERE tenant_id = 10001");
+    assert_eq!(after, before + 1, "the view was not refreshed\n{out}");
+
+    let log = db.rows(
+        "SELECT view_name, refresh_count, failure_count, last_status, last_method, \
+                last_refreshed_at IS NOT NULL, refreshed_by IS NOT NULL \
+         FROM materialized_views_refresh_log ORDER BY view_name",
+    );
+    let expect = |name: &str| {
+        vec![
+            Some(name.to_owned()),
+            Some("1".into()),
+            Some("0".into()),
+            Some("success".into()),
+            Some("concurrently".into()),
+            Some("t".into()),
+            Some("t".into()),
+        ]
+    };
+    assert_eq!(
+        log,
+        vec![
+            expect("public.tenants_summary_view"),
+            expect("public.top_bets_today"),
+            expect("public.user_activity_view"),
+        ]
+    );
+    let history = db.rows(
+        "SELECT view_name, status, method, attempt, work_mem, statement_timeout, lock_timeout \
+         FROM materialized_views_refresh_history ORDER BY view_name",
+    );
+    assert_eq!(history.len(), 3);
+    for row in history {
+        assert_eq!(row[1..], [
+            Some("success".into()),
+            Some("concurrently".into()),
+            Some("1".into()),
+            Some("64MB".into()),
+            Some("10min".into()),
+            Some("30s".into()),
+        ]);
+    }
+}
+
+#[test]
+fn seeds_monitoring_query_runs_unchanged_on_the_log() {
+    let db = TestDb::platform("seed_query");
+    db.mvr().args(["refresh"]).run().code(0);
+    db.mvr().args(["refresh"]).run().code(0);
+
+    // The seeds' query, word for word, with the types an application reads.
+    let mut client = db.client();
+    let slow = client.query(SEED_QUERY, &[]).unwrap();
+    for row in &slow {
+        let avg: f64 = row.get("avg_refresh_time_ms");
+        assert!(avg > 500.0);
+    }
+    // Make one view "slow" on record: the query must then report it.
+    client
+        .execute(
+            "UPDATE materialized_views_refresh_log SET avg_refresh_time_ms = 750 \
+             WHERE view_name = 'public.top_bets_today'",
+            &[],
+        )
+        .unwrap();
+    let slow = client.query(SEED_QUERY, &[]).unwrap();
+    let names: Vec<String> = slow.iter().map(|r| r.get("view_name")).collect();
+    assert!(names.contains(&"public.top_bets_today".to_owned()), "{names:?}");
+    let row = slow.iter().find(|r| r.get::<_, String>(0) == "public.top_bets_today").unwrap();
+    let count: i64 = row.get("refresh_count");
+    let _: std::time::SystemTime = row.get("last_refreshed_at");
+    assert_eq!(count, 2);
+}
+
+#[test]
+fn average_and_counts_follow_the_history() {
+    let db = TestDb::platform("averages");
+    for _ in 0..3 {
+        db.mvr().args(["refresh", "tenants_summary_view"]).run().code(0);
+    }
+    let (avg, last, count): (f64, f64, i64) = {
+        let row = db
+            .client()
+            .query_one(
+                "SELECT avg_refresh_time_ms, last_refresh_time_ms, refresh_count \
+                 FROM materialized_views_refresh_log WHERE view_name = 'public.tenants_summary_view'",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+    let (history_avg, history_last): (f64, f64) = {
+        let row = db
+            .client()
+            .query_one(
+                "SELECT avg(duration_ms), (array_agg(duration_ms ORDER BY id DESC))[1] \
+                 FROM materialized_views_refresh_history \
+                 WHERE view_name = 'public.tenants_summary_view' AND status = 'success'",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(count, 3);
+    assert!((avg - history_avg).abs() < 1e-6, "{avg} vs {history_avg}");
+    assert!((last - history_last).abs() < 1e-9, "{last} vs {history_last}");
+}
+
+#[test]
+fn a_missing_view_fails_alone_and_the_others_refresh() {
+    let db = TestDb::platform("missing_view");
+    let registry = db.registry(
+        "[[view]]\nname = \"tenants_summary_view\"\n\n[[view]]\nname = \"no_such_view\"\n\n\
+         [[view]]\nname = \"tenants\"\n\n[[view]]\nname = \"top_bets_today\"\n",
+    );
+    let out = db.mvr().args(["refresh", "--registry"]).arg(&registry).run();
+    out.code(1)
+        .stdout_has("2 refreshed, 0 skipped, 2 failed")
+        .stderr_has("public.no_such_view does not exist");
+
+    let log = db.rows(
+        "SELECT view_name, last_status, refresh_count, failure_count, last_error \
+         FROM materialized_views_refresh_log ORDER BY view_name",
+    );
+    let status: Vec<_> = log.iter().map(|r| (r[0].clone().unwrap(), r[1].clone().unwrap())).collect();
+    assert_eq!(
+        status,
+        [
+            ("public.no_such_view".into(), "failed".into()),
+            ("public.tenants".into(), "failed".into()),
+            ("public.tenants_summary_view".into(), "success".into()),
+            ("public.top_bets_today".into(), "success".into()),
+        ] as [(String, String); 4]
+    );
+    assert!(log[0][4].as_deref().unwrap().contains("does not exist"));
+    assert!(log[1][4].as_deref().unwrap().contains("is a table, not a materialized view"));
+    let failed: i64 = db.scalar(
+        "SELECT count(*) FROM materialized_views_refresh_history WHERE status = 'failed' AND method IS NULL",
+    );
+    assert_eq!(failed, 2);
+}
+
+#[test]
+fn an_injection_attempt_as_a_view_name_is_only_a_missing_view() {
+    let db = TestDb::platform("injection");
+    let out = db
+        .mvr()
+        .args(["refresh", "x; DROP TABLE tenants", "top_bets_today"])
+        .run();
+    out.code(1).stdout_has("1 refreshed, 0 skipped, 1 failed");
+
+    let registry = db.registry("[[view]]\nname = 'public.\"x\"\"; DROP TABLE tenants; --\"'\n");
+    db.mvr().args(["refresh", "--registry"]).arg(&registry).run().code(1);
+
+    let tenants: i64 = db.scalar("SELECT count(*) FROM tenants");
+    assert_eq!(tenants, 3, "tenants must be intact");
+    let names = db.rows("SELECT view_name FROM materialized_views_refresh_log WHERE last_status = 'failed' ORDER BY 1");
+    assert_eq!(names.len(), 2, "{names:?}");
+}
+
+#[test]
+fn a_failing_refresh_is_rolled_back_recorded_with_its_sqlstate_and_does_not_stop_others() {
+    let db = TestDb::platform("failing_refresh");
+    db.execute(
+        "CREATE MATERIALIZED VIEW fragile AS \
+             SELECT 1 / (SELECT count(*) FROM tenants WHERE id < 0) AS x WITH NO DATA;",
+    );
+    let registry = db.registry(
+        "[[view]]\nname = \"fragile\"\n\n[[view]]\nname = \"tenants_summary_view\"\n",
+    );
+    let out = db.mvr().args(["refresh", "--registry"]).arg(&registry).run();
+    out.code(1).stderr_has("division by zero");
+
+    let row = db.rows(
+        "SELECT status, method, sqlstate, error FROM materialized_views_refresh_history \
+         WHERE view_name = 'public.fragile'",
+    );
+    assert_eq!(row.len(), 1, "a division by zero is not retried");
+    assert_eq!(row[0][0].as_deref(), Some("failed"));
+    assert_eq!(row[0][1].as_deref(), Some("full"), "unpopulated: plain refresh");
+    assert_eq!(row[0][2].as_deref(), Some("22012"));
+    let populated: bool = db.scalar("SELECT relispopulated FROM pg_class WHERE relname = 'fragile'");
+    assert!(!populated, "the failed refresh must leave nothing behind");
+    let (ok, failed): (i64, i64) = {
+        let r = db
+            .client()
+            .query_one(
+                "SELECT refresh_count, failure_count FROM materialized_views_refresh_log \
+                 WHERE view_name = 'public.fragile'",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((ok, failed), (0, 1));
+    let other: String = db.scalar(
+        "SELECT last_status FROM materialized_views_refresh_log WHERE view_name = 'public.tenants_summary_view'",
+    );
+    assert_eq!(other, "success");
+}
+
+#[test]
+fn per_view_settings_apply_inside_the_refresh_and_nowhere_else() {
+    let db = TestDb::platform("settings");
+    // Views that capture the settings their refresh ran with.
+    db.execute(
+        "CREATE MATERIALIZED VIEW probe_a AS SELECT 1 AS id, current_setting('work_mem') AS work_mem, \
+             current_setting('statement_timeout') AS statement_timeout, \
+             current_setting('lock_timeout') AS lock_timeout; \
+         CREATE UNIQUE INDEX ON probe_a (id); \
+         CREATE MATERIALIZED VIEW probe_b AS SELECT * FROM probe_a WITH NO DATA; \
+         CREATE MATERIALIZED VIEW probe_c AS SELECT 1 AS id, current_setting('work_mem') AS work_mem, \
+             current_setting('statement_timeout') AS statement_timeout, \
+             current_setting('lock_timeout') AS lock_timeout; \
+         CREATE UNIQUE INDEX ON probe_c (id);",
+    );
+    let registry = db.registry(
+        "[defaults]\nwork_mem = \"5MB\"\n\n\
+         [[view]]\nname = \"probe_a\"\nwork_mem = \"3MB\"\nstatement_timeout = \"7s\"\nlock_timeout = \"2s\"\n\n\
+         [[view]]\nname = \"probe_c\"\n",
+    );
+    db.mvr()
+        .args(["--jobs", "1", "refresh", "--registry"])
+        .arg(&registry)
+        .run()
+        .code(0);
+    let a = db.rows("SELECT work_mem, statement_timeout, lock_timeout FROM probe_a");
+    assert_eq!(a, [[Some("3MB".into()), Some("7s".into()), Some("2s".into())]]);
+    // The next view on the same pooled connection sees its own settings, not probe_a's.
+    let c = db.rows("SELECT work_mem, statement_timeout, lock_timeout FROM probe_c");
+    assert_eq!(c, [[Some("5MB".into()), Some("10min".into()), Some("30s".into())]]);
+    let recorded = db.rows(
+        "SELECT work_mem, statement_timeout, lock_timeout FROM materialized_views_refresh_history \
+         WHERE view_name = 'public.probe_a'",
+    );
+    assert_eq!(recorded, [[Some("3MB".into()), Some("7s".into()), Some("2s".into())]]);
+}
+
+#[test]
+fn statement_timeout_failure_names_the_setting() {
+    let db = TestDb::platform("statement_timeout");
+    db.execute("CREATE MATERIALIZED VIEW slow AS SELECT pg_sleep(5)::text AS slept WITH NO DATA;");
+    let registry = db.registry("[[view]]\nname = \"slow\"\nstatement_timeout = \"100ms\"\n");
+    let out = db.mvr().args(["refresh", "--registry"]).arg(&registry).run();
+    out.code(1).stderr_has("statement_timeout = 100ms");
+    let sqlstate: String = db.scalar(
+        "SELECT sqlstate FROM materialized_views_refresh_history WHERE view_name = 'public.slow'",
+    );
+    assert_eq!(sqlstate, "57014");
+}
+
+#[test]
+fn a_log_that_cannot_be_written_never_undoes_the_refresh() {
+    let db = TestDb::platform("log_write_fails");
+    db.mvr().args(["init"]).run().code(0);
+    db.execute(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'log is read-only today'; END $$; \
+         CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON materialized_views_refresh_log \
+             FOR EACH ROW EXECUTE FUNCTION refuse();",
+    );
+    let before: i32 = db.scalar("SELECT total_bets FROM tenants_summary_view WHERE tenant_id = 10001");
+    db.execute(
+        "INSERT INTO bets_view (tenant_id, bet_id, user_id, stake, odds, status, created_at, \
+             last_updated_timestamp, last_updated_at) \
+         VALUES (10001, 'bet-new', 'user-1', 10, 2, 'placed', now(), 0, now())",
+    );
+    let out = db.mvr().args(["refresh", "tenants_summary_view"]).run();
+    out.code(1)
+        .stderr_has("could not record the outcome")
+        .stderr_has("log is read-only today")
+        .stdout_has("success");
+    let after: i32 = db.scalar("SELECT total_bets FROM tenants_summary_view WHERE tenant_id = 10001");
+    assert_eq!(after, before + 1, "the refresh must stand\n{out}");
+}
+
+#[test]
+fn a_role_that_may_not_create_the_log_tables_still_refreshes() {
+    let db = TestDb::platform("no_create_privilege");
+    db.execute(&format!(
+        "CREATE ROLE limited_{0} LOGIN; \
+         REVOKE CREATE ON SCHEMA public FROM PUBLIC; \
+         GRANT SELECT ON ALL TABLES IN SCHEMA public TO limited_{0}; \
+         ALTER MATERIALIZED VIEW tenants_summary_view OWNER TO limited_{0};",
+        db.name
+    ));
+    let url = db.url().replace("postgres@", &format!("limited_{}@", db.name));
+    let before: i64 = db.scalar("SELECT count(*) FROM tenants_summary_view");
+    db.execute("INSERT INTO tenants (id, name, slug) VALUES (20001, 'New', 'new')");
+    let out = common::Mvr::new()
+        .env("DATABASE_URL", &url)
+        .args(["refresh", "tenants_summary_view"])
+        .run();
+    out.code(0)
+        .stderr_has("may not create them")
+        .stdout_has("1 refreshed");
+    let after: i64 = db.scalar("SELECT count(*) FROM tenants_summary_view");
+    assert_eq!(after, before + 1);
+    let exists: bool = db.scalar("SELECT to_regclass('materialized_views_refresh_log') IS NOT NULL");
+    assert!(!exists);
+    db.execute(&format!("DROP OWNED BY limited_{0}; DROP ROLE limited_{0};", db.name));
+}
+
+#[test]
+fn json_logs_have_one_event_per_view_with_its_fields() {
+    let db = TestDb::platform("json_logs");
+    let out = db.mvr().args(["--log-format", "json", "refresh"]).run();
+    out.code(0);
+    let events: Vec<serde_json::Value> = out
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?} is not JSON: {e}\n{out}")))
+        .collect();
+    let refreshed: Vec<_> = events
+        .iter()
+        .filter(|e| e["message"] == "view refreshed")
+        .collect();
+    assert_eq!(refreshed.len(), 3, "{out}");
+    for event in refreshed {
+        assert!(event["view"].as_str().unwrap().starts_with("public."));
+        assert_eq!(event["status"], "success");
+        assert_eq!(event["method"], "concurrently");
+        assert!(event["duration_ms"].as_f64().unwrap() >= 0.0);
+    }
+}
+
+#[test]
+fn log_schema_option_puts_the_tables_there() {
+    let db = TestDb::platform("log_schema");
+    db.execute("CREATE SCHEMA ops;");
+    db.mvr()
+        .args(["--log-schema", "ops", "refresh", "top_bets_today"])
+        .run()
+        .code(0);
+    let n: i64 = db.scalar("SELECT count(*) FROM ops.materialized_views_refresh_log");
+    assert_eq!(n, 1);
+    let public: bool = db.scalar("SELECT to_regclass('public.materialized_views_refresh_log') IS NULL");
+    assert!(public);
+}
