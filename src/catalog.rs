@@ -10,7 +10,7 @@ use std::fmt;
 
 use tokio_postgres::GenericClient;
 
-use crate::registry::{display_ident, quote_ident, ViewName};
+use crate::registry::{ViewName, display_ident, quote_ident};
 
 /// A relation found in the catalog: its OID and its exact schema and name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +26,10 @@ pub enum Lookup {
     /// A materialized view.
     MatView(Relation),
     /// Something else, e.g. a table or a plain view; `kind` says what.
-    Other { relation: Relation, kind: &'static str },
+    Other {
+        relation: Relation,
+        kind: &'static str,
+    },
     /// Nothing; `qualified` is the name with the schema it was expected in.
     Missing { qualified: String },
 }
@@ -50,7 +53,12 @@ impl Relation {
 impl fmt::Display for Relation {
     /// The name for people and the log tables: `public.top_bets_today`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", display_ident(&self.schema), display_ident(&self.name))
+        write!(
+            f,
+            "{}.{}",
+            display_ident(&self.schema),
+            display_ident(&self.name)
+        )
     }
 }
 
@@ -80,7 +88,10 @@ fn relkind_name(kind: i8) -> &'static str {
 
 /// Finds `name` the way PostgreSQL would: in its schema, or the first schema of
 /// the search path that has a relation of that name.
-pub async fn lookup(client: &impl GenericClient, name: &ViewName) -> Result<Lookup, tokio_postgres::Error> {
+pub async fn lookup(
+    client: &impl GenericClient,
+    name: &ViewName,
+) -> Result<Lookup, tokio_postgres::Error> {
     let row = client
         .query_opt(
             "SELECT c.oid, n.nspname::text, c.relname::text, c.relkind \
@@ -123,13 +134,19 @@ pub async fn lookup(client: &impl GenericClient, name: &ViewName) -> Result<Look
 /// The schema an unqualified new relation would go to (first of the search path).
 async fn default_schema(client: &impl GenericClient) -> Result<String, tokio_postgres::Error> {
     let row = client
-        .query_one("SELECT coalesce((pg_catalog.current_schemas(false))[1], 'public')::text", &[])
+        .query_one(
+            "SELECT coalesce((pg_catalog.current_schemas(false))[1], 'public')::text",
+            &[],
+        )
         .await?;
     Ok(row.get(0))
 }
 
 /// Reads the state of the materialized view `oid`; `None` when it is gone.
-pub async fn view_state(client: &impl GenericClient, oid: u32) -> Result<Option<ViewState>, tokio_postgres::Error> {
+pub async fn view_state(
+    client: &impl GenericClient,
+    oid: u32,
+) -> Result<Option<ViewState>, tokio_postgres::Error> {
     let row = client
         .query_opt(
             "SELECT c.relispopulated, EXISTS ( \
@@ -148,7 +165,10 @@ pub async fn view_state(client: &impl GenericClient, oid: u32) -> Result<Option<
 
 /// The pairs `(view, dependency)` among `oids`: `view` reads `dependency`,
 /// directly or through plain views.
-pub async fn dependencies(client: &impl GenericClient, oids: &[u32]) -> Result<Vec<(u32, u32)>, tokio_postgres::Error> {
+pub async fn dependencies(
+    client: &impl GenericClient,
+    oids: &[u32],
+) -> Result<Vec<(u32, u32)>, tokio_postgres::Error> {
     let rows = client
         .query(
             "WITH RECURSIVE reads(viewer, source) AS ( \

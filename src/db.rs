@@ -11,9 +11,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::error::SqlState;
-use tokio_postgres::config::{Config as PgConfig, Host};
 use tokio_postgres::NoTls;
+use tokio_postgres::config::{Config as PgConfig, Host};
+use tokio_postgres::error::SqlState;
 
 /// How long a connection attempt may take when neither the URL nor
 /// `PGCONNECT_TIMEOUT` says.
@@ -41,7 +41,10 @@ pub struct ConnectError {
 impl DbTarget {
     /// Builds the target from an optional URL and the `PG*` variables `env`
     /// returns (a function, so tests need not touch the process environment).
-    pub fn new(url: Option<&str>, env: impl Fn(&str) -> Option<String>) -> Result<Self, InvalidUrl> {
+    pub fn new(
+        url: Option<&str>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, InvalidUrl> {
         let mut config = match url {
             Some(url) => PgConfig::from_str(url).map_err(|err| InvalidUrl(error_chain(&err)))?,
             None => PgConfig::new(),
@@ -51,13 +54,11 @@ impl DbTarget {
                 config.host(host);
             }
         }
-        if config.get_ports().is_empty() {
-            if let Some(port) = env("PGPORT") {
-                let port = port
-                    .parse()
-                    .map_err(|_| InvalidUrl(format!("PGPORT {port:?} is not a port number")))?;
-                config.port(port);
-            }
+        if let (true, Some(port)) = (config.get_ports().is_empty(), env("PGPORT")) {
+            let port = port
+                .parse()
+                .map_err(|_| InvalidUrl(format!("PGPORT {port:?} is not a port number")))?;
+            config.port(port);
         }
         if config.get_user().is_none() {
             let user = env("PGUSER")
@@ -65,13 +66,12 @@ impl DbTarget {
                 .unwrap_or_else(|| "postgres".into());
             config.user(user);
         }
-        if config.get_password().is_none() {
-            if let Some(password) = env("PGPASSWORD") {
-                config.password(password);
-            }
+        if let (true, Some(password)) = (config.get_password().is_none(), env("PGPASSWORD")) {
+            config.password(password);
         }
         if config.get_dbname().is_none() {
-            let dbname = env("PGDATABASE").unwrap_or_else(|| config.get_user().unwrap_or_default().to_owned());
+            let dbname = env("PGDATABASE")
+                .unwrap_or_else(|| config.get_user().unwrap_or_default().to_owned());
             config.dbname(dbname);
         }
         if let Some(mode) = env("PGSSLMODE") {
@@ -205,17 +205,32 @@ mod tests {
     use super::*;
 
     fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |key| vars.iter().find(|(k, _)| *k == key).map(|(_, v)| v.to_string())
+        move |key| {
+            vars.iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.to_string())
+        }
     }
 
     #[test]
     fn pg_variables_fill_in_what_the_url_leaves_out() {
-        let vars = [("PGHOST", "db"), ("PGPORT", "6432"), ("PGUSER", "u"), ("PGDATABASE", "d")];
+        let vars = [
+            ("PGHOST", "db"),
+            ("PGPORT", "6432"),
+            ("PGUSER", "u"),
+            ("PGDATABASE", "d"),
+        ];
         let target = DbTarget::new(None, env(&vars)).unwrap();
-        assert_eq!(target.to_string(), "host db port 6432 database \"d\" as user \"u\"");
+        assert_eq!(
+            target.to_string(),
+            "host db port 6432 database \"d\" as user \"u\""
+        );
 
         let target = DbTarget::new(Some("postgres://x@h:1/y"), env(&vars)).unwrap();
-        assert_eq!(target.to_string(), "host h port 1 database \"y\" as user \"x\"");
+        assert_eq!(
+            target.to_string(),
+            "host h port 1 database \"y\" as user \"x\""
+        );
     }
 
     #[test]

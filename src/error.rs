@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use crate::db::{describe_error, is_connection_error, ConnectError, InvalidUrl};
+use crate::db::{ConnectError, InvalidUrl, describe_error, is_connection_error};
 use crate::registry::RegistryError;
 
 /// Exit codes, part of the interface (SPEC §2.1).
@@ -45,7 +45,11 @@ pub enum Error {
 impl Error {
     /// Wraps a PostgreSQL error met while doing `context`; a lost connection
     /// counts as unreachable.
-    pub fn database(context: &str, target: &impl std::fmt::Display, err: &tokio_postgres::Error) -> Self {
+    pub fn database(
+        context: &str,
+        target: &impl std::fmt::Display,
+        err: &tokio_postgres::Error,
+    ) -> Self {
         if is_connection_error(err) {
             Self::Connect(ConnectError {
                 target: target.to_string(),

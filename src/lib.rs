@@ -37,7 +37,9 @@ use crate::registry::Registry;
 /// Runs one command to completion and says how the process should exit.
 pub async fn run(cli: Cli) -> Result<Exit, Error> {
     let global = &cli.global;
-    let target = DbTarget::new(global.database_url.as_deref(), |key| std::env::var(key).ok())?;
+    let target = DbTarget::new(global.database_url.as_deref(), |key| {
+        std::env::var(key).ok()
+    })?;
     let log = RefreshLog::new(&global.log_schema);
     match &cli.command {
         Command::Refresh(args) => {
@@ -90,10 +92,14 @@ async fn refresh(
     let outcomes = refresh::execute(ctx.clone(), Arc::new(plan)).await;
     print_outcomes(&outcomes, ctx.run_id);
 
-    let failed = outcomes
-        .iter()
-        .any(|o| o.status == Status::Failed || o.status == Status::Cancelled || o.log_error.is_some());
-    Ok(if failed { Exit::ViewsFailed } else { Exit::Success })
+    let failed = outcomes.iter().any(|o| {
+        o.status == Status::Failed || o.status == Status::Cancelled || o.log_error.is_some()
+    });
+    Ok(if failed {
+        Exit::ViewsFailed
+    } else {
+        Exit::Success
+    })
 }
 
 fn print_outcomes(outcomes: &[Outcome], run_id: Uuid) {
@@ -107,7 +113,8 @@ fn print_outcomes(outcomes: &[Outcome], run_id: Uuid) {
             o.view_name.clone(),
             o.status.as_str().to_owned(),
             o.method.map_or("-", |m| m.as_str()).to_owned(),
-            if o.status == Status::Skipped { "-".into() } else { millis(o.duration_ms) },
+            // No method: no REFRESH ran, so there is no duration to show.
+            o.method.map_or("-".into(), |_| millis(o.duration_ms)),
             o.attempts.to_string(),
             note,
         ]);
@@ -133,34 +140,61 @@ async fn check(registry: &Registry, target: &DbTarget, log: &RefreshLog) -> Resu
         .await
         .map_err(db_err("reading the server version"))?
         .get(0);
-    let citus = catalog::has_citus(&**client).await.map_err(db_err("looking for citus"))?;
-    let log_exists = log.exists(&**client).await.map_err(db_err("looking for the log tables"))?;
+    let citus = catalog::has_citus(&**client)
+        .await
+        .map_err(db_err("looking for citus"))?;
+    let log_exists = log
+        .exists(&**client)
+        .await
+        .map_err(db_err("looking for the log tables"))?;
     let plan = Plan::build(&**client, registry.views.clone())
         .await
         .map_err(db_err("planning the refresh"))?;
 
-    println!("registry:   {} ({} views)", registry.source, registry.views.len());
+    println!(
+        "registry:   {} ({} views)",
+        registry.source,
+        registry.views.len()
+    );
     println!(
         "database:   {target}, PostgreSQL {version}{}",
-        if citus { ", citus extension present (materialized views refresh on the coordinator)" } else { "" }
+        if citus {
+            ", citus extension present (materialized views refresh on the coordinator)"
+        } else {
+            ""
+        }
     );
     println!(
         "log tables: {}",
         if log_exists {
             format!("present in schema {}", log.schema())
         } else {
-            format!("missing in schema {} (refresh or init creates them)", log.schema())
+            format!(
+                "missing in schema {} (refresh or init creates them)",
+                log.schema()
+            )
         }
     );
     println!();
 
     let mut t = table([
-        "#", "VIEW", "METHOD", "WORK_MEM", "STATEMENT_TIMEOUT", "LOCK_TIMEOUT", "RETRIES",
-        "MIN_INTERVAL", "AFTER",
+        "#",
+        "VIEW",
+        "METHOD",
+        "WORK_MEM",
+        "STATEMENT_TIMEOUT",
+        "LOCK_TIMEOUT",
+        "RETRIES",
+        "MIN_INTERVAL",
+        "AFTER",
     ]);
     for (i, step) in plan.steps.iter().enumerate() {
         let s = step.settings();
-        let after: Vec<String> = step.depends_on.iter().map(|&d| (d + 1).to_string()).collect();
+        let after: Vec<String> = step
+            .depends_on
+            .iter()
+            .map(|&d| (d + 1).to_string())
+            .collect();
         t.add_row([
             (i + 1).to_string(),
             step.view_name(),
@@ -173,7 +207,11 @@ async fn check(registry: &Registry, target: &DbTarget, log: &RefreshLog) -> Resu
             s.lock_timeout.to_string(),
             s.retries.to_string(),
             s.min_interval.map_or("-".into(), |d| d.to_string()),
-            if after.is_empty() { "-".into() } else { after.join(",") },
+            if after.is_empty() {
+                "-".into()
+            } else {
+                after.join(",")
+            },
         ]);
     }
     print_table(&t);
@@ -199,9 +237,13 @@ async fn check(registry: &Registry, target: &DbTarget, log: &RefreshLog) -> Resu
 async fn init(target: &DbTarget, log: &RefreshLog) -> Result<Exit, Error> {
     let pool = target.pool(1);
     let mut client = target.connect(&pool).await?;
-    log.create(&mut client)
-        .await
-        .map_err(|e| Error::database(&format!("creating the log tables in schema {:?}", log.schema()), target, &e))?;
+    log.create(&mut client).await.map_err(|e| {
+        Error::database(
+            &format!("creating the log tables in schema {:?}", log.schema()),
+            target,
+            &e,
+        )
+    })?;
     println!(
         "log tables ready: {0}.materialized_views_refresh_log, {0}.materialized_views_refresh_history",
         registry::display_ident(log.schema())

@@ -46,7 +46,10 @@ impl Step {
 
 /// Chooses the `REFRESH` for a view in `state` under `mode`, with the reason; an
 /// error says why the view cannot be refreshed as configured.
-pub fn choose_method(mode: Concurrently, state: ViewState) -> Result<(Method, &'static str), String> {
+pub fn choose_method(
+    mode: Concurrently,
+    state: ViewState,
+) -> Result<(Method, &'static str), String> {
     match mode {
         Concurrently::Never => Ok((Method::Full, "concurrently = never")),
         _ if !state.populated => match mode {
@@ -76,7 +79,10 @@ fn lookup_problem(lookup: &Lookup) -> Option<String> {
 
 impl Plan {
     /// Looks up `specs` in the catalog and orders them by their dependencies.
-    pub async fn build(client: &impl GenericClient, specs: Vec<ViewSpec>) -> Result<Self, tokio_postgres::Error> {
+    pub async fn build(
+        client: &impl GenericClient,
+        specs: Vec<ViewSpec>,
+    ) -> Result<Self, tokio_postgres::Error> {
         let mut steps = Vec::with_capacity(specs.len());
         for spec in specs {
             let lookup = catalog::lookup(client, &spec.name).await?;
@@ -124,11 +130,13 @@ impl Plan {
         let mut placed = vec![false; n];
         let mut order = Vec::with_capacity(n);
         while order.len() < n {
-            let next = (0..n).find(|&i| !placed[i] && steps[i].depends_on.iter().all(|&d| placed[d]));
+            let next =
+                (0..n).find(|&i| !placed[i] && steps[i].depends_on.iter().all(|&d| placed[d]));
             let i = next.unwrap_or_else(|| {
                 // Only a cycle leaves nothing ready; break it at the first view left.
                 let i = (0..n).find(|&i| !placed[i]).expect("a view is left");
-                steps[i].problem = Some("is part of a dependency cycle among registry views".into());
+                steps[i].problem =
+                    Some("is part of a dependency cycle among registry views".into());
                 i
             });
             placed[i] = true;
@@ -145,7 +153,10 @@ impl Plan {
             step.depends_on.sort_unstable();
         }
         let mut slots: Vec<Option<Step>> = steps.into_iter().map(Some).collect();
-        let steps = order.iter().map(|&i| slots[i].take().expect("each once")).collect();
+        let steps = order
+            .iter()
+            .map(|&i| slots[i].take().expect("each once"))
+            .collect();
         Self { steps }
     }
 
@@ -169,12 +180,24 @@ mod tests {
     #[test]
     fn auto_falls_back_to_full_and_always_refuses() {
         use Concurrently::*;
-        assert_eq!(choose_method(Auto, state(true, true)).unwrap().0, Method::Concurrently);
-        assert_eq!(choose_method(Auto, state(false, true)).unwrap().0, Method::Full);
-        assert_eq!(choose_method(Auto, state(true, false)).unwrap().0, Method::Full);
+        assert_eq!(
+            choose_method(Auto, state(true, true)).unwrap().0,
+            Method::Concurrently
+        );
+        assert_eq!(
+            choose_method(Auto, state(false, true)).unwrap().0,
+            Method::Full
+        );
+        assert_eq!(
+            choose_method(Auto, state(true, false)).unwrap().0,
+            Method::Full
+        );
         assert!(choose_method(Always, state(true, false)).is_err());
         assert!(choose_method(Always, state(false, true)).is_err());
-        assert_eq!(choose_method(Never, state(true, true)).unwrap().0, Method::Full);
+        assert_eq!(
+            choose_method(Never, state(true, true)).unwrap().0,
+            Method::Full
+        );
     }
 
     fn step(name: &str, depends_on: Vec<usize>) -> Step {
@@ -195,7 +218,11 @@ mod tests {
     #[test]
     fn dependencies_come_first_and_cycles_are_reported() {
         // c reads b, b reads a; listed in reverse.
-        let plan = Plan::ordered(vec![step("c", vec![1]), step("b", vec![2]), step("a", vec![])]);
+        let plan = Plan::ordered(vec![
+            step("c", vec![1]),
+            step("b", vec![2]),
+            step("a", vec![]),
+        ]);
         let names: Vec<_> = plan.steps.iter().map(Step::view_name).collect();
         assert_eq!(names, ["public.a", "public.b", "public.c"]);
         assert_eq!(plan.steps[2].depends_on, [1]);

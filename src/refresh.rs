@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::catalog::{self, Lookup, Relation};
 use crate::db::{describe_error, is_connection_error};
-use crate::plan::{choose_method, Plan, Step};
+use crate::plan::{Plan, Step, choose_method};
 use crate::refresh_log::{Attempt, Method, RefreshLog, Status};
 
 /// Everything the refresh of one run shares.
@@ -66,13 +66,21 @@ struct Failure {
 }
 
 impl Failure {
-    fn from_pg(err: &tokio_postgres::Error, step: &Step, method: Option<Method>, duration_ms: f64) -> Self {
+    fn from_pg(
+        err: &tokio_postgres::Error,
+        step: &Step,
+        method: Option<Method>,
+        duration_ms: f64,
+    ) -> Self {
         let settings = step.settings();
         let mut message = describe_error(err);
         // Name the setting that fired: the server's message does not.
         match err.code() {
             Some(code) if *code == SqlState::QUERY_CANCELED => {
-                message.push_str(&format!(" (statement_timeout = {})", settings.statement_timeout));
+                message.push_str(&format!(
+                    " (statement_timeout = {})",
+                    settings.statement_timeout
+                ));
             }
             Some(code) if *code == SqlState::LOCK_NOT_AVAILABLE => {
                 message.push_str(&format!(" (lock_timeout = {})", settings.lock_timeout));
@@ -132,11 +140,11 @@ pub async fn execute(ctx: Arc<RunContext>, plan: Arc<Plan>) -> Vec<Outcome> {
     let mut running = JoinSet::new();
 
     loop {
-        for i in 0..n {
+        for (i, step) in plan.steps.iter().enumerate() {
             if started[i] || running.len() >= ctx.jobs {
                 continue;
             }
-            let deps = &plan.steps[i].depends_on;
+            let deps = &step.depends_on;
             if deps.iter().any(|&d| outcomes[d].is_none()) {
                 continue;
             }
@@ -228,7 +236,13 @@ async fn refresh_step(ctx: &RunContext, step: &Step, blocked_by: Option<String>)
                     retry_in_ms = delay.as_millis() as u64,
                     "refresh failed, retrying"
                 );
-                let outcome = failed_outcome(step, failure.message, failure.method, failure.duration_ms, attempt);
+                let outcome = failed_outcome(
+                    step,
+                    failure.message,
+                    failure.method,
+                    failure.duration_ms,
+                    attempt,
+                );
                 record(ctx, step, outcome, failure.sqlstate.as_deref(), true).await;
                 tokio::time::sleep(delay).await;
                 attempt += 1;
@@ -249,25 +263,32 @@ async fn fresh_enough(ctx: &RunContext, step: &Step) -> Option<String> {
     let interval = step.settings().min_interval?;
     let log = ctx.log.as_ref()?;
     let client = ctx.pool.get().await.ok()?;
-    let age = log.seconds_since_success(&**client, &step.view_name()).await.ok()??;
+    let age = log
+        .seconds_since_success(&**client, &step.view_name())
+        .await
+        .ok()??;
     (age * 1000.0 < interval.as_millis() as f64)
         .then(|| format!("fresh: refreshed {age:.0}s ago, min_interval is {interval}"))
 }
 
 /// One attempt in one transaction: lock, settings, `REFRESH`, success log row.
-async fn attempt_refresh(ctx: &RunContext, step: &Step, relation: &Relation, attempt: u32) -> Result<Done, Failure> {
+async fn attempt_refresh(
+    ctx: &RunContext,
+    step: &Step,
+    relation: &Relation,
+    attempt: u32,
+) -> Result<Done, Failure> {
     let pg = |method| move |err: tokio_postgres::Error| Failure::from_pg(&err, step, method, 0.0);
-    let mut client = ctx
-        .pool
-        .get()
-        .await
-        .map_err(|err| Failure {
-            transient: true,
-            ..Failure::permanent(format!("could not get a connection: {err}"))
-        })?;
+    let mut client = ctx.pool.get().await.map_err(|err| Failure {
+        transient: true,
+        ..Failure::permanent(format!("could not get a connection: {err}"))
+    })?;
     let mut tx = client.transaction().await.map_err(pg(None))?;
     let locked: bool = tx
-        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&lock_key(relation.oid)])
+        .query_one(
+            "SELECT pg_try_advisory_xact_lock($1)",
+            &[&lock_key(relation.oid)],
+        )
         .await
         .map_err(pg(None))?
         .get(0);
@@ -297,7 +318,10 @@ async fn attempt_refresh(ctx: &RunContext, step: &Step, relation: &Relation, att
         .map_err(|why| Failure::permanent(format!("view {relation} {why}")))?;
 
     let sql = match method {
-        Method::Concurrently => format!("REFRESH MATERIALIZED VIEW CONCURRENTLY {}", relation.quoted()),
+        Method::Concurrently => format!(
+            "REFRESH MATERIALIZED VIEW CONCURRENTLY {}",
+            relation.quoted()
+        ),
         Method::Full => format!("REFRESH MATERIALIZED VIEW {}", relation.quoted()),
     };
     let started = Instant::now();
@@ -309,7 +333,10 @@ async fn attempt_refresh(ctx: &RunContext, step: &Step, relation: &Relation, att
     // a log that cannot be written must not undo the refresh.
     let mut log_error = None;
     if let Some(log) = &ctx.log {
-        let savepoint = tx.savepoint("mv_refresher_log").await.map_err(pg(Some(method)))?;
+        let savepoint = tx
+            .savepoint("mv_refresher_log")
+            .await
+            .map_err(pg(Some(method)))?;
         let view_name = relation.to_string();
         let record = Attempt {
             run_id: ctx.run_id,
@@ -345,11 +372,23 @@ async fn attempt_refresh(ctx: &RunContext, step: &Step, relation: &Relation, att
 /// Records a failed attempt (after its transaction rolled back) and returns its
 /// outcome.
 async fn fail(ctx: &RunContext, step: &Step, failure: Failure, attempt: u32) -> Outcome {
-    let outcome = failed_outcome(step, failure.message, failure.method, failure.duration_ms, attempt);
+    let outcome = failed_outcome(
+        step,
+        failure.message,
+        failure.method,
+        failure.duration_ms,
+        attempt,
+    );
     record(ctx, step, outcome, failure.sqlstate.as_deref(), false).await
 }
 
-fn failed_outcome(step: &Step, message: String, method: Option<Method>, duration_ms: f64, attempts: u32) -> Outcome {
+fn failed_outcome(
+    step: &Step,
+    message: String,
+    method: Option<Method>,
+    duration_ms: f64,
+    attempts: u32,
+) -> Outcome {
     Outcome {
         view_name: step.view_name(),
         status: Status::Failed,
@@ -396,7 +435,10 @@ async fn record(
             retried,
         };
         let written = match ctx.pool.get().await {
-            Ok(client) => log.record(&**client, &attempt).await.map_err(|e| describe_error(&e)),
+            Ok(client) => log
+                .record(&**client, &attempt)
+                .await
+                .map_err(|e| describe_error(&e)),
             Err(err) => Err(err.to_string()),
         };
         outcome.log_error = written.err();
@@ -416,12 +458,22 @@ fn report(outcome: &Outcome) {
     let message = outcome.message.as_deref().unwrap_or("");
     match outcome.status {
         Status::Failed | Status::Cancelled => tracing::error!(
-            view, status, method, duration_ms, attempt = outcome.attempts, error = message,
+            view,
+            status,
+            method,
+            duration_ms,
+            attempt = outcome.attempts,
+            error = message,
             "view refresh failed"
         ),
         Status::Skipped => tracing::info!(view, status, reason = message, "view skipped"),
         Status::Success => tracing::info!(
-            view, status, method, duration_ms, attempt = outcome.attempts, "view refreshed"
+            view,
+            status,
+            method,
+            duration_ms,
+            attempt = outcome.attempts,
+            "view refreshed"
         ),
     }
     if let Some(err) = &outcome.log_error {

@@ -6,11 +6,11 @@
 //! name is the only identifier spliced into SQL, always quoted; all values are
 //! bind parameters.
 
-use tokio_postgres::error::SqlState;
 use tokio_postgres::GenericClient;
+use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
-use crate::registry::{quote_ident, ViewSettings};
+use crate::registry::{ViewSettings, quote_ident};
 
 const DDL: &str = include_str!("sql/log_tables.sql");
 
@@ -151,9 +151,13 @@ impl RefreshLog {
 
     /// Creates or upgrades the tables; safe to run any number of times, by several
     /// refreshers at once.
-    pub async fn create(&self, client: &mut tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+    pub async fn create(
+        &self,
+        client: &mut tokio_postgres::Client,
+    ) -> Result<(), tokio_postgres::Error> {
         let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&DDL_LOCK_KEY]).await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&DDL_LOCK_KEY])
+            .await?;
         tx.batch_execute(&DDL.replace("{schema}", &quote_ident(&self.schema)))
             .await?;
         tx.commit().await
@@ -161,7 +165,10 @@ impl RefreshLog {
 
     /// Makes sure the tables exist, creating them when missing. Returns `false`
     /// (and logs why) when this role may not create them: refreshes still run.
-    pub async fn ensure(&self, client: &mut tokio_postgres::Client) -> Result<bool, tokio_postgres::Error> {
+    pub async fn ensure(
+        &self,
+        client: &mut tokio_postgres::Client,
+    ) -> Result<bool, tokio_postgres::Error> {
         if self.exists(&*client).await? {
             return Ok(true);
         }
@@ -187,7 +194,11 @@ impl RefreshLog {
     /// Records one attempt: a history row, and for anything but a skip the view's
     /// summary row. Runs on `client`, so a success is recorded in the refresh's
     /// own transaction.
-    pub async fn record(&self, client: &impl GenericClient, attempt: &Attempt<'_>) -> Result<(), tokio_postgres::Error> {
+    pub async fn record(
+        &self,
+        client: &impl GenericClient,
+        attempt: &Attempt<'_>,
+    ) -> Result<(), tokio_postgres::Error> {
         let settings = attempt.settings;
         let history = format!(
             "INSERT INTO {} (run_id, view_name, started_at, finished_at, duration_ms, status, \
@@ -281,7 +292,11 @@ impl RefreshLog {
 
     /// The summary rows of `view_names`, in no particular order; views never
     /// attempted have no row.
-    pub async fn rows(&self, client: &impl GenericClient, view_names: &[String]) -> Result<Vec<LogRow>, tokio_postgres::Error> {
+    pub async fn rows(
+        &self,
+        client: &impl GenericClient,
+        view_names: &[String],
+    ) -> Result<Vec<LogRow>, tokio_postgres::Error> {
         let sql = format!(
             concat!(
                 "SELECT view_name, refresh_count, failure_count, avg_refresh_time_ms, ",

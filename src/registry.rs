@@ -383,7 +383,10 @@ fn apply(table: &RawTable, base: &ViewSettings) -> Result<ViewSettings, (Span, S
         T::Err: fmt::Display,
     {
         let fail = |msg: String| (Some(value.span()), format!("key {key:?}: {msg}"));
-        let parsed = value.get_ref().parse::<T>().map_err(|e| fail(e.to_string()))?;
+        let parsed = value
+            .get_ref()
+            .parse::<T>()
+            .map_err(|e| fail(e.to_string()))?;
         match check(&parsed) {
             Some(msg) => Err(fail(msg)),
             None => Ok(parsed),
@@ -391,16 +394,17 @@ fn apply(table: &RawTable, base: &ViewSettings) -> Result<ViewSettings, (Span, S
     }
     let timeout_range = |d: &PgDuration| {
         (d.as_millis() > PG_INT_MAX).then(|| {
-            format!("{d} is out of range: PostgreSQL accepts at most {PG_INT_MAX}ms (about 24 days)")
+            format!(
+                "{d} is out of range: PostgreSQL accepts at most {PG_INT_MAX}ms (about 24 days)"
+            )
         })
     };
 
     let mut settings = base.clone();
     if let Some(v) = &table.work_mem {
         settings.work_mem = parse("work_mem", v, |m: &Memory| {
-            (!(MIN_WORK_MEM_KB..=PG_INT_MAX).contains(&m.as_kilobytes())).then(|| {
-                format!("{m} is out of range: PostgreSQL accepts 64kB to {PG_INT_MAX}kB")
-            })
+            (!(MIN_WORK_MEM_KB..=PG_INT_MAX).contains(&m.as_kilobytes()))
+                .then(|| format!("{m} is out of range: PostgreSQL accepts 64kB to {PG_INT_MAX}kB"))
         })?;
     }
     if let Some(v) = &table.statement_timeout {

@@ -21,7 +21,12 @@ struct Report<'a> {
 }
 
 /// Prints the freshness of every registry view in `format`.
-pub async fn run(registry: &Registry, target: &DbTarget, log: &RefreshLog, format: StatusFormat) -> Result<Exit, Error> {
+pub async fn run(
+    registry: &Registry,
+    target: &DbTarget,
+    log: &RefreshLog,
+    format: StatusFormat,
+) -> Result<Exit, Error> {
     let pool = target.pool(1);
     let client = target.connect(&pool).await?;
     let db_err = |context| Error::in_context(context, target);
@@ -33,19 +38,29 @@ pub async fn run(registry: &Registry, target: &DbTarget, log: &RefreshLog, forma
             .map_err(db_err("looking up the registry views"))?;
         names.push(lookup.qualified_name());
     }
-    let exists = log.exists(&**client).await.map_err(db_err("looking for the log tables"))?;
+    let exists = log
+        .exists(&**client)
+        .await
+        .map_err(db_err("looking for the log tables"))?;
     let mut found = if exists {
-        log.rows(&**client, &names).await.map_err(db_err("reading the refresh log"))?
+        log.rows(&**client, &names)
+            .await
+            .map_err(db_err("reading the refresh log"))?
     } else {
-        tracing::warn!(schema = log.schema(), "the log tables do not exist yet: run `mv-refresher init` or a refresh");
+        tracing::warn!(
+            schema = log.schema(),
+            "the log tables do not exist yet: run `mv-refresher init` or a refresh"
+        );
         Vec::new()
     };
     let views: Vec<LogRow> = names
         .into_iter()
-        .map(|name| match found.iter().position(|r| r.view_name == name) {
-            Some(i) => found.swap_remove(i),
-            None => LogRow::never(name),
-        })
+        .map(
+            |name| match found.iter().position(|r| r.view_name == name) {
+                Some(i) => found.swap_remove(i),
+                None => LogRow::never(name),
+            },
+        )
         .collect();
 
     match format {
@@ -55,7 +70,10 @@ pub async fn run(registry: &Registry, target: &DbTarget, log: &RefreshLog, forma
                 log_tables_exist: exists,
                 views,
             };
-            println!("{}", serde_json::to_string_pretty(&report).expect("plain data serializes"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).expect("plain data serializes")
+            );
         }
         StatusFormat::Table => print_status_table(&views),
     }
@@ -64,13 +82,23 @@ pub async fn run(registry: &Registry, target: &DbTarget, log: &RefreshLog, forma
 
 fn print_status_table(views: &[LogRow]) {
     let mut t = table([
-        "VIEW", "LAST REFRESH (UTC)", "AGE", "AVG", "LAST", "OK", "FAILED", "STATUS", "ERROR",
+        "VIEW",
+        "LAST REFRESH (UTC)",
+        "AGE",
+        "AVG",
+        "LAST",
+        "OK",
+        "FAILED",
+        "STATUS",
+        "ERROR",
     ]);
     for row in views {
         let dash = || "-".to_owned();
         t.add_row([
             row.view_name.clone(),
-            row.last_refreshed_at.clone().unwrap_or_else(|| "never".into()),
+            row.last_refreshed_at
+                .clone()
+                .unwrap_or_else(|| "never".into()),
             row.age_seconds.map_or_else(dash, age),
             row.avg_refresh_time_ms.map_or_else(dash, millis),
             row.last_refresh_time_ms.map_or_else(dash, millis),

@@ -24,9 +24,13 @@ pub struct Memory {
 /// Why a duration or memory size could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UnitError {
-    #[error("invalid duration {0:?}: expected a number and a unit (ms, s, min, h, d), like \"30s\" or \"5min\"")]
+    #[error(
+        "invalid duration {0:?}: expected a number and a unit (ms, s, min, h, d), like \"30s\" or \"5min\""
+    )]
     Duration(String),
-    #[error("invalid memory size {0:?}: expected a number and a unit (kB, MB, GB, TB), like \"64MB\"")]
+    #[error(
+        "invalid memory size {0:?}: expected a number and a unit (kB, MB, GB, TB), like \"64MB\""
+    )]
     Memory(String),
 }
 
@@ -39,17 +43,15 @@ const DURATION_UNITS: &[(&str, u64)] = &[
     ("d", 86_400_000),
 ];
 
-const MEMORY_UNITS: &[(&str, u64)] = &[
-    ("kB", 1),
-    ("MB", 1 << 10),
-    ("GB", 1 << 20),
-    ("TB", 1 << 30),
-];
+const MEMORY_UNITS: &[(&str, u64)] =
+    &[("kB", 1), ("MB", 1 << 10), ("GB", 1 << 20), ("TB", 1 << 30)];
 
 /// Splits `"64MB"` into `(64, "MB")`, tolerating a space between number and unit.
 fn split_number(text: &str) -> Option<(u64, &str)> {
     let text = text.trim();
-    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let number = text[..digits].parse().ok()?;
     Some((number, text[digits..].trim_start()))
 }
@@ -72,7 +74,7 @@ fn format_scaled(f: &mut fmt::Formatter<'_>, amount: u64, units: &[(&str, u64)])
     let (unit, factor) = units
         .iter()
         .rev()
-        .find(|(_, factor)| amount % factor == 0)
+        .find(|(_, factor)| amount.is_multiple_of(*factor))
         .expect("the smallest unit divides everything");
     write!(f, "{}{unit}", amount / factor)
 }
@@ -112,7 +114,11 @@ impl FromStr for PgDuration {
 impl fmt::Display for PgDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // "m" is accepted on input but printed as PostgreSQL prints it: "min".
-        let units: Vec<_> = DURATION_UNITS.iter().copied().filter(|(u, _)| *u != "m").collect();
+        let units: Vec<_> = DURATION_UNITS
+            .iter()
+            .copied()
+            .filter(|(u, _)| *u != "m")
+            .collect();
         format_scaled(f, self.millis, &units)
     }
 }

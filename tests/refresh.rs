@@ -12,7 +12,8 @@ FROM materialized_views_refresh_log WHERE avg_refresh_time_ms > 500;";
 fn default_registry_refreshes_the_three_seed_views_and_logs_them() {
     let db = TestDb::platform("default_registry");
     // A new bet that only a refresh makes visible in the aggregate view.
-    let before: i32 = db.scalar("SELECT total_bets FROM tenants_summary_view WHERE tenant_id = 10001");
+    let before: i32 =
+        db.scalar("SELECT total_bets FROM tenants_summary_view WHERE tenant_id = 10001");
     db.execute(
         "INSERT INTO bets_view (tenant_id, bet_id, user_id, stake, odds, status, created_at, \
              last_updated_timestamp, last_updated_at) \
@@ -26,7 +27,8 @@ fn default_registry_refreshes_the_three_seed_views_and_logs_them() {
         .stdout_has("public.top_bets_today")
         .stdout_has("3 refreshed, 0 skipped, 0 failed");
 
-    let after: i32 = db.scalar("SELECT total_bets FROM tenants_summary_view WHERE tenant_id = 10001");
+    let after: i32 =
+        db.scalar("SELECT total_bets FROM tenants_summary_view WHERE tenant_id = 10001");
     assert_eq!(after, before + 1, "the view was not refreshed\n{out}");
 
     let log = db.rows(
@@ -59,14 +61,17 @@ fn default_registry_refreshes_the_three_seed_views_and_logs_them() {
     );
     assert_eq!(history.len(), 3);
     for row in history {
-        assert_eq!(row[1..], [
-            Some("success".into()),
-            Some("concurrently".into()),
-            Some("1".into()),
-            Some("64MB".into()),
-            Some("10min".into()),
-            Some("30s".into()),
-        ]);
+        assert_eq!(
+            row[1..],
+            [
+                Some("success".into()),
+                Some("concurrently".into()),
+                Some("1".into()),
+                Some("64MB".into()),
+                Some("10min".into()),
+                Some("30s".into()),
+            ]
+        );
     }
 }
 
@@ -93,8 +98,14 @@ fn seeds_monitoring_query_runs_unchanged_on_the_log() {
         .unwrap();
     let slow = client.query(SEED_QUERY, &[]).unwrap();
     let names: Vec<String> = slow.iter().map(|r| r.get("view_name")).collect();
-    assert!(names.contains(&"public.top_bets_today".to_owned()), "{names:?}");
-    let row = slow.iter().find(|r| r.get::<_, String>(0) == "public.top_bets_today").unwrap();
+    assert!(
+        names.contains(&"public.top_bets_today".to_owned()),
+        "{names:?}"
+    );
+    let row = slow
+        .iter()
+        .find(|r| r.get::<_, String>(0) == "public.top_bets_today")
+        .unwrap();
     let count: i64 = row.get("refresh_count");
     let _: std::time::SystemTime = row.get("last_refreshed_at");
     assert_eq!(count, 2);
@@ -104,7 +115,10 @@ fn seeds_monitoring_query_runs_unchanged_on_the_log() {
 fn average_and_counts_follow_the_history() {
     let db = TestDb::platform("averages");
     for _ in 0..3 {
-        db.mvr().args(["refresh", "tenants_summary_view"]).run().code(0);
+        db.mvr()
+            .args(["refresh", "tenants_summary_view"])
+            .run()
+            .code(0);
     }
     let (avg, last, count): (f64, f64, i64) = {
         let row = db
@@ -131,7 +145,10 @@ fn average_and_counts_follow_the_history() {
     };
     assert_eq!(count, 3);
     assert!((avg - history_avg).abs() < 1e-6, "{avg} vs {history_avg}");
-    assert!((last - history_last).abs() < 1e-9, "{last} vs {history_last}");
+    assert!(
+        (last - history_last).abs() < 1e-9,
+        "{last} vs {history_last}"
+    );
 }
 
 #[test]
@@ -141,7 +158,11 @@ fn a_missing_view_fails_alone_and_the_others_refresh() {
         "[[view]]\nname = \"tenants_summary_view\"\n\n[[view]]\nname = \"no_such_view\"\n\n\
          [[view]]\nname = \"tenants\"\n\n[[view]]\nname = \"top_bets_today\"\n",
     );
-    let out = db.mvr().args(["refresh", "--registry"]).arg(&registry).run();
+    let out = db
+        .mvr()
+        .args(["refresh", "--registry"])
+        .arg(&registry)
+        .run();
     out.code(1)
         .stdout_has("2 refreshed, 0 skipped, 2 failed")
         .stderr_has("public.no_such_view does not exist");
@@ -150,7 +171,10 @@ fn a_missing_view_fails_alone_and_the_others_refresh() {
         "SELECT view_name, last_status, refresh_count, failure_count, last_error \
          FROM materialized_views_refresh_log ORDER BY view_name",
     );
-    let status: Vec<_> = log.iter().map(|r| (r[0].clone().unwrap(), r[1].clone().unwrap())).collect();
+    let status: Vec<_> = log
+        .iter()
+        .map(|r| (r[0].clone().unwrap(), r[1].clone().unwrap()))
+        .collect();
     assert_eq!(
         status,
         [
@@ -161,7 +185,12 @@ fn a_missing_view_fails_alone_and_the_others_refresh() {
         ] as [(String, String); 4]
     );
     assert!(log[0][4].as_deref().unwrap().contains("does not exist"));
-    assert!(log[1][4].as_deref().unwrap().contains("is a table, not a materialized view"));
+    assert!(
+        log[1][4]
+            .as_deref()
+            .unwrap()
+            .contains("is a table, not a materialized view")
+    );
     let failed: i64 = db.scalar(
         "SELECT count(*) FROM materialized_views_refresh_history WHERE status = 'failed' AND method IS NULL",
     );
@@ -178,7 +207,11 @@ fn an_injection_attempt_as_a_view_name_is_only_a_missing_view() {
     out.code(1).stdout_has("1 refreshed, 0 skipped, 1 failed");
 
     let registry = db.registry("[[view]]\nname = 'public.\"x\"\"; DROP TABLE tenants; --\"'\n");
-    db.mvr().args(["refresh", "--registry"]).arg(&registry).run().code(1);
+    db.mvr()
+        .args(["refresh", "--registry"])
+        .arg(&registry)
+        .run()
+        .code(1);
 
     let tenants: i64 = db.scalar("SELECT count(*) FROM tenants");
     assert_eq!(tenants, 3, "tenants must be intact");
@@ -193,10 +226,13 @@ fn a_failing_refresh_is_rolled_back_recorded_with_its_sqlstate_and_does_not_stop
         "CREATE MATERIALIZED VIEW fragile AS \
              SELECT 1 / (SELECT count(*) FROM tenants WHERE id < 0) AS x WITH NO DATA;",
     );
-    let registry = db.registry(
-        "[[view]]\nname = \"fragile\"\n\n[[view]]\nname = \"tenants_summary_view\"\n",
-    );
-    let out = db.mvr().args(["refresh", "--registry"]).arg(&registry).run();
+    let registry =
+        db.registry("[[view]]\nname = \"fragile\"\n\n[[view]]\nname = \"tenants_summary_view\"\n");
+    let out = db
+        .mvr()
+        .args(["refresh", "--registry"])
+        .arg(&registry)
+        .run();
     out.code(1).stderr_has("division by zero");
 
     let row = db.rows(
@@ -205,9 +241,14 @@ fn a_failing_refresh_is_rolled_back_recorded_with_its_sqlstate_and_does_not_stop
     );
     assert_eq!(row.len(), 1, "a division by zero is not retried");
     assert_eq!(row[0][0].as_deref(), Some("failed"));
-    assert_eq!(row[0][1].as_deref(), Some("full"), "unpopulated: plain refresh");
+    assert_eq!(
+        row[0][1].as_deref(),
+        Some("full"),
+        "unpopulated: plain refresh"
+    );
     assert_eq!(row[0][2].as_deref(), Some("22012"));
-    let populated: bool = db.scalar("SELECT relispopulated FROM pg_class WHERE relname = 'fragile'");
+    let populated: bool =
+        db.scalar("SELECT relispopulated FROM pg_class WHERE relname = 'fragile'");
     assert!(!populated, "the failed refresh must leave nothing behind");
     let (ok, failed): (i64, i64) = {
         let r = db
@@ -253,15 +294,24 @@ fn per_view_settings_apply_inside_the_refresh_and_nowhere_else() {
         .run()
         .code(0);
     let a = db.rows("SELECT work_mem, statement_timeout, lock_timeout FROM probe_a");
-    assert_eq!(a, [[Some("3MB".into()), Some("7s".into()), Some("2s".into())]]);
+    assert_eq!(
+        a,
+        [[Some("3MB".into()), Some("7s".into()), Some("2s".into())]]
+    );
     // The next view on the same pooled connection sees its own settings, not probe_a's.
     let c = db.rows("SELECT work_mem, statement_timeout, lock_timeout FROM probe_c");
-    assert_eq!(c, [[Some("5MB".into()), Some("10min".into()), Some("30s".into())]]);
+    assert_eq!(
+        c,
+        [[Some("5MB".into()), Some("10min".into()), Some("30s".into())]]
+    );
     let recorded = db.rows(
         "SELECT work_mem, statement_timeout, lock_timeout FROM materialized_views_refresh_history \
          WHERE view_name = 'public.probe_a'",
     );
-    assert_eq!(recorded, [[Some("3MB".into()), Some("7s".into()), Some("2s".into())]]);
+    assert_eq!(
+        recorded,
+        [[Some("3MB".into()), Some("7s".into()), Some("2s".into())]]
+    );
 }
 
 #[test]
@@ -269,7 +319,11 @@ fn statement_timeout_failure_names_the_setting() {
     let db = TestDb::platform("statement_timeout");
     db.execute("CREATE MATERIALIZED VIEW slow AS SELECT pg_sleep(5)::text AS slept WITH NO DATA;");
     let registry = db.registry("[[view]]\nname = \"slow\"\nstatement_timeout = \"100ms\"\n");
-    let out = db.mvr().args(["refresh", "--registry"]).arg(&registry).run();
+    let out = db
+        .mvr()
+        .args(["refresh", "--registry"])
+        .arg(&registry)
+        .run();
     out.code(1).stderr_has("statement_timeout = 100ms");
     let sqlstate: String = db.scalar(
         "SELECT sqlstate FROM materialized_views_refresh_history WHERE view_name = 'public.slow'",
@@ -287,7 +341,8 @@ fn a_log_that_cannot_be_written_never_undoes_the_refresh() {
          CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON materialized_views_refresh_log \
              FOR EACH ROW EXECUTE FUNCTION refuse();",
     );
-    let before: i32 = db.scalar("SELECT total_bets FROM tenants_summary_view WHERE tenant_id = 10001");
+    let before: i32 =
+        db.scalar("SELECT total_bets FROM tenants_summary_view WHERE tenant_id = 10001");
     db.execute(
         "INSERT INTO bets_view (tenant_id, bet_id, user_id, stake, odds, status, created_at, \
              last_updated_timestamp, last_updated_at) \
@@ -298,7 +353,8 @@ fn a_log_that_cannot_be_written_never_undoes_the_refresh() {
         .stderr_has("could not record the outcome")
         .stderr_has("log is read-only today")
         .stdout_has("success");
-    let after: i32 = db.scalar("SELECT total_bets FROM tenants_summary_view WHERE tenant_id = 10001");
+    let after: i32 =
+        db.scalar("SELECT total_bets FROM tenants_summary_view WHERE tenant_id = 10001");
     assert_eq!(after, before + 1, "the refresh must stand\n{out}");
 }
 
@@ -312,7 +368,9 @@ fn a_role_that_may_not_create_the_log_tables_still_refreshes() {
          ALTER MATERIALIZED VIEW tenants_summary_view OWNER TO limited_{0};",
         db.name
     ));
-    let url = db.url().replace("postgres@", &format!("limited_{}@", db.name));
+    let url = db
+        .url()
+        .replace("postgres@", &format!("limited_{}@", db.name));
     let before: i64 = db.scalar("SELECT count(*) FROM tenants_summary_view");
     db.execute("INSERT INTO tenants (id, name, slug) VALUES (20001, 'New', 'new')");
     let out = common::Mvr::new()
@@ -324,9 +382,13 @@ fn a_role_that_may_not_create_the_log_tables_still_refreshes() {
         .stdout_has("1 refreshed");
     let after: i64 = db.scalar("SELECT count(*) FROM tenants_summary_view");
     assert_eq!(after, before + 1);
-    let exists: bool = db.scalar("SELECT to_regclass('materialized_views_refresh_log') IS NOT NULL");
+    let exists: bool =
+        db.scalar("SELECT to_regclass('materialized_views_refresh_log') IS NOT NULL");
     assert!(!exists);
-    db.execute(&format!("DROP OWNED BY limited_{0}; DROP ROLE limited_{0};", db.name));
+    db.execute(&format!(
+        "DROP OWNED BY limited_{0}; DROP ROLE limited_{0};",
+        db.name
+    ));
 }
 
 #[test]
@@ -337,7 +399,9 @@ fn json_logs_have_one_event_per_view_with_its_fields() {
     let events: Vec<serde_json::Value> = out
         .stderr
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?} is not JSON: {e}\n{out}")))
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?} is not JSON: {e}\n{out}"))
+        })
         .collect();
     let refreshed: Vec<_> = events
         .iter()
@@ -362,6 +426,7 @@ fn log_schema_option_puts_the_tables_there() {
         .code(0);
     let n: i64 = db.scalar("SELECT count(*) FROM ops.materialized_views_refresh_log");
     assert_eq!(n, 1);
-    let public: bool = db.scalar("SELECT to_regclass('public.materialized_views_refresh_log') IS NULL");
+    let public: bool =
+        db.scalar("SELECT to_regclass('public.materialized_views_refresh_log') IS NULL");
     assert!(public);
 }

@@ -14,7 +14,8 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-/// The role with a password (pg_hba requires one for roles named `pw_*`).
+/// A role that must give its password (a member of `password_login`, see
+/// `scripts/pg-throwaway`).
 pub const PASSWORD_ROLE: &str = "pw_refresher";
 /// Its password: tests check it never appears in any output.
 pub const PASSWORD: &str = "S3cret-Pa55-word";
@@ -67,7 +68,9 @@ impl Cluster {
         // Stops the cluster when this process is gone, even after a panic or a kill.
         // Its own process group keeps a Ctrl-C to `cargo test` from ending it first.
         use std::os::unix::process::CommandExt;
-        Command::new("sh")
+        // Never waited for: it outlives this process on purpose.
+        #[allow(clippy::zombie_processes)]
+        let _watchdog = Command::new("sh")
             .arg("-c")
             .arg(format!(
                 "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; exec '{script}' stop '{dir}'",
@@ -99,20 +102,23 @@ impl Cluster {
 
     fn load_template(&self) {
         let mut admin = self.connect("postgres");
-        admin.batch_execute(&format!("CREATE DATABASE {TEMPLATE}")).unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {TEMPLATE}"))
+            .unwrap();
         admin
             .batch_execute(&format!(
-                "CREATE ROLE {PASSWORD_ROLE} LOGIN SUPERUSER PASSWORD '{PASSWORD}'"
+                "CREATE ROLE password_login NOLOGIN; \
+                 CREATE ROLE {PASSWORD_ROLE} LOGIN SUPERUSER PASSWORD '{PASSWORD}' IN ROLE password_login"
             ))
             .unwrap();
         let mut db = self.connect(TEMPLATE);
         let sql = |file: &str| std::fs::read_to_string(repo().join("sql").join(file)).unwrap();
-        db.batch_execute(&sql("platform.sql")).expect("sql/platform.sql loads");
-        db.batch_execute(
-            "SET demo.bets = '3000'; SET demo.users = '400'; SET demo.tenants = '3';",
-        )
-        .unwrap();
-        db.batch_execute(&sql("sample_data.sql")).expect("sql/sample_data.sql loads");
+        db.batch_execute(&sql("platform.sql"))
+            .expect("sql/platform.sql loads");
+        db.batch_execute("SET demo.bets = '3000'; SET demo.users = '400'; SET demo.tenants = '3';")
+            .unwrap();
+        db.batch_execute(&sql("sample_data.sql"))
+            .expect("sql/sample_data.sql loads");
     }
 }
 
@@ -174,9 +180,11 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
             .into_iter()
             .filter_map(|m| match m {
-                postgres::SimpleQueryMessage::Row(row) => {
-                    Some((0..row.len()).map(|i| row.get(i).map(str::to_owned)).collect())
-                }
+                postgres::SimpleQueryMessage::Row(row) => Some(
+                    (0..row.len())
+                        .map(|i| row.get(i).map(str::to_owned))
+                        .collect(),
+                ),
                 _ => None,
             })
             .collect()
@@ -197,8 +205,13 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        if let Ok(mut admin) = postgres::Client::connect(&cluster().url("postgres"), postgres::NoTls) {
-            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name));
+        if let Ok(mut admin) =
+            postgres::Client::connect(&cluster().url("postgres"), postgres::NoTls)
+        {
+            let _ = admin.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ));
         }
         let _ = std::fs::remove_file(cluster().dir.join(format!("{}.toml", self.name)));
     }
@@ -266,13 +279,19 @@ impl Output {
 
     #[track_caller]
     pub fn stdout_has(&self, needle: &str) -> &Self {
-        assert!(self.stdout.contains(needle), "stdout lacks {needle:?}\n{self}");
+        assert!(
+            self.stdout.contains(needle),
+            "stdout lacks {needle:?}\n{self}"
+        );
         self
     }
 
     #[track_caller]
     pub fn stderr_has(&self, needle: &str) -> &Self {
-        assert!(self.stderr.contains(needle), "stderr lacks {needle:?}\n{self}");
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}\n{self}"
+        );
         self
     }
 

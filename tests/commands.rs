@@ -1,0 +1,459 @@
+//! `check`, `status`, `init`, bad registries and unreachable databases: every
+//! exit code, and what is printed for each.
+
+mod common;
+
+use common::{Mvr, PASSWORD, PASSWORD_ROLE, TestDb, cluster};
+
+/// A URL nothing listens on: a registry error must win over it (exit 2, not 3),
+/// which shows the registry is checked before any connection is tried.
+fn closed_port_url() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("postgres://postgres@127.0.0.1:{port}/nothing")
+}
+
+fn registry_error(name: &str, toml: &str) -> common::Output {
+    let path = std::env::temp_dir().join(format!("mvr-{}-{name}.toml", std::process::id()));
+    std::fs::write(&path, toml).unwrap();
+    let out = Mvr::new()
+        .env("DATABASE_URL", &closed_port_url())
+        .args(["refresh", "--registry"])
+        .arg(&path)
+        .run();
+    std::fs::remove_file(&path).unwrap();
+    out.code(2).stderr_has(&format!("{}:", path.display()));
+    out
+}
+
+#[test]
+fn bad_registries_exit_2_naming_file_line_and_key_before_connecting() {
+    registry_error(
+        "unknown_key",
+        "[[view]]\nname = \"a\"\nwork_memory = \"64MB\"\n",
+    )
+    .stderr_has(":3:")
+    .stderr_has("work_memory");
+    registry_error(
+        "bad_memory",
+        "[[view]]\nname = \"a\"\nwork_mem = \"64 gigs\"\n",
+    )
+    .stderr_has(":3:")
+    .stderr_has("work_mem")
+    .stderr_has("invalid memory size");
+    registry_error(
+        "bad_duration",
+        "[defaults]\nstatement_timeout = \"soon\"\n[[view]]\nname = \"a\"\n",
+    )
+    .stderr_has(":2:")
+    .stderr_has("statement_timeout");
+    registry_error(
+        "out_of_range",
+        "[[view]]\nname = \"a\"\nwork_mem = \"16kB\"\n",
+    )
+    .stderr_has(":3:")
+    .stderr_has("out of range");
+    registry_error(
+        "huge_timeout",
+        "[[view]]\nname = \"a\"\nlock_timeout = \"30d\"\n",
+    )
+    .stderr_has(":3:")
+    .stderr_has("lock_timeout");
+    registry_error("retries", "[[view]]\nname = \"a\"\nretries = -1\n")
+        .stderr_has(":3:")
+        .stderr_has("retries");
+    registry_error(
+        "concurrently",
+        "[[view]]\nname = \"a\"\nconcurrently = \"sometimes\"\n",
+    )
+    .stderr_has(":3:")
+    .stderr_has("concurrently");
+    registry_error(
+        "duplicate",
+        "[[view]]\nname = \"a\"\n\n[[view]]\nname = \"public.A\"\n",
+    )
+    .stderr_has(":5:")
+    .stderr_has("listed twice");
+    registry_error("empty", "[defaults]\nretries = 1\n").stderr_has("no views");
+    registry_error("no_name", "[[view]]\nwork_mem = \"1MB\"\n").stderr_has("no key \"name\"");
+    registry_error("syntax", "[[view]\nname = \"a\"\n").stderr_has(":1:");
+    registry_error("wrong_type", "[[view]]\nname = \"a\"\nretries = \"two\"\n").stderr_has(":3:");
+}
+
+#[test]
+fn a_missing_registry_file_is_exit_2() {
+    Mvr::new()
+        .env("DATABASE_URL", &closed_port_url())
+        .args(["check", "--registry", "/nonexistent/registry.toml"])
+        .run()
+        .code(2)
+        .stderr_has("/nonexistent/registry.toml")
+        .stderr_has("cannot read registry");
+}
+
+#[test]
+fn bad_invocations_exit_2() {
+    Mvr::new().args(["refresh", "--no-such-flag"]).run().code(2);
+    Mvr::new().args(["--jobs", "0", "refresh"]).run().code(2);
+    Mvr::new().args(["frobnicate"]).run().code(2);
+    Mvr::new().args(["status", "--format", "xml"]).run().code(2);
+    Mvr::new()
+        .env("MV_REFRESHER_JOBS", "many")
+        .args(["refresh"])
+        .run()
+        .code(2)
+        .stderr_has("--jobs");
+    Mvr::new()
+        .args(["--database-url", "postgres://u@h:notaport/d", "refresh"])
+        .run()
+        .code(2)
+        .stderr_has("DATABASE_URL");
+}
+
+#[test]
+fn unreachable_database_exits_3_naming_host_port_and_database() {
+    let url = closed_port_url();
+    let port = url
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    for command in ["refresh", "check", "status", "init"] {
+        Mvr::new()
+            .env("DATABASE_URL", &url)
+            .arg(command)
+            .run()
+            .code(3)
+            .stderr_has(&format!("host 127.0.0.1 port {port} database \"nothing\""));
+    }
+}
+
+#[test]
+fn a_missing_database_exits_3() {
+    Mvr::new()
+        .env("DATABASE_URL", &cluster().url("no_such_database"))
+        .arg("refresh")
+        .run()
+        .code(3)
+        .stderr_has("database \"no_such_database\"")
+        .stderr_has("does not exist");
+}
+
+#[test]
+fn pg_variables_are_used_when_no_url_is_given() {
+    let db = TestDb::platform("pg_variables");
+    Mvr::new()
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", &cluster().port.to_string())
+        .env("PGUSER", "postgres")
+        .env("PGDATABASE", &db.name)
+        .args(["refresh", "top_bets_today"])
+        .run()
+        .code(0)
+        .stdout_has("1 refreshed");
+}
+
+#[test]
+fn a_password_appears_in_no_output() {
+    let db = TestDb::platform("password");
+    let url = db
+        .url()
+        .replace("postgres@", &format!("{PASSWORD_ROLE}:{PASSWORD}@"));
+    let wrong = db
+        .url()
+        .replace("postgres@", &format!("{PASSWORD_ROLE}:{PASSWORD}-wrong@"));
+
+    // It works with the password...
+    db.mvr()
+        .env("DATABASE_URL", &url)
+        .args(["--log-format", "json", "refresh"])
+        .run()
+        .code(0)
+        .never_shows(PASSWORD);
+    for args in [
+        vec!["refresh"],
+        vec!["check"],
+        vec!["status"],
+        vec!["status", "--format", "json"],
+        vec!["init"],
+        vec!["refresh", "no_such_view"],
+        vec!["--help"],
+        vec!["refresh", "--help"],
+    ] {
+        db.mvr()
+            .env("DATABASE_URL", &url)
+            .args(&args)
+            .run()
+            .never_shows(PASSWORD);
+    }
+    // ... and with it in PGPASSWORD.
+    Mvr::new()
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", &cluster().port.to_string())
+        .env("PGUSER", PASSWORD_ROLE)
+        .env("PGPASSWORD", PASSWORD)
+        .env("PGDATABASE", &db.name)
+        .args(["check"])
+        .run()
+        .code(0)
+        .never_shows(PASSWORD);
+    // A wrong one is exit 3, and still never shown.
+    db.mvr()
+        .env("DATABASE_URL", &wrong)
+        .arg("refresh")
+        .run()
+        .code(3)
+        .stderr_has("password authentication failed")
+        .never_shows(PASSWORD);
+    db.mvr()
+        .env("DATABASE_URL", &wrong)
+        .args(["--log-format", "json", "status"])
+        .run()
+        .code(3)
+        .never_shows(PASSWORD);
+}
+
+#[test]
+fn check_prints_the_plan_and_exits_0_when_all_is_well() {
+    let db = TestDb::platform("check_ok");
+    let out = db.mvr().arg("check").run();
+    out.code(0)
+        .stdout_has("<embedded default registry> (3 views)")
+        .stdout_has("PostgreSQL 15")
+        .stdout_has("missing in schema public")
+        .stdout_has("no problems");
+    for view in [
+        "public.tenants_summary_view",
+        "public.user_activity_view",
+        "public.top_bets_today",
+    ] {
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.contains(view))
+            .unwrap_or_else(|| panic!("{view}\n{out}"));
+        assert!(line.contains("concurrently"), "{line}");
+        assert!(
+            line.contains("64MB") && line.contains("10min") && line.contains("30s"),
+            "{line}"
+        );
+    }
+    let created: bool =
+        db.scalar("SELECT to_regclass('materialized_views_refresh_log') IS NOT NULL");
+    assert!(!created, "check must not create anything");
+}
+
+#[test]
+fn check_reports_every_view_that_cannot_be_refreshed_as_configured() {
+    let db = TestDb::platform("check_problems");
+    db.execute(
+        "CREATE MATERIALIZED VIEW no_index AS SELECT id FROM tenants; \
+         CREATE MATERIALIZED VIEW partial_index AS SELECT id FROM tenants; \
+         CREATE UNIQUE INDEX ON partial_index (id) WHERE id > 0; \
+         CREATE MATERIALIZED VIEW unpopulated AS SELECT id FROM tenants WITH NO DATA; \
+         CREATE UNIQUE INDEX ON unpopulated (id); \
+         CREATE MATERIALIZED VIEW fine_without_index AS SELECT id FROM tenants;",
+    );
+    let registry = db.registry(
+        "[[view]]\nname = \"no_index\"\nconcurrently = \"always\"\n\n\
+         [[view]]\nname = \"partial_index\"\nconcurrently = \"always\"\n\n\
+         [[view]]\nname = \"unpopulated\"\nconcurrently = \"always\"\n\n\
+         [[view]]\nname = \"fine_without_index\"\n\n\
+         [[view]]\nname = \"missing\"\n\n\
+         [[view]]\nname = \"bets_view\"\n",
+    );
+    let out = db.mvr().args(["check", "--registry"]).arg(&registry).run();
+    out.code(1)
+        .stdout_has("public.no_index has no unique index usable by CONCURRENTLY")
+        .stdout_has("public.partial_index has no unique index usable by CONCURRENTLY")
+        .stdout_has("public.unpopulated is not populated")
+        .stdout_has("public.missing does not exist")
+        .stdout_has("public.bets_view is a table, not a materialized view");
+    let fine = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("public.fine_without_index"))
+        .unwrap();
+    assert!(
+        fine.contains("full (no unique index usable by CONCURRENTLY)"),
+        "{fine}"
+    );
+    assert!(
+        !out.stdout.contains("public.fine_without_index is"),
+        "{out}"
+    );
+
+    // refresh agrees with check: `always` refuses without running anything.
+    let refresh = db
+        .mvr()
+        .args(["refresh", "--registry"])
+        .arg(&registry)
+        .run();
+    refresh
+        .code(1)
+        .stdout_has("1 refreshed, 0 skipped, 5 failed");
+    let ran: i64 = db
+        .scalar("SELECT count(*) FROM materialized_views_refresh_history WHERE method IS NOT NULL");
+    assert_eq!(ran, 1, "only fine_without_index ran a REFRESH\n{refresh}");
+    let method: String = db.scalar(
+        "SELECT method FROM materialized_views_refresh_history WHERE view_name = 'public.fine_without_index'",
+    );
+    assert_eq!(method, "full");
+}
+
+#[test]
+fn status_reports_each_view_in_table_and_json() {
+    let db = TestDb::platform("status");
+    // Before any refresh: every view is "never", and that is not an error.
+    let out = db.mvr().arg("status").run();
+    out.code(0)
+        .stdout_has("never")
+        .stderr_has("do not exist yet");
+
+    db.mvr().arg("refresh").run().code(0);
+    db.execute("CREATE MATERIALIZED VIEW broken AS SELECT 1 / (SELECT count(*) FROM tenants WHERE id < 0) AS x WITH NO DATA;");
+    let registry = db.registry(
+        "[[view]]\nname = \"tenants_summary_view\"\n[[view]]\nname = \"user_activity_view\"\n\
+         [[view]]\nname = \"top_bets_today\"\n[[view]]\nname = \"broken\"\n",
+    );
+    db.mvr()
+        .args(["refresh", "--registry"])
+        .arg(&registry)
+        .run()
+        .code(1);
+
+    let table = db.mvr().args(["status", "--registry"]).arg(&registry).run();
+    table.code(0);
+    let line = table
+        .stdout
+        .lines()
+        .find(|l| l.contains("public.broken"))
+        .unwrap();
+    assert!(
+        line.contains("never") && line.contains("failed") && line.contains("division by zero"),
+        "{line}"
+    );
+    let line = table
+        .stdout
+        .lines()
+        .find(|l| l.contains("public.top_bets_today"))
+        .unwrap();
+    assert!(line.contains("success"), "{line}");
+
+    let json = db
+        .mvr()
+        .args(["status", "--format", "json", "--registry"])
+        .arg(&registry)
+        .run();
+    json.code(0);
+    let doc: serde_json::Value =
+        serde_json::from_str(&json.stdout).unwrap_or_else(|e| panic!("{e}\n{json}"));
+    assert_eq!(doc["log_schema"], "public");
+    assert_eq!(doc["log_tables_exist"], true);
+    let views = doc["views"].as_array().unwrap();
+    let names: Vec<_> = views
+        .iter()
+        .map(|v| v["view_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "public.tenants_summary_view",
+            "public.user_activity_view",
+            "public.top_bets_today",
+            "public.broken"
+        ]
+    );
+    let top = &views[2];
+    assert_eq!(top["refresh_count"], 2);
+    assert_eq!(top["failure_count"], 0);
+    assert_eq!(top["last_status"], "success");
+    assert_eq!(top["last_method"], "concurrently");
+    assert!(top["age_seconds"].as_f64().unwrap() >= 0.0);
+    assert!(top["avg_refresh_time_ms"].as_f64().unwrap() >= 0.0);
+    assert!(top["last_refreshed_at"].as_str().unwrap().ends_with('Z'));
+    let broken = &views[3];
+    assert_eq!(broken["refresh_count"], 0);
+    assert_eq!(broken["failure_count"], 1);
+    assert_eq!(broken["last_refreshed_at"], serde_json::Value::Null);
+    assert!(
+        broken["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("division by zero")
+    );
+}
+
+#[test]
+fn init_creates_the_log_tables_with_the_specified_columns_and_is_idempotent() {
+    let db = TestDb::empty("init");
+    db.mvr()
+        .arg("init")
+        .run()
+        .code(0)
+        .stdout_has("log tables ready");
+    db.mvr().arg("init").run().code(0);
+    let columns = |table: &str| -> Vec<String> {
+        db.rows(&format!(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = '{table}' ORDER BY ordinal_position"
+        ))
+        .into_iter()
+        .map(|r| r[0].clone().unwrap())
+        .collect()
+    };
+    assert_eq!(
+        columns("materialized_views_refresh_log"),
+        [
+            "view_name",
+            "refresh_count",
+            "failure_count",
+            "avg_refresh_time_ms",
+            "last_refresh_time_ms",
+            "last_refreshed_at",
+            "last_attempt_at",
+            "last_status",
+            "last_method",
+            "last_error",
+            "refreshed_by",
+        ]
+    );
+    let history = columns("materialized_views_refresh_history");
+    for column in [
+        "id",
+        "run_id",
+        "view_name",
+        "started_at",
+        "finished_at",
+        "duration_ms",
+        "status",
+        "method",
+        "attempt",
+        "work_mem",
+        "statement_timeout",
+        "lock_timeout",
+        "sqlstate",
+        "error",
+        "host",
+    ] {
+        assert!(
+            history.iter().any(|c| c == column),
+            "history lacks {column}: {history:?}"
+        );
+    }
+}
+
+#[test]
+fn init_in_a_missing_schema_fails_clearly() {
+    let db = TestDb::empty("init_missing_schema");
+    db.mvr()
+        .args(["--log-schema", "nope", "init"])
+        .run()
+        .code(1)
+        .stderr_has("schema \"nope\" does not exist");
+}
