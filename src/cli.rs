@@ -8,11 +8,14 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::units::PgDuration;
+
 /// Keeps PostgreSQL and Citus materialized views fresh.
 ///
 /// Exit codes: 0 all views refreshed or skipped on purpose; 1 at least one view
 /// failed (or its outcome could not be recorded); 2 bad invocation or registry,
-/// nothing was executed; 3 the database could not be reached.
+/// nothing was executed; 3 the database could not be reached; 128+N ended by
+/// signal N (SIGTERM: 143) after cancelling the running statements.
 #[derive(Debug, Parser)]
 #[command(name = "mv-refresher", version, about, long_about)]
 pub struct Cli {
@@ -85,6 +88,20 @@ pub struct RefreshArgs {
     /// not list is refreshed with the registry's [defaults].
     #[arg(value_name = "VIEW")]
     pub views: Vec<String>,
+
+    /// Cancel what still runs after this long, like "4min" for a CronJob every
+    /// five minutes; cancelled views count as failed.
+    #[arg(long, env = "MV_REFRESHER_DEADLINE", value_name = "DURATION")]
+    pub deadline: Option<PgDuration>,
+
+    /// Delete history rows older than this after the run ("0" keeps them all).
+    #[arg(
+        long,
+        env = "MV_REFRESHER_HISTORY_RETENTION",
+        value_name = "DURATION",
+        default_value = "30d"
+    )]
+    pub history_retention: PgDuration,
 }
 
 #[derive(Debug, Args)]

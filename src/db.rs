@@ -96,7 +96,8 @@ impl DbTarget {
         Ok(Self { config })
     }
 
-    /// A pool of up to `size` connections; nothing connects until first use.
+    /// A pool of up to `size` connections; nothing connects until first use, and
+    /// no connection attempt outlives the connect timeout.
     pub fn pool(&self, size: usize) -> Pool {
         let manager = Manager::from_config(
             self.config.clone(),
@@ -105,20 +106,21 @@ impl DbTarget {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
+        // The connect timeout of tokio-postgres covers the TCP connect only; the
+        // pool's create timeout also covers a server that accepts and never answers.
         Pool::builder(manager)
             .max_size(size)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .create_timeout(self.config.get_connect_timeout().copied())
             .build()
-            .expect("a pool without timeouts needs no runtime")
+            .expect("a tokio runtime is configured")
     }
 
     /// Takes a connection from `pool`, turning a failure into [`ConnectError`].
     pub async fn connect(&self, pool: &Pool) -> Result<deadpool_postgres::Object, ConnectError> {
         pool.get().await.map_err(|err| ConnectError {
             target: self.to_string(),
-            reason: match &err {
-                deadpool_postgres::PoolError::Backend(pg) => describe_error(pg),
-                other => other.to_string(),
-            },
+            reason: describe_pool_error(&err),
         })
     }
 }
@@ -167,6 +169,18 @@ pub fn is_connection_error(err: &tokio_postgres::Error) -> bool {
                 || *code == SqlState::CRASH_SHUTDOWN
                 || *code == SqlState::TOO_MANY_CONNECTIONS
         }
+    }
+}
+
+/// One line for a failure to get a pooled connection.
+pub fn describe_pool_error(err: &deadpool_postgres::PoolError) -> String {
+    use deadpool_postgres::PoolError;
+    match err {
+        PoolError::Backend(pg) => describe_error(pg),
+        PoolError::Timeout(_) => "no answer within the connect timeout \
+            (connect_timeout in the URL or PGCONNECT_TIMEOUT)"
+            .into(),
+        other => other.to_string(),
     }
 }
 

@@ -10,19 +10,33 @@ use crate::registry::RegistryError;
 /// Exit codes, part of the interface (SPEC §2.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
-    /// All views refreshed or skipped on purpose.
-    Success = 0,
-    /// At least one view failed, or an outcome could not be recorded.
-    ViewsFailed = 1,
-    /// Bad invocation or registry: nothing was executed.
-    Usage = 2,
-    /// The database could not be reached.
-    Unreachable = 3,
+    /// 0: all views refreshed or skipped on purpose.
+    Success,
+    /// 1: at least one view failed, or an outcome could not be recorded.
+    ViewsFailed,
+    /// 2: bad invocation or registry: nothing was executed.
+    Usage,
+    /// 3: the database could not be reached.
+    Unreachable,
+    /// 128 + N: ended by signal N, after cancelling the running statements.
+    Signal(i32),
+}
+
+impl Exit {
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Success => 0,
+            Self::ViewsFailed => 1,
+            Self::Usage => 2,
+            Self::Unreachable => 3,
+            Self::Signal(n) => u8::try_from(128 + n).unwrap_or(u8::MAX),
+        }
+    }
 }
 
 impl From<Exit> for ExitCode {
     fn from(exit: Exit) -> Self {
-        ExitCode::from(exit as u8)
+        ExitCode::from(exit.code())
     }
 }
 

@@ -17,6 +17,7 @@ pub mod plan;
 pub mod refresh;
 pub mod refresh_log;
 pub mod registry;
+pub mod shutdown;
 pub mod status;
 pub mod telemetry;
 pub mod units;
@@ -25,7 +26,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use crate::cli::{Cli, Command, GlobalArgs};
+use crate::cli::{Cli, Command, GlobalArgs, RefreshArgs};
 use crate::db::DbTarget;
 use crate::error::{Error, Exit};
 use crate::output::{millis, print_table, table};
@@ -33,6 +34,7 @@ use crate::plan::Plan;
 use crate::refresh::{Outcome, RunContext};
 use crate::refresh_log::{RefreshLog, Status};
 use crate::registry::Registry;
+use crate::shutdown::StopReason;
 
 /// Runs one command to completion and says how the process should exit.
 pub async fn run(cli: Cli) -> Result<Exit, Error> {
@@ -45,7 +47,7 @@ pub async fn run(cli: Cli) -> Result<Exit, Error> {
         Command::Refresh(args) => {
             let registry = Registry::load(global.registry.as_deref())?;
             let specs = registry.select(&args.views).map_err(Error::Usage)?;
-            refresh(global, &target, log, specs).await
+            refresh(global, args, &target, log, specs).await
         }
         Command::Check => {
             let registry = Registry::load(global.registry.as_deref())?;
@@ -62,11 +64,19 @@ pub async fn run(cli: Cli) -> Result<Exit, Error> {
 /// `refresh`: plans the views, refreshes them, prints one line per view.
 async fn refresh(
     global: &GlobalArgs,
+    args: &RefreshArgs,
     target: &DbTarget,
     log: RefreshLog,
     specs: Vec<registry::ViewSpec>,
 ) -> Result<Exit, Error> {
     let jobs = global.jobs.get();
+    let (stop_handle, stop) = shutdown::channel();
+    stop_handle
+        .on_signals()
+        .map_err(|e| Error::Usage(format!("cannot listen for signals: {e}")))?;
+    if let Some(deadline) = args.deadline {
+        stop_handle.after(deadline.to_std());
+    }
     // One connection per job, and one for recording outcomes alongside.
     let pool = target.pool(jobs + 1);
     let mut client = target.connect(&pool).await?;
@@ -87,10 +97,18 @@ async fn refresh(
         run_id: Uuid::new_v4(),
         host: gethostname::gethostname().to_string_lossy().into_owned(),
         jobs,
+        stop: stop.clone(),
     });
     tracing::info!(run_id = %ctx.run_id, views = plan.steps.len(), jobs, "refresh started");
     let outcomes = refresh::execute(ctx.clone(), Arc::new(plan)).await;
     print_outcomes(&outcomes, ctx.run_id);
+
+    if let Some(StopReason::Signal(signal)) = stop.reason() {
+        return Ok(Exit::Signal(signal));
+    }
+    if let (Some(log), true) = (&ctx.log, args.history_retention.as_millis() > 0) {
+        prune_history(&ctx.pool, log, args.history_retention).await;
+    }
 
     let failed = outcomes.iter().any(|o| {
         o.status == Status::Failed || o.status == Status::Cancelled || o.log_error.is_some()
@@ -100,6 +118,26 @@ async fn refresh(
     } else {
         Exit::Success
     })
+}
+
+/// Prunes the history; a failure is worth a warning, not a failed run.
+async fn prune_history(
+    pool: &deadpool_postgres::Pool,
+    log: &RefreshLog,
+    retention: units::PgDuration,
+) {
+    let pruned = match pool.get().await {
+        Ok(client) => log
+            .prune(&**client, retention)
+            .await
+            .map_err(|e| db::describe_error(&e)),
+        Err(err) => Err(db::describe_pool_error(&err)),
+    };
+    match pruned {
+        Ok(0) => {}
+        Ok(rows) => tracing::info!(rows, retention = %retention, "pruned the refresh history"),
+        Err(error) => tracing::warn!(%error, "could not prune the refresh history"),
+    }
 }
 
 fn print_outcomes(outcomes: &[Outcome], run_id: Uuid) {

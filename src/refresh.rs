@@ -13,13 +13,15 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use tokio::task::JoinSet;
+use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
 use crate::catalog::{self, Lookup, Relation};
-use crate::db::{describe_error, is_connection_error};
+use crate::db::{describe_error, describe_pool_error, is_connection_error};
 use crate::plan::{Plan, Step, choose_method};
 use crate::refresh_log::{Attempt, Method, RefreshLog, Status};
+use crate::shutdown::{Stop, StopReason};
 
 /// Everything the refresh of one run shares.
 #[derive(Debug)]
@@ -31,6 +33,9 @@ pub struct RunContext {
     /// Host (pod) name, recorded with every attempt.
     pub host: String,
     pub jobs: usize,
+    /// Fires on SIGTERM, SIGINT or the deadline: no view starts any more and
+    /// running statements are cancelled on the server.
+    pub stop: Stop,
 }
 
 /// How one view's refresh ended.
@@ -50,6 +55,23 @@ pub struct Outcome {
     pub blocks_dependents: bool,
 }
 
+impl Outcome {
+    /// An outcome for `step` with nothing run yet; only a success lets
+    /// dependents run.
+    fn new(step: &Step, status: Status, message: String) -> Self {
+        Self {
+            view_name: step.view_name(),
+            status,
+            method: None,
+            duration_ms: 0.0,
+            attempts: 0,
+            message: Some(message),
+            log_error: None,
+            blocks_dependents: matches!(status, Status::Failed | Status::Cancelled),
+        }
+    }
+}
+
 /// Key of the per-view advisory lock: a constant prefix ("mvrf") and the OID.
 fn lock_key(oid: u32) -> i64 {
     (0x6d76_7266_i64 << 32) | i64::from(oid)
@@ -63,6 +85,8 @@ struct Failure {
     method: Option<Method>,
     duration_ms: f64,
     transient: bool,
+    /// Set when the attempt was cancelled because the run is stopping.
+    stopped: Option<StopReason>,
 }
 
 impl Failure {
@@ -93,6 +117,7 @@ impl Failure {
             method,
             duration_ms,
             transient: is_transient(err),
+            stopped: None,
         }
     }
 
@@ -103,7 +128,20 @@ impl Failure {
             method: None,
             duration_ms: 0.0,
             transient: false,
+            stopped: None,
         }
+    }
+
+    fn into_outcome(self, step: &Step, attempt: u32) -> Outcome {
+        let status = match self.stopped {
+            Some(_) => Status::Cancelled,
+            None => Status::Failed,
+        };
+        let mut outcome = Outcome::new(step, status, self.message);
+        outcome.method = self.method;
+        outcome.duration_ms = self.duration_ms;
+        outcome.attempts = attempt;
+        outcome
     }
 }
 
@@ -132,7 +170,8 @@ enum Done {
 }
 
 /// Refreshes every view of `plan`, dependencies first, up to `ctx.jobs` at once.
-/// Returns the outcomes in plan order.
+/// Returns the outcomes in plan order. Once `ctx.stop` fires no view starts; the
+/// views left are skipped as "not started".
 pub async fn execute(ctx: Arc<RunContext>, plan: Arc<Plan>) -> Vec<Outcome> {
     let n = plan.steps.len();
     let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
@@ -141,7 +180,7 @@ pub async fn execute(ctx: Arc<RunContext>, plan: Arc<Plan>) -> Vec<Outcome> {
 
     loop {
         for (i, step) in plan.steps.iter().enumerate() {
-            if started[i] || running.len() >= ctx.jobs {
+            if started[i] || running.len() >= ctx.jobs || ctx.stop.reason().is_some() {
                 continue;
             }
             let deps = &step.depends_on;
@@ -162,29 +201,32 @@ pub async fn execute(ctx: Arc<RunContext>, plan: Arc<Plan>) -> Vec<Outcome> {
             None => break,
         }
     }
-    outcomes
-        .into_iter()
-        .map(|o| o.expect("every step ran: dependencies always precede dependents"))
-        .collect()
+
+    let mut done = Vec::with_capacity(n);
+    for (step, outcome) in plan.steps.iter().zip(outcomes) {
+        let outcome = match outcome {
+            Some(outcome) => outcome,
+            None => {
+                let reason = ctx
+                    .stop
+                    .reason()
+                    .expect("only a stop leaves views unstarted");
+                let mut outcome =
+                    Outcome::new(step, Status::Skipped, format!("not started: {reason}"));
+                outcome.blocks_dependents = true;
+                finish(&ctx, step, outcome).await
+            }
+        };
+        done.push(outcome);
+    }
+    done
 }
 
 /// One view, with its retries.
 async fn refresh_step(ctx: &RunContext, step: &Step, blocked_by: Option<String>) -> Outcome {
-    let view_name = step.view_name();
-    let settings = step.settings();
-    let skip = |reason: String| Outcome {
-        view_name: view_name.clone(),
-        status: Status::Skipped,
-        method: None,
-        duration_ms: 0.0,
-        attempts: 0,
-        message: Some(reason),
-        log_error: None,
-        blocks_dependents: false,
-    };
-
     if let Some(dependency) = blocked_by {
-        let mut outcome = skip(format!("depends on {dependency}, which was not refreshed"));
+        let reason = format!("depends on {dependency}, which was not refreshed");
+        let mut outcome = Outcome::new(step, Status::Skipped, reason);
         outcome.blocks_dependents = true;
         return finish(ctx, step, outcome).await;
     }
@@ -192,62 +234,70 @@ async fn refresh_step(ctx: &RunContext, step: &Step, blocked_by: Option<String>)
         (Lookup::MatView(relation), None) => relation,
         (_, problem) => {
             let why = problem.as_deref().unwrap_or("is not a materialized view");
-            let failure = Failure::permanent(format!("view {view_name} {why}"));
+            let failure = Failure::permanent(format!("view {} {why}", step.view_name()));
             return fail(ctx, step, failure, 1).await;
         }
     };
     if let Some(reason) = fresh_enough(ctx, step).await {
-        return finish(ctx, step, skip(reason)).await;
+        return finish(ctx, step, Outcome::new(step, Status::Skipped, reason)).await;
     }
 
+    let retries = step.settings().retries;
     let mut attempt = 1;
     loop {
-        match attempt_refresh(ctx, step, relation, attempt).await {
+        let failure = match attempt_refresh(ctx, step, relation, attempt).await {
             Ok(Done::Refreshed {
                 method,
                 reason,
                 duration_ms,
                 log_error,
             }) => {
-                let outcome = Outcome {
-                    view_name,
-                    status: Status::Success,
-                    method: Some(method),
-                    duration_ms,
-                    attempts: attempt,
-                    message: Some(reason.to_owned()),
-                    log_error,
-                    blocks_dependents: false,
-                };
+                let mut outcome = Outcome::new(step, Status::Success, reason.to_owned());
+                outcome.blocks_dependents = false;
+                outcome.method = Some(method);
+                outcome.duration_ms = duration_ms;
+                outcome.attempts = attempt;
+                outcome.log_error = log_error;
                 report(&outcome);
                 return outcome;
             }
             Ok(Done::Locked) => {
-                let mut outcome = skip("another refresher is refreshing this view".into());
+                let reason = "another refresher is refreshing this view".to_owned();
+                let mut outcome = Outcome::new(step, Status::Skipped, reason);
                 outcome.attempts = attempt;
                 return finish(ctx, step, outcome).await;
             }
-            Err(failure) if failure.transient && attempt <= settings.retries => {
-                let delay = backoff(attempt);
-                tracing::warn!(
-                    view = %view_name,
-                    attempt,
-                    error = %failure.message,
-                    retry_in_ms = delay.as_millis() as u64,
-                    "refresh failed, retrying"
-                );
-                let outcome = failed_outcome(
-                    step,
-                    failure.message,
-                    failure.method,
-                    failure.duration_ms,
-                    attempt,
-                );
-                record(ctx, step, outcome, failure.sqlstate.as_deref(), true).await;
-                tokio::time::sleep(delay).await;
-                attempt += 1;
+            Err(failure) => failure,
+        };
+        if !failure.transient || attempt > retries || failure.stopped.is_some() {
+            return fail(ctx, step, failure, attempt).await;
+        }
+        let delay = backoff(attempt);
+        tracing::warn!(
+            view = %step.view_name(),
+            attempt,
+            error = %failure.message,
+            retry_in_ms = delay.as_millis() as u64,
+            "refresh failed, retrying"
+        );
+        let sqlstate = failure.sqlstate.clone();
+        record(
+            ctx,
+            step,
+            failure.into_outcome(step, attempt),
+            sqlstate.as_deref(),
+            true,
+        )
+        .await;
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => attempt += 1,
+            reason = ctx.stop.stopped() => {
+                let failure = Failure {
+                    stopped: Some(reason),
+                    ..Failure::permanent(format!("not retried: {reason}"))
+                };
+                return fail(ctx, step, failure, attempt).await;
             }
-            Err(failure) => return fail(ctx, step, failure, attempt).await,
         }
     }
 }
@@ -281,8 +331,9 @@ async fn attempt_refresh(
     let pg = |method| move |err: tokio_postgres::Error| Failure::from_pg(&err, step, method, 0.0);
     let mut client = ctx.pool.get().await.map_err(|err| Failure {
         transient: true,
-        ..Failure::permanent(format!("could not get a connection: {err}"))
+        ..Failure::permanent(format!("could not connect: {}", describe_pool_error(&err)))
     })?;
+    let cancel = client.cancel_token();
     let mut tx = client.transaction().await.map_err(pg(None))?;
     let locked: bool = tx
         .query_one(
@@ -325,7 +376,30 @@ async fn attempt_refresh(
         Method::Full => format!("REFRESH MATERIALIZED VIEW {}", relation.quoted()),
     };
     let started = Instant::now();
-    let refreshed = tx.batch_execute(&sql).await;
+    let refreshed = {
+        let refresh = tx.batch_execute(&sql);
+        tokio::pin!(refresh);
+        tokio::select! {
+            result = &mut refresh => result,
+            reason = ctx.stop.stopped() => {
+                // Cancel on the server and let the statement end with that error:
+                // dropping the future would leave the backend running the REFRESH.
+                if let Err(err) = cancel.cancel_query(NoTls).await {
+                    tracing::warn!(view = %relation, error = %describe_error(&err), "could not cancel the refresh");
+                }
+                let message = match refresh.await {
+                    Ok(()) => format!("cancelled ({reason}) as it finished; rolled back"),
+                    Err(err) => format!("cancelled ({reason}): {}", describe_error(&err)),
+                };
+                return Err(Failure {
+                    stopped: Some(reason),
+                    method: Some(method),
+                    duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+                    ..Failure::permanent(message)
+                });
+            }
+        }
+    };
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     refreshed.map_err(|err| Failure::from_pg(&err, step, Some(method), duration_ms))?;
 
@@ -369,36 +443,18 @@ async fn attempt_refresh(
     })
 }
 
-/// Records a failed attempt (after its transaction rolled back) and returns its
-/// outcome.
+/// Records a failed or cancelled attempt (after its transaction rolled back)
+/// and returns its outcome.
 async fn fail(ctx: &RunContext, step: &Step, failure: Failure, attempt: u32) -> Outcome {
-    let outcome = failed_outcome(
+    let sqlstate = failure.sqlstate.clone();
+    record(
+        ctx,
         step,
-        failure.message,
-        failure.method,
-        failure.duration_ms,
-        attempt,
-    );
-    record(ctx, step, outcome, failure.sqlstate.as_deref(), false).await
-}
-
-fn failed_outcome(
-    step: &Step,
-    message: String,
-    method: Option<Method>,
-    duration_ms: f64,
-    attempts: u32,
-) -> Outcome {
-    Outcome {
-        view_name: step.view_name(),
-        status: Status::Failed,
-        method,
-        duration_ms,
-        attempts,
-        message: Some(message),
-        log_error: None,
-        blocks_dependents: true,
-    }
+        failure.into_outcome(step, attempt),
+        sqlstate.as_deref(),
+        false,
+    )
+    .await
 }
 
 /// Records a skip and returns its outcome.
@@ -439,7 +495,7 @@ async fn record(
                 .record(&**client, &attempt)
                 .await
                 .map_err(|e| describe_error(&e)),
-            Err(err) => Err(err.to_string()),
+            Err(err) => Err(describe_pool_error(&err)),
         };
         outcome.log_error = written.err();
     }

@@ -11,8 +11,12 @@ use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
 use crate::registry::{ViewSettings, quote_ident};
+use crate::units::PgDuration;
 
 const DDL: &str = include_str!("sql/log_tables.sql");
+
+/// Rows deleted per statement when pruning the history: short locks, small WAL bursts.
+const PRUNE_BATCH: u64 = 1000;
 
 /// Serializes concurrent `CREATE TABLE IF NOT EXISTS` of two refreshers starting
 /// together, which can otherwise fail on the catalog's unique index.
@@ -273,6 +277,31 @@ impl RefreshLog {
             )
             .await?;
         Ok(())
+    }
+
+    /// Deletes history rows that started more than `retention` ago, in batches;
+    /// returns how many.
+    pub async fn prune(
+        &self,
+        client: &impl GenericClient,
+        retention: PgDuration,
+    ) -> Result<u64, tokio_postgres::Error> {
+        let sql = format!(
+            "DELETE FROM {table} WHERE id IN ( \
+                 SELECT id FROM {table} \
+                 WHERE started_at < clock_timestamp() - make_interval(secs => $1::float8) \
+                 ORDER BY started_at LIMIT {PRUNE_BATCH})",
+            table = self.history_table
+        );
+        let seconds = retention.as_millis() as f64 / 1000.0;
+        let mut total = 0;
+        loop {
+            let deleted = client.execute(&sql, &[&seconds]).await?;
+            total += deleted;
+            if deleted < PRUNE_BATCH {
+                return Ok(total);
+            }
+        }
     }
 
     /// Seconds since the view's last successful refresh, if it ever had one.
