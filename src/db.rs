@@ -102,8 +102,10 @@ impl DbTarget {
         let manager = Manager::from_config(
             self.config.clone(),
             NoTls,
+            // Verified: a connection whose backend was terminated is noticed on
+            // checkout, not on the next statement (which may be a log write).
             ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
+                recycling_method: RecyclingMethod::Verified,
             },
         );
         // The connect timeout of tokio-postgres covers the TCP connect only; the

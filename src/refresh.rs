@@ -501,6 +501,8 @@ async fn record(
     }
     if !retried {
         report(&outcome);
+    } else if let Some(error) = &outcome.log_error {
+        tracing::error!(view = %outcome.view_name, %error, "could not record a failed attempt in the log tables");
     }
     outcome
 }

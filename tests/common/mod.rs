@@ -13,6 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How long any run of the binary may take before the test gives up on it: a
+/// guard against hangs, not a timing assertion.
+const RUN_LIMIT: Duration = Duration::from_secs(180);
 
 /// A role that must give its password (a member of `password_login`, see
 /// `scripts/pg-throwaway`).
@@ -42,7 +47,13 @@ fn script() -> PathBuf {
 
 /// The cluster of this test binary, started on first use.
 pub fn cluster() -> &'static Cluster {
-    CLUSTER.get_or_init(Cluster::start)
+    CLUSTER.get_or_init(|| Cluster::start("shared"))
+}
+
+/// A cluster for one test alone, for tests that stop the server. Removed when
+/// the test binary exits.
+pub fn private_cluster(test: &str) -> &'static Cluster {
+    Box::leak(Box::new(Cluster::start(test)))
 }
 
 fn free_port() -> u16 {
@@ -53,8 +64,9 @@ fn free_port() -> u16 {
 }
 
 impl Cluster {
-    fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!("mv-refresher-test-{}", std::process::id()));
+    fn start(tag: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("mv-refresher-test-{}-{tag}", std::process::id()));
         let _ = Command::new(script()).arg("stop").arg(&dir).status();
         let port = free_port();
         let status = Command::new(script())
@@ -100,6 +112,25 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("connect to {database}: {e}"))
     }
 
+    /// Stops the server, keeping its data (`resume` starts it again).
+    pub fn halt(&self) {
+        let status = Command::new(script())
+            .arg("halt")
+            .arg(&self.dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "pg-throwaway halt failed");
+    }
+
+    pub fn resume(&self) {
+        let status = Command::new(script())
+            .arg("resume")
+            .arg(&self.dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "pg-throwaway resume failed");
+    }
+
     fn load_template(&self) {
         let mut admin = self.connect("postgres");
         admin
@@ -125,21 +156,26 @@ impl Cluster {
 /// A database of its own for one test, dropped at the end of the test.
 pub struct TestDb {
     pub name: String,
+    pub cluster: &'static Cluster,
 }
 
 impl TestDb {
     /// A copy of the reference platform with sample data.
     pub fn platform(test: &str) -> Self {
-        Self::create(test, &format!("TEMPLATE {TEMPLATE}"))
+        Self::create(cluster(), test, &format!("TEMPLATE {TEMPLATE}"))
+    }
+
+    /// The same, on `cluster`.
+    pub fn platform_on(cluster: &'static Cluster, test: &str) -> Self {
+        Self::create(cluster, test, &format!("TEMPLATE {TEMPLATE}"))
     }
 
     /// An empty database.
     pub fn empty(test: &str) -> Self {
-        Self::create(test, "")
+        Self::create(cluster(), test, "")
     }
 
-    fn create(test: &str, options: &str) -> Self {
-        let cluster = cluster();
+    fn create(cluster: &'static Cluster, test: &str, options: &str) -> Self {
         let n = NEXT_DB.fetch_add(1, Ordering::SeqCst);
         let name: String = format!("t{n}_{test}").chars().take(60).collect();
         let _guard = CREATE_DB.lock().unwrap_or_else(|e| e.into_inner());
@@ -147,15 +183,36 @@ impl TestDb {
             .connect("postgres")
             .batch_execute(&format!("CREATE DATABASE \"{name}\" {options}"))
             .unwrap_or_else(|e| panic!("create database {name}: {e}"));
-        Self { name }
+        Self { name, cluster }
     }
 
     pub fn url(&self) -> String {
-        cluster().url(&self.name)
+        self.cluster.url(&self.name)
     }
 
     pub fn client(&self) -> postgres::Client {
-        cluster().connect(&self.name)
+        self.cluster.connect(&self.name)
+    }
+
+    /// Waits until a backend runs a REFRESH of `view`, and returns its pid.
+    pub fn wait_for_refresh(&self, view: &str) -> i32 {
+        let sql = format!(
+            "SELECT pid FROM pg_stat_activity WHERE state = 'active' \
+             AND datname = current_database() AND query ILIKE 'REFRESH MATERIALIZED VIEW%\"{view}\"%' LIMIT 1"
+        );
+        let mut client = self.client();
+        wait_until(&format!("a REFRESH of {view} running"), || {
+            client.query_opt(&sql, &[]).unwrap().map(|row| row.get(0))
+        })
+    }
+
+    /// How many backends are running a REFRESH right now.
+    pub fn running_refreshes(&self) -> i64 {
+        self.scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE state = 'active' AND datname = current_database() \
+               AND query ILIKE 'REFRESH MATERIALIZED VIEW%'",
+        )
     }
 
     /// Runs `sql` (several statements allowed).
@@ -192,7 +249,7 @@ impl TestDb {
 
     /// A registry file in a temporary directory, removed with the database.
     pub fn registry(&self, toml: &str) -> PathBuf {
-        let path = cluster().dir.join(format!("{}.toml", self.name));
+        let path = self.cluster.dir.join(format!("{}.toml", self.name));
         std::fs::write(&path, toml).unwrap();
         path
     }
@@ -206,14 +263,14 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Ok(mut admin) =
-            postgres::Client::connect(&cluster().url("postgres"), postgres::NoTls)
+            postgres::Client::connect(&self.cluster.url("postgres"), postgres::NoTls)
         {
             let _ = admin.batch_execute(&format!(
                 "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
                 self.name
             ));
         }
-        let _ = std::fs::remove_file(cluster().dir.join(format!("{}.toml", self.name)));
+        let _ = std::fs::remove_file(self.cluster.dir.join(format!("{}.toml", self.name)));
     }
 }
 
@@ -257,15 +314,94 @@ impl Mvr {
         self
     }
 
-    pub fn run(mut self) -> Output {
+    /// Runs the binary to the end.
+    pub fn run(self) -> Output {
+        self.spawn().wait()
+    }
+
+    /// Starts the binary; `Running::wait` collects its output.
+    pub fn spawn(mut self) -> Running {
         let command = format!("{:?}", self.cmd);
-        let out = self.cmd.output().expect("the binary runs");
-        Output {
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        let mut child = self
+            .cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary runs");
+        let read = |mut pipe: Box<dyn std::io::Read + Send>| {
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = pipe.read_to_string(&mut text);
+                text
+            })
+        };
+        let stdout = read(Box::new(child.stdout.take().unwrap()));
+        let stderr = read(Box::new(child.stderr.take().unwrap()));
+        Running {
+            child,
+            stdout,
+            stderr,
             command,
         }
+    }
+}
+
+/// A binary started by [`Mvr::spawn`].
+pub struct Running {
+    child: std::process::Child,
+    stdout: std::thread::JoinHandle<String>,
+    stderr: std::thread::JoinHandle<String>,
+    command: String,
+}
+
+impl Running {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` ("TERM", "INT", ...) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the end (killing it past [`RUN_LIMIT`]) and collects the output.
+    pub fn wait(mut self) -> Output {
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > RUN_LIMIT {
+                let _ = self.child.kill();
+                panic!("{} still running after {RUN_LIMIT:?}: killed", self.command);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Output {
+            code: status.code(),
+            stdout: self.stdout.join().unwrap(),
+            stderr: self.stderr.join().unwrap(),
+            command: self.command,
+        }
+    }
+}
+
+/// Polls `probe` until it returns something (a wait for a state, bounded by
+/// [`RUN_LIMIT`]; never a timing assertion).
+pub fn wait_until<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(started.elapsed() < RUN_LIMIT, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
