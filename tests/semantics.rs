@@ -129,7 +129,7 @@ fn duplicate_rows_fail_with_sqlstate_21000_and_the_servers_detail() {
 #[test]
 fn two_refreshers_never_refresh_the_same_view_at_once() {
     let db = TestDb::platform("no_overlap");
-    slow_view(&db, "m_slow", 2.0);
+    slow_view(&db, "m_slow", 4.0);
     let first = db.mvr().args(["refresh", "m_slow"]).spawn();
     db.wait_for_refresh("m_slow");
 
@@ -206,8 +206,8 @@ fn dependencies_refresh_first_whatever_the_registry_order() {
 #[test]
 fn independent_views_refresh_in_parallel_up_to_jobs() {
     let db = TestDb::platform("parallel");
-    slow_view(&db, "m_one", 1.0);
-    slow_view(&db, "m_two", 1.0);
+    slow_view(&db, "m_one", 2.0);
+    slow_view(&db, "m_two", 2.0);
     let registry = db.registry("[[view]]\nname = \"m_one\"\n[[view]]\nname = \"m_two\"\n");
     db.mvr()
         .args(["--jobs", "2", "refresh", "--registry"])
@@ -260,7 +260,7 @@ fn a_view_depending_on_a_failed_view_is_skipped_with_that_reason() {
 #[test]
 fn a_terminated_backend_is_retried_and_every_attempt_recorded() {
     let db = TestDb::platform("retry");
-    slow_view(&db, "m_retry", 1.5);
+    slow_view(&db, "m_retry", 3.0);
     let registry = db.registry("[[view]]\nname = \"m_retry\"\nretries = 2\n");
     let run = db
         .mvr()
