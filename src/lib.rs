@@ -10,6 +10,7 @@
 
 pub mod catalog;
 pub mod cli;
+pub mod cycle;
 pub mod db;
 pub mod error;
 pub mod output;
@@ -17,21 +18,21 @@ pub mod plan;
 pub mod refresh;
 pub mod refresh_log;
 pub mod registry;
+pub mod schedule;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;
 pub mod units;
 
-use std::sync::Arc;
-
 use uuid::Uuid;
 
 use crate::cli::{Cli, Command, GlobalArgs, RefreshArgs};
+use crate::cycle::{Refresher, Stops};
 use crate::db::DbTarget;
 use crate::error::{Error, Exit};
 use crate::output::{millis, print_table, table};
 use crate::plan::Plan;
-use crate::refresh::{Outcome, RunContext};
+use crate::refresh::Outcome;
 use crate::refresh_log::{RefreshLog, Status};
 use crate::registry::Registry;
 use crate::shutdown::StopReason;
@@ -47,7 +48,7 @@ pub async fn run(cli: Cli) -> Result<Exit, Error> {
         Command::Refresh(args) => {
             let registry = Registry::load(global.registry.as_deref())?;
             let specs = registry.select(&args.views).map_err(Error::Usage)?;
-            refresh(global, args, &target, log, specs).await
+            refresh(global, args, target, log, specs).await
         }
         Command::Check => {
             let registry = Registry::load(global.registry.as_deref())?;
@@ -61,15 +62,14 @@ pub async fn run(cli: Cli) -> Result<Exit, Error> {
     }
 }
 
-/// `refresh`: plans the views, refreshes them, prints one line per view.
+/// `refresh`: refreshes the views once, prints one line per view.
 async fn refresh(
     global: &GlobalArgs,
     args: &RefreshArgs,
-    target: &DbTarget,
+    target: DbTarget,
     log: RefreshLog,
     specs: Vec<registry::ViewSpec>,
 ) -> Result<Exit, Error> {
-    let jobs = global.jobs.get();
     let (stop_handle, stop) = shutdown::channel();
     stop_handle
         .on_signals()
@@ -77,67 +77,20 @@ async fn refresh(
     if let Some(deadline) = args.deadline {
         stop_handle.after(deadline.to_std());
     }
-    // One connection per job, and one for recording outcomes alongside.
-    let pool = target.pool(jobs + 1);
-    let mut client = target.connect(&pool).await?;
-    let db_err = |context| Error::in_context(context, target);
-
-    let logging = log
-        .ensure(&mut client)
-        .await
-        .map_err(db_err("preparing the log tables"))?;
-    let plan = Plan::build(&**client, specs)
-        .await
-        .map_err(db_err("planning the refresh"))?;
-    drop(client);
-
-    let ctx = Arc::new(RunContext {
-        pool,
-        log: logging.then_some(log),
-        run_id: Uuid::new_v4(),
-        host: gethostname::gethostname().to_string_lossy().into_owned(),
-        jobs,
-        stop: stop.clone(),
-    });
-    tracing::info!(run_id = %ctx.run_id, views = plan.steps.len(), jobs, "refresh started");
-    let outcomes = refresh::execute(ctx.clone(), Arc::new(plan)).await;
-    print_outcomes(&outcomes, ctx.run_id);
-
-    if let Some(StopReason::Signal(signal)) = stop.reason() {
-        return Ok(Exit::Signal(signal));
-    }
-    if let (Some(log), true) = (&ctx.log, args.history_retention.as_millis() > 0) {
-        prune_history(&ctx.pool, log, args.history_retention).await;
-    }
-
-    let failed = outcomes.iter().any(|o| {
-        o.status == Status::Failed || o.status == Status::Cancelled || o.log_error.is_some()
-    });
-    Ok(if failed {
-        Exit::ViewsFailed
-    } else {
-        Exit::Success
-    })
-}
-
-/// Prunes the history; a failure is worth a warning, not a failed run.
-async fn prune_history(
-    pool: &deadpool_postgres::Pool,
-    log: &RefreshLog,
-    retention: units::PgDuration,
-) {
-    let pruned = match pool.get().await {
-        Ok(client) => log
-            .prune(&**client, retention)
-            .await
-            .map_err(|e| db::describe_error(&e)),
-        Err(err) => Err(db::describe_pool_error(&err)),
+    let refresher = Refresher::new(target, log, global.jobs.get(), args.history_retention);
+    // Once: stopping means cancelling at once, no grace.
+    let stops = Stops {
+        drain: stop.clone(),
+        cancel: stop.clone(),
     };
-    match pruned {
-        Ok(0) => {}
-        Ok(rows) => tracing::info!(rows, retention = %retention, "pruned the refresh history"),
-        Err(error) => tracing::warn!(%error, "could not prune the refresh history"),
-    }
+    let cycle = refresher.cycle(specs, &stops).await?;
+    print_outcomes(&cycle.outcomes, cycle.run_id);
+
+    Ok(match stop.reason() {
+        Some(StopReason::Signal(signal)) => Exit::Signal(signal),
+        _ if cycle.failed() => Exit::ViewsFailed,
+        _ => Exit::Success,
+    })
 }
 
 fn print_outcomes(outcomes: &[Outcome], run_id: Uuid) {

@@ -33,9 +33,10 @@ pub struct RunContext {
     /// Host (pod) name, recorded with every attempt.
     pub host: String,
     pub jobs: usize,
-    /// Fires on SIGTERM, SIGINT or the deadline: no view starts any more and
-    /// running statements are cancelled on the server.
-    pub stop: Stop,
+    /// Once this fires no view (and no retry) starts.
+    pub drain: Stop,
+    /// Once this fires running statements are cancelled on the server.
+    pub cancel: Stop,
 }
 
 /// How one view's refresh ended.
@@ -170,7 +171,7 @@ enum Done {
 }
 
 /// Refreshes every view of `plan`, dependencies first, up to `ctx.jobs` at once.
-/// Returns the outcomes in plan order. Once `ctx.stop` fires no view starts; the
+/// Returns the outcomes in plan order. Once `ctx.drain` fires no view starts; the
 /// views left are skipped as "not started".
 pub async fn execute(ctx: Arc<RunContext>, plan: Arc<Plan>) -> Vec<Outcome> {
     let n = plan.steps.len();
@@ -180,7 +181,7 @@ pub async fn execute(ctx: Arc<RunContext>, plan: Arc<Plan>) -> Vec<Outcome> {
 
     loop {
         for (i, step) in plan.steps.iter().enumerate() {
-            if started[i] || running.len() >= ctx.jobs || ctx.stop.reason().is_some() {
+            if started[i] || running.len() >= ctx.jobs || ctx.drain.reason().is_some() {
                 continue;
             }
             let deps = &step.depends_on;
@@ -208,7 +209,7 @@ pub async fn execute(ctx: Arc<RunContext>, plan: Arc<Plan>) -> Vec<Outcome> {
             Some(outcome) => outcome,
             None => {
                 let reason = ctx
-                    .stop
+                    .drain
                     .reason()
                     .expect("only a stop leaves views unstarted");
                 let mut outcome =
@@ -291,7 +292,7 @@ async fn refresh_step(ctx: &RunContext, step: &Step, blocked_by: Option<String>)
         .await;
         tokio::select! {
             _ = tokio::time::sleep(delay) => attempt += 1,
-            reason = ctx.stop.stopped() => {
+            reason = ctx.drain.stopped() => {
                 let failure = Failure {
                     stopped: Some(reason),
                     ..Failure::permanent(format!("not retried: {reason}"))
@@ -381,7 +382,7 @@ async fn attempt_refresh(
         tokio::pin!(refresh);
         tokio::select! {
             result = &mut refresh => result,
-            reason = ctx.stop.stopped() => {
+            reason = ctx.cancel.stopped() => {
                 // Cancel on the server and let the statement end with that error:
                 // dropping the future would leave the backend running the REFRESH.
                 if let Err(err) = cancel.cancel_query(NoTls).await {

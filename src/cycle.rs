@@ -1,0 +1,130 @@
+//! One refresh cycle, the unit both `refresh` (once) and `run` (on a schedule)
+//! are made of: take a connection, make sure the log tables exist, plan the
+//! views, refresh them, prune the history.
+//!
+//! A cycle prints nothing; its caller reports the outcomes.
+
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use uuid::Uuid;
+
+use crate::db::{DbTarget, describe_error, describe_pool_error};
+use crate::error::Error;
+use crate::plan::Plan;
+use crate::refresh::{self, Outcome, RunContext};
+use crate::refresh_log::{RefreshLog, Status};
+use crate::registry::ViewSpec;
+use crate::shutdown::Stop;
+use crate::units::PgDuration;
+
+/// What every cycle of a process shares: where, how many at once, what to keep.
+#[derive(Debug)]
+pub struct Refresher {
+    pub target: DbTarget,
+    pub pool: Pool,
+    pub log: RefreshLog,
+    pub jobs: usize,
+    /// Host (pod) name recorded with every attempt.
+    pub host: String,
+    /// History older than this is pruned after each cycle; zero keeps it all.
+    pub history_retention: PgDuration,
+}
+
+/// When a cycle must wind down.
+#[derive(Debug, Clone)]
+pub struct Stops {
+    /// No view starts once this fires.
+    pub drain: Stop,
+    /// Running statements are cancelled on the server once this fires.
+    pub cancel: Stop,
+}
+
+/// What one cycle did.
+#[derive(Debug)]
+pub struct Cycle {
+    pub run_id: Uuid,
+    /// One per view, in plan order.
+    pub outcomes: Vec<Outcome>,
+}
+
+impl Cycle {
+    /// Whether anything failed, was cancelled, or went unrecorded (exit code 1).
+    pub fn failed(&self) -> bool {
+        self.outcomes.iter().any(|o| {
+            matches!(o.status, Status::Failed | Status::Cancelled) || o.log_error.is_some()
+        })
+    }
+}
+
+impl Refresher {
+    /// A refresher with one pooled connection per job plus one for the log.
+    pub fn new(
+        target: DbTarget,
+        log: RefreshLog,
+        jobs: usize,
+        history_retention: PgDuration,
+    ) -> Self {
+        Self {
+            pool: target.pool(jobs + 1),
+            target,
+            log,
+            jobs,
+            host: gethostname::gethostname().to_string_lossy().into_owned(),
+            history_retention,
+        }
+    }
+
+    /// Refreshes `specs` once.
+    pub async fn cycle(&self, specs: Vec<ViewSpec>, stops: &Stops) -> Result<Cycle, Error> {
+        let mut client = self.target.connect(&self.pool).await?;
+        let db_err = |context| Error::in_context(context, &self.target);
+        let logging = self
+            .log
+            .ensure(&mut client)
+            .await
+            .map_err(db_err("preparing the log tables"))?;
+        let plan = Plan::build(&**client, specs)
+            .await
+            .map_err(db_err("planning the refresh"))?;
+        drop(client);
+
+        let ctx = Arc::new(RunContext {
+            pool: self.pool.clone(),
+            log: logging.then(|| self.log.clone()),
+            run_id: Uuid::new_v4(),
+            host: self.host.clone(),
+            jobs: self.jobs,
+            drain: stops.drain.clone(),
+            cancel: stops.cancel.clone(),
+        });
+        tracing::info!(run_id = %ctx.run_id, views = plan.steps.len(), jobs = self.jobs, "refresh started");
+        let outcomes = refresh::execute(ctx.clone(), Arc::new(plan)).await;
+
+        if logging && stops.drain.reason().is_none() && self.history_retention.as_millis() > 0 {
+            self.prune_history().await;
+        }
+        Ok(Cycle {
+            run_id: ctx.run_id,
+            outcomes,
+        })
+    }
+
+    /// Prunes the history; a failure is worth a warning, not a failed cycle.
+    async fn prune_history(&self) {
+        let retention = self.history_retention;
+        let pruned = match self.pool.get().await {
+            Ok(client) => self
+                .log
+                .prune(&**client, retention)
+                .await
+                .map_err(|e| describe_error(&e)),
+            Err(err) => Err(describe_pool_error(&err)),
+        };
+        match pruned {
+            Ok(0) => {}
+            Ok(rows) => tracing::info!(rows, retention = %retention, "pruned the refresh history"),
+            Err(error) => tracing::warn!(%error, "could not prune the refresh history"),
+        }
+    }
+}
