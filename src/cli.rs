@@ -74,6 +74,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Refresh all registry views, or the named ones, once.
     Refresh(RefreshArgs),
+    /// Refresh on a cron schedule until SIGTERM (a sidecar, or development).
+    Run(RunArgs),
     /// Freshness report from the log tables.
     Status(StatusArgs),
     /// Validate the registry against the database and print the plan.
@@ -94,7 +96,14 @@ pub struct RefreshArgs {
     #[arg(long, env = "MV_REFRESHER_DEADLINE", value_name = "DURATION")]
     pub deadline: Option<PgDuration>,
 
-    /// Delete history rows older than this after the run ("0" keeps them all).
+    #[command(flatten)]
+    pub cycle: CycleArgs,
+}
+
+/// Options of every refresh cycle, `refresh` and `run` alike.
+#[derive(Debug, Args)]
+pub struct CycleArgs {
+    /// Delete history rows older than this after each run ("0" keeps them all).
     #[arg(
         long,
         env = "MV_REFRESHER_HISTORY_RETENTION",
@@ -102,6 +111,35 @@ pub struct RefreshArgs {
         default_value = "30d"
     )]
     pub history_retention: PgDuration,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Cron schedule: 5 fields as in a Kubernetes CronJob ("*/5 * * * *"), or 6
+    /// with seconds first ("*/10 * * * * *").
+    #[arg(long, env = "MV_REFRESHER_SCHEDULE", default_value = "*/5 * * * *")]
+    pub schedule: String,
+
+    /// Time zone of the schedule (IANA name).
+    #[arg(long, env = "MV_REFRESHER_TIMEZONE", default_value = "UTC")]
+    pub timezone: String,
+
+    /// Serve /metrics, /healthz and /readyz on this address, like 0.0.0.0:9187.
+    #[arg(long, env = "MV_REFRESHER_LISTEN", value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+
+    /// On SIGTERM, how long running refreshes may finish before they are
+    /// cancelled on the server.
+    #[arg(
+        long,
+        env = "MV_REFRESHER_SHUTDOWN_GRACE",
+        value_name = "DURATION",
+        default_value = "20s"
+    )]
+    pub shutdown_grace: PgDuration,
+
+    #[command(flatten)]
+    pub cycle: CycleArgs,
 }
 
 #[derive(Debug, Args)]

@@ -13,16 +13,21 @@ pub mod cli;
 pub mod cycle;
 pub mod db;
 pub mod error;
+pub mod http;
+pub mod metrics;
 pub mod output;
 pub mod plan;
 pub mod refresh;
 pub mod refresh_log;
 pub mod registry;
+pub mod runner;
 pub mod schedule;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;
 pub mod units;
+
+use std::sync::Arc;
 
 use uuid::Uuid;
 
@@ -49,6 +54,24 @@ pub async fn run(cli: Cli) -> Result<Exit, Error> {
             let registry = Registry::load(global.registry.as_deref())?;
             let specs = registry.select(&args.views).map_err(Error::Usage)?;
             refresh(global, args, target, log, specs).await
+        }
+        Command::Run(args) => {
+            let registry = Registry::load(global.registry.as_deref())?;
+            let schedule = schedule::Schedule::new(&args.schedule, &args.timezone)
+                .map_err(|e| Error::Usage(format!("--schedule: {e}")))?;
+            let (stop_handle, stop) = shutdown::channel();
+            stop_handle
+                .on_signals()
+                .map_err(|e| Error::Usage(format!("cannot listen for signals: {e}")))?;
+            let refresher =
+                Refresher::new(target, log, global.jobs.get(), args.cycle.history_retention);
+            let options = runner::RunOptions {
+                schedule,
+                listen: args.listen,
+                shutdown_grace: args.shutdown_grace.to_std(),
+            };
+            let shutdown = async move { stop.stopped().await };
+            runner::run(Arc::new(refresher), registry.views, options, shutdown).await
         }
         Command::Check => {
             let registry = Registry::load(global.registry.as_deref())?;
@@ -77,7 +100,7 @@ async fn refresh(
     if let Some(deadline) = args.deadline {
         stop_handle.after(deadline.to_std());
     }
-    let refresher = Refresher::new(target, log, global.jobs.get(), args.history_retention);
+    let refresher = Refresher::new(target, log, global.jobs.get(), args.cycle.history_retention);
     // Once: stopping means cancelling at once, no grace.
     let stops = Stops {
         drain: stop.clone(),

@@ -74,7 +74,7 @@ impl StopHandle {
             let handle = self.clone();
             tokio::spawn(async move {
                 if stream.recv().await.is_some() {
-                    tracing::warn!(signal = number, "stopping: cancelling running refreshes");
+                    tracing::warn!(signal = number, "signal received: stopping");
                     handle.stop(StopReason::Signal(number));
                 }
             });

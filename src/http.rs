@@ -1,0 +1,88 @@
+//! The HTTP endpoints of `run`: `/metrics` (Prometheus), `/healthz` (the process
+//! is alive) and `/readyz` (a cycle has reached the database and the database
+//! answers now). Off unless `--listen` is given.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use deadpool_postgres::Pool;
+use tokio::net::TcpListener;
+
+use crate::db::{describe_error, describe_pool_error};
+use crate::metrics::Metrics;
+
+/// How long `/readyz` waits for the database before saying no.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the endpoints read; `run` writes it.
+#[derive(Debug)]
+pub struct Shared {
+    pub metrics: Metrics,
+    /// Whether the last cycle reached the database.
+    pub reached_database: AtomicBool,
+    pub pool: Pool,
+}
+
+/// Serves the endpoints on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(shared);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        shared.metrics.encode(),
+    )
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
+    if !shared.reached_database.load(Ordering::Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no cycle has reached the database yet\n".into(),
+        );
+    }
+    let ping = async {
+        let client = shared
+            .pool
+            .get()
+            .await
+            .map_err(|e| describe_pool_error(&e))?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(|e| describe_error(&e))
+    };
+    match tokio::time::timeout(READY_TIMEOUT, ping).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ready\n".into()),
+        Ok(Err(error)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {error}\n"),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: the database did not answer within {READY_TIMEOUT:?}\n"),
+        ),
+    }
+}
