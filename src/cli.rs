@@ -144,13 +144,20 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Output format.
+    /// Output format: a table for people, json for scripts, prometheus for a
+    /// textfile collector or a pushgateway.
     #[arg(long, value_enum, default_value_t = StatusFormat::Table)]
     pub format: StatusFormat,
+
+    /// Exit with code 1 when any view is older than this (or was never
+    /// refreshed): an alert check or a probe.
+    #[arg(long, env = "MV_REFRESHER_MAX_AGE", value_name = "DURATION")]
+    pub max_age: Option<PgDuration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum StatusFormat {
     Table,
     Json,
+    Prometheus,
 }

@@ -80,7 +80,7 @@ pub async fn run(cli: Cli) -> Result<Exit, Error> {
         Command::Init => init(&target, &log).await,
         Command::Status(args) => {
             let registry = Registry::load(global.registry.as_deref())?;
-            status::run(&registry, &target, &log, args.format).await
+            status::run(&registry, &target, &log, args).await
         }
     }
 }

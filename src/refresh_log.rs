@@ -6,6 +6,8 @@
 //! name is the only identifier spliced into SQL, always quoted; all values are
 //! bind parameters.
 
+use std::collections::HashMap;
+
 use tokio_postgres::GenericClient;
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
@@ -317,6 +319,25 @@ impl RefreshLog {
         );
         let row = client.query_opt(&sql, &[&view_name]).await?;
         Ok(row.and_then(|r| r.get(0)))
+    }
+
+    /// The last `count` successful durations of each of `view_names`, oldest first.
+    pub async fn recent_durations(
+        &self,
+        client: &impl GenericClient,
+        view_names: &[String],
+        count: i64,
+    ) -> Result<HashMap<String, Vec<f64>>, tokio_postgres::Error> {
+        let sql = format!(
+            "SELECT view_name, array_agg(duration_ms ORDER BY started_at) FROM ( \
+                 SELECT view_name, duration_ms, started_at, \
+                        row_number() OVER (PARTITION BY view_name ORDER BY started_at DESC) AS n \
+                 FROM {} WHERE view_name = ANY ($1) AND status = 'success') AS latest \
+             WHERE n <= $2 GROUP BY view_name",
+            self.history_table
+        );
+        let rows = client.query(&sql, &[&view_names, &count]).await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     /// The summary rows of `view_names`, in no particular order; views never
