@@ -112,11 +112,9 @@ pub async fn run(
             shared.metrics.cycle(CycleOutcome::Overlapped);
             continue;
         }
-        if let Some(until) = backoff.lock().await.until {
-            if Instant::now() < until {
-                tracing::debug!("backing off after the database was unreachable");
-                continue;
-            }
+        if backoff.lock().await.until.is_some_and(|until| Instant::now() < until) {
+            tracing::debug!("backing off after the database was unreachable");
+            continue;
         }
         let (refresher, views, stops, shared, backoff) = (
             refresher.clone(),

@@ -336,8 +336,8 @@ impl Mvr {
                 text
             })
         };
-        let stdout = read(Box::new(child.stdout.take().unwrap()));
-        let stderr = read(Box::new(child.stderr.take().unwrap()));
+        let stdout = Some(read(Box::new(child.stdout.take().unwrap())));
+        let stderr = Some(read(Box::new(child.stderr.take().unwrap())));
         Running {
             child,
             stdout,
@@ -350,14 +350,38 @@ impl Mvr {
 /// A binary started by [`Mvr::spawn`].
 pub struct Running {
     child: std::process::Child,
-    stdout: std::thread::JoinHandle<String>,
-    stderr: std::thread::JoinHandle<String>,
+    stdout: Option<std::thread::JoinHandle<String>>,
+    stderr: Option<std::thread::JoinHandle<String>>,
     command: String,
 }
 
 impl Running {
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Polls `probe` like [`wait_until`], failing at once (with the output) if
+    /// the process ends first.
+    pub fn wait_until<T>(&mut self, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+        wait_until(what, || {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let stdout = self
+                    .stdout
+                    .take()
+                    .map(|h| h.join().unwrap())
+                    .unwrap_or_default();
+                let stderr = self
+                    .stderr
+                    .take()
+                    .map(|h| h.join().unwrap())
+                    .unwrap_or_default();
+                panic!(
+                    "{} ended ({status}) while waiting for {what}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+                    self.command
+                );
+            }
+            probe()
+        })
     }
 
     /// Sends `signal` ("TERM", "INT", ...) to the process.
@@ -385,8 +409,16 @@ impl Running {
         };
         Output {
             code: status.code(),
-            stdout: self.stdout.join().unwrap(),
-            stderr: self.stderr.join().unwrap(),
+            stdout: self
+                .stdout
+                .take()
+                .map(|h| h.join().unwrap())
+                .unwrap_or_default(),
+            stderr: self
+                .stderr
+                .take()
+                .map(|h| h.join().unwrap())
+                .unwrap_or_default(),
             command: self.command,
         }
     }

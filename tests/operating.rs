@@ -1,0 +1,432 @@
+//! Operating it: the `run` loop (schedule, overlap, a database that goes away and
+//! comes back, shutdown), its HTTP endpoints over a real socket, and the
+//! freshness `status` reports for alerts.
+
+mod common;
+
+use common::{Mvr, TestDb, private_cluster};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET `path`: `(status code, body)`; `None` while nothing listens.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent
+        .get(&format!("http://127.0.0.1:{port}{path}"))
+        .call()
+        .ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.body_mut().read_to_string().unwrap()))
+}
+
+/// The value of the sample `name{labels}` in a metrics page.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn refreshes(metrics: &str, view: &str, status: &str) -> f64 {
+    sample(
+        metrics,
+        &format!("mv_refresher_view_refreshes_total{{view=\"{view}\",status=\"{status}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+fn slow_view(db: &TestDb, name: &str, seconds: f64) {
+    db.execute(&format!(
+        "CREATE MATERIALIZED VIEW {name} AS SELECT 1 AS id, pg_sleep({seconds})::text AS slept WITH NO DATA; \
+         CREATE UNIQUE INDEX ON {name} (id);"
+    ));
+}
+
+#[test]
+fn run_refreshes_on_the_schedule_and_serves_metrics_health_and_readiness() {
+    let db = TestDb::platform("run_metrics");
+    let port = free_port();
+    let mut run = db
+        .mvr()
+        .args([
+            "run",
+            "--schedule",
+            "* * * * * *",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .spawn();
+
+    // Two cycles at least: the counters move.
+    let metrics = run.wait_until("two refreshes of every view", || {
+        let (_, body) = get(port, "/metrics")?;
+        [
+            "public.tenants_summary_view",
+            "public.user_activity_view",
+            "public.top_bets_today",
+        ]
+        .iter()
+        .all(|v| refreshes(&body, v, "success") >= 2.0)
+        .then_some(body)
+    });
+    for name in [
+        "mv_refresher_view_last_success_timestamp_seconds{view=\"public.top_bets_today\"}",
+        "mv_refresher_view_last_duration_seconds{view=\"public.top_bets_today\"}",
+        "mv_refresher_view_staleness_seconds{view=\"public.top_bets_today\"}",
+        "mv_refresher_view_refresh_duration_seconds_count{view=\"public.top_bets_today\"}",
+        "mv_refresher_cycles_total{outcome=\"ok\"}",
+        "mv_refresher_next_run_timestamp_seconds",
+    ] {
+        let value = sample(&metrics, name).unwrap_or_else(|| panic!("{name} missing:\n{metrics}"));
+        assert!(value >= 0.0 && value.is_finite(), "{name} = {value}");
+    }
+    assert_eq!(get(port, "/healthz").unwrap().0, 200);
+    assert_eq!(get(port, "/readyz").unwrap(), (200, "ready\n".into()));
+
+    run.signal("TERM");
+    let out = run.wait();
+    out.code(0).stderr_has("shutting down");
+    let count: i64 = db.scalar(
+        "SELECT refresh_count FROM materialized_views_refresh_log WHERE view_name = 'public.top_bets_today'",
+    );
+    assert!(count >= 2, "{count}");
+}
+
+#[test]
+fn a_tick_during_a_running_cycle_is_skipped_and_failures_never_stop_the_loop() {
+    let db = TestDb::platform("run_overlap");
+    slow_view(&db, "m_slow", 2.5);
+    db.execute("CREATE MATERIALIZED VIEW m_broken AS SELECT 1 / (SELECT count(*) FROM tenants WHERE id < 0) AS x WITH NO DATA;");
+    let registry = db.registry("[[view]]\nname = \"m_slow\"\n[[view]]\nname = \"m_broken\"\n");
+    let port = free_port();
+    let mut run = db
+        .mvr()
+        .args([
+            "run",
+            "--schedule",
+            "* * * * * *",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--registry",
+        ])
+        .arg(&registry)
+        .spawn();
+    run.wait_until("an overlapped tick and two failed cycles", || {
+        let (_, body) = get(port, "/metrics")?;
+        let overlapped = sample(&body, "mv_refresher_cycles_total{outcome=\"overlapped\"}")?;
+        let failed = sample(&body, "mv_refresher_cycles_total{outcome=\"failed\"}")?;
+        (overlapped >= 1.0 && failed >= 2.0).then_some(())
+    });
+    run.signal("TERM");
+    run.wait().code(0).stderr_has("this tick is skipped");
+    let failures: i64 = db.scalar(
+        "SELECT failure_count FROM materialized_views_refresh_log WHERE view_name = 'public.m_broken'",
+    );
+    assert!(failures >= 2);
+}
+
+#[test]
+fn the_loop_survives_the_database_going_away_and_recovers_by_itself() {
+    let cluster = private_cluster("run_recovers");
+    let db = TestDb::platform_on(cluster, "run_recovers");
+    let port = free_port();
+    let registry = db.registry("[[view]]\nname = \"top_bets_today\"\n");
+    let mut run = db
+        .mvr()
+        .args([
+            "run",
+            "--schedule",
+            "* * * * * *",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--registry",
+        ])
+        .arg(&registry)
+        .spawn();
+    run.wait_until("the first refresh", || {
+        let (_, body) = get(port, "/metrics")?;
+        (refreshes(&body, "public.top_bets_today", "success") >= 1.0).then_some(())
+    });
+
+    cluster.halt();
+    run.wait_until(
+        "readiness to fail and a cycle to find the database unreachable",
+        || {
+            let (code, _) = get(port, "/readyz")?;
+            let (_, body) = get(port, "/metrics")?;
+            let unreachable = sample(&body, "mv_refresher_cycles_total{outcome=\"unreachable\"}")?;
+            (code == 503 && unreachable >= 1.0).then_some(())
+        },
+    );
+    assert_eq!(
+        get(port, "/healthz").unwrap().0,
+        200,
+        "the process is alive"
+    );
+
+    cluster.resume();
+    let before = refreshes(
+        &get(port, "/metrics").unwrap().1,
+        "public.top_bets_today",
+        "success",
+    );
+    run.wait_until("refreshes to resume", || {
+        let (_, body) = get(port, "/metrics")?;
+        (refreshes(&body, "public.top_bets_today", "success") > before).then_some(())
+    });
+    run.wait_until("readiness to come back", || {
+        (get(port, "/readyz")?.0 == 200).then_some(())
+    });
+
+    run.signal("TERM");
+    run.wait()
+        .code(0)
+        .stderr_has("database unreachable; backing off");
+}
+
+#[test]
+fn sigterm_gives_running_refreshes_the_grace_period_then_cancels_them() {
+    let db = TestDb::platform("run_grace");
+    slow_view(&db, "m_short", 2.0);
+    slow_view(&db, "m_endless", 600.0);
+
+    // Within the grace period: the refresh finishes and is recorded.
+    let registry = db.registry("[[view]]\nname = \"m_short\"\n");
+    let mut run = db
+        .mvr()
+        .args([
+            "run",
+            "--schedule",
+            "* * * * * *",
+            "--shutdown-grace",
+            "60s",
+            "--registry",
+        ])
+        .arg(&registry)
+        .spawn();
+    db.wait_for_refresh("m_short");
+    run.signal("TERM");
+    run.wait().code(0);
+    let status: String = db.scalar("SELECT status FROM materialized_views_refresh_history WHERE view_name = 'public.m_short' ORDER BY id DESC LIMIT 1");
+    assert_eq!(status, "success");
+
+    // Past it: cancelled on the server.
+    let registry = db.registry("[[view]]\nname = \"m_endless\"\n");
+    let mut run = db
+        .mvr()
+        .args([
+            "run",
+            "--schedule",
+            "* * * * * *",
+            "--shutdown-grace",
+            "1s",
+            "--registry",
+        ])
+        .arg(&registry)
+        .spawn();
+    db.wait_for_refresh("m_endless");
+    run.signal("TERM");
+    run.wait().code(0);
+    assert_eq!(db.running_refreshes(), 0);
+    let status: String = db.scalar("SELECT status FROM materialized_views_refresh_history WHERE view_name = 'public.m_endless'");
+    assert_eq!(status, "cancelled");
+}
+
+#[test]
+fn min_interval_is_honoured_by_the_loop() {
+    let db = TestDb::platform("run_min_interval");
+    let registry = db.registry(
+        "[[view]]\nname = \"top_bets_today\"\nmin_interval = \"1h\"\n[[view]]\nname = \"tenants_summary_view\"\n",
+    );
+    let port = free_port();
+    let mut run = db
+        .mvr()
+        .args([
+            "run",
+            "--schedule",
+            "* * * * * *",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--registry",
+        ])
+        .arg(&registry)
+        .spawn();
+    run.wait_until("three cycles", || {
+        let (_, body) = get(port, "/metrics")?;
+        (refreshes(&body, "public.tenants_summary_view", "success") >= 3.0).then_some(())
+    });
+    run.signal("TERM");
+    run.wait().code(0);
+    let rows = db.rows(
+        "SELECT status, count(*) FROM materialized_views_refresh_history \
+         WHERE view_name = 'public.top_bets_today' GROUP BY 1 ORDER BY 1",
+    );
+    assert_eq!(
+        rows[1],
+        [Some("success".into()), Some("1".into())],
+        "{rows:?}"
+    );
+    assert_eq!(rows[0][0].as_deref(), Some("skipped"));
+    let note: String = db.scalar(
+        "SELECT note FROM materialized_views_refresh_history WHERE status = 'skipped' LIMIT 1",
+    );
+    assert!(note.starts_with("fresh: refreshed"), "{note}");
+}
+
+#[test]
+fn bad_run_options_exit_2_before_connecting() {
+    let closed = format!("postgres://postgres@127.0.0.1:{}/x", free_port());
+    Mvr::new()
+        .env("DATABASE_URL", &closed)
+        .args(["run", "--schedule", "every five minutes"])
+        .run()
+        .code(2)
+        .stderr_has("--schedule");
+    Mvr::new()
+        .env("DATABASE_URL", &closed)
+        .args(["run", "--timezone", "Mars/Olympus"])
+        .run()
+        .code(2)
+        .stderr_has("time zone");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    Mvr::new()
+        .env("DATABASE_URL", &closed)
+        .args(["run", "--listen", &addr])
+        .run()
+        .code(2)
+        .stderr_has("cannot listen");
+}
+
+#[test]
+fn status_speaks_prometheus_with_the_same_names() {
+    let db = TestDb::platform("status_prometheus");
+    db.execute("CREATE MATERIALIZED VIEW m_never AS SELECT 1 AS x;");
+    let registry =
+        db.registry("[[view]]\nname = \"top_bets_today\"\n[[view]]\nname = \"m_never\"\n");
+    db.mvr().args(["refresh", "top_bets_today"]).run().code(0);
+    db.mvr().args(["refresh", "top_bets_today"]).run().code(0);
+    let out = db
+        .mvr()
+        .args(["status", "--format", "prometheus", "--registry"])
+        .arg(&registry)
+        .run();
+    out.code(0);
+    let text = &out.stdout;
+    assert_eq!(
+        refreshes(text, "public.top_bets_today", "success"),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(refreshes(text, "public.top_bets_today", "failed"), 0.0);
+    let staleness = sample(
+        text,
+        "mv_refresher_view_staleness_seconds{view=\"public.top_bets_today\"}",
+    )
+    .unwrap();
+    assert!((0.0..3600.0).contains(&staleness), "{staleness}");
+    assert_eq!(
+        sample(
+            text,
+            "mv_refresher_view_staleness_seconds{view=\"public.m_never\"}"
+        ),
+        Some(f64::INFINITY)
+    );
+    assert!(
+        sample(
+            text,
+            "mv_refresher_view_last_success_timestamp_seconds{view=\"public.top_bets_today\"}"
+        )
+        .is_some()
+    );
+    assert!(text.contains("# TYPE mv_refresher_view_refreshes counter"));
+}
+
+#[test]
+fn status_max_age_fails_for_old_or_never_refreshed_views() {
+    let db = TestDb::platform("status_max_age");
+    db.mvr().arg("refresh").run().code(0);
+    db.mvr().args(["status", "--max-age", "1h"]).run().code(0);
+    db.execute("UPDATE materialized_views_refresh_log SET last_refreshed_at = now() - interval '2 hours' WHERE view_name = 'public.top_bets_today'");
+    db.mvr()
+        .args(["status", "--max-age", "1h"])
+        .run()
+        .code(1)
+        .stderr_has("public.top_bets_today")
+        .stderr_has("older than --max-age");
+    db.mvr()
+        .args(["status", "--max-age", "3h", "--format", "json"])
+        .run()
+        .code(0);
+
+    db.execute("CREATE MATERIALIZED VIEW m_never AS SELECT 1 AS x;");
+    let registry = db.registry("[[view]]\nname = \"m_never\"\n");
+    db.mvr()
+        .args(["status", "--max-age", "3h", "--registry"])
+        .arg(&registry)
+        .run()
+        .code(1)
+        .stderr_has("never refreshed");
+}
+
+#[test]
+fn status_shows_next_due_time_and_recent_durations() {
+    let db = TestDb::platform("status_next_due");
+    let registry = db.registry(
+        "[[view]]\nname = \"top_bets_today\"\nmin_interval = \"1h\"\n[[view]]\nname = \"tenants_summary_view\"\n",
+    );
+    for _ in 0..3 {
+        db.mvr()
+            .args(["refresh", "tenants_summary_view"])
+            .run()
+            .code(0);
+    }
+    db.mvr().args(["refresh", "top_bets_today"]).run().code(0);
+
+    let table = db.mvr().args(["status", "--registry"]).arg(&registry).run();
+    table.code(0);
+    let line = table
+        .stdout
+        .lines()
+        .find(|l| l.contains("public.tenants_summary_view"))
+        .unwrap();
+    assert!(line.contains("every run"), "{line}");
+    let spark: String = line.chars().filter(|c| ('▁'..='█').contains(c)).collect();
+    assert_eq!(
+        spark.chars().count(),
+        3,
+        "one bar per recent refresh: {line}"
+    );
+
+    let json = db
+        .mvr()
+        .args(["status", "--format", "json", "--registry"])
+        .arg(&registry)
+        .run();
+    let doc: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let top = &doc["views"][0];
+    assert_eq!(top["min_interval"], "1h");
+    let due = top["next_due_at"].as_str().unwrap();
+    assert!(
+        due.ends_with('Z') && due > top["last_refreshed_at"].as_str().unwrap(),
+        "{due}"
+    );
+    assert_eq!(
+        doc["views"][1]["recent_durations_ms"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(doc["views"][1]["next_due_at"], serde_json::Value::Null);
+}
