@@ -112,7 +112,12 @@ pub async fn run(
             shared.metrics.cycle(CycleOutcome::Overlapped);
             continue;
         }
-        if backoff.lock().await.until.is_some_and(|until| Instant::now() < until) {
+        if backoff
+            .lock()
+            .await
+            .until
+            .is_some_and(|until| Instant::now() < until)
+        {
             tracing::debug!("backing off after the database was unreachable");
             continue;
         }

@@ -202,7 +202,7 @@ fn sigterm_gives_running_refreshes_the_grace_period_then_cancels_them() {
 
     // Within the grace period: the refresh finishes and is recorded.
     let registry = db.registry("[[view]]\nname = \"m_short\"\n");
-    let mut run = db
+    let run = db
         .mvr()
         .args([
             "run",
@@ -222,7 +222,7 @@ fn sigterm_gives_running_refreshes_the_grace_period_then_cancels_them() {
 
     // Past it: cancelled on the server.
     let registry = db.registry("[[view]]\nname = \"m_endless\"\n");
-    let mut run = db
+    let run = db
         .mvr()
         .args([
             "run",
