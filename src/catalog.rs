@@ -194,6 +194,41 @@ pub async fn dependencies(
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
+/// Dead and live rows of a view, as the refresh's own transaction sees them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bloat {
+    pub dead: f64,
+    pub live: f64,
+}
+
+impl Bloat {
+    /// Autovacuum's default trigger: more dead rows than 50 + 20% of the live ones.
+    pub fn needs_vacuum(self) -> bool {
+        self.dead > 50.0 + 0.2 * self.live
+    }
+}
+
+/// Reads the view's dead rows: those its statistics knew of, plus those the
+/// current transaction left (committed statistics arrive only later).
+pub async fn bloat(client: &impl GenericClient, oid: u32) -> Result<Bloat, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT coalesce(x.n_tup_del + x.n_tup_upd, 0)::float8 + coalesce(s.n_dead_tup, 0)::float8, \
+                    greatest(c.reltuples::float8, \
+                             coalesce(s.n_live_tup + x.n_tup_ins - x.n_tup_del, 0)::float8, 0) \
+             FROM pg_catalog.pg_class c \
+             LEFT JOIN pg_catalog.pg_stat_xact_all_tables x ON x.relid = c.oid \
+             LEFT JOIN pg_catalog.pg_stat_all_tables s ON s.relid = c.oid \
+             WHERE c.oid = $1",
+            &[&oid],
+        )
+        .await?;
+    Ok(Bloat {
+        dead: row.get(0),
+        live: row.get(1),
+    })
+}
+
 /// Whether the `citus` extension is installed in this database.
 pub async fn has_citus(client: &impl GenericClient) -> Result<bool, tokio_postgres::Error> {
     let row = client

@@ -8,19 +8,22 @@
 //! rollback. Transient failures are retried with backoff. A failing view never
 //! stops the others; a view that depends on a failed one is skipped.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use tokio::task::JoinSet;
-use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::{CancelToken, NoTls};
 use uuid::Uuid;
 
 use crate::catalog::{self, Lookup, Relation};
 use crate::db::{describe_error, describe_pool_error, is_connection_error};
+use crate::output::millis;
 use crate::plan::{Plan, Step, choose_method};
 use crate::refresh_log::{Attempt, Method, RefreshLog, Status};
+use crate::registry::Vacuum;
 use crate::shutdown::{Stop, StopReason};
 
 /// Everything the refresh of one run shares.
@@ -163,7 +166,8 @@ fn is_transient(err: &tokio_postgres::Error) -> bool {
 enum Done {
     Refreshed {
         method: Method,
-        reason: &'static str,
+        /// Why this method, and what followed (a VACUUM).
+        note: String,
         duration_ms: f64,
         log_error: Option<String>,
     },
@@ -249,11 +253,11 @@ async fn refresh_step(ctx: &RunContext, step: &Step, blocked_by: Option<String>)
         let failure = match attempt_refresh(ctx, step, relation, attempt).await {
             Ok(Done::Refreshed {
                 method,
-                reason,
+                note,
                 duration_ms,
                 log_error,
             }) => {
-                let mut outcome = Outcome::new(step, Status::Success, reason.to_owned());
+                let mut outcome = Outcome::new(step, Status::Success, note);
                 outcome.blocks_dependents = false;
                 outcome.method = Some(method);
                 outcome.duration_ms = duration_ms;
@@ -377,36 +381,25 @@ async fn attempt_refresh(
         Method::Full => format!("REFRESH MATERIALIZED VIEW {}", relation.quoted()),
     };
     let started = Instant::now();
-    let refreshed = {
-        let refresh = tx.batch_execute(&sql);
-        tokio::pin!(refresh);
-        tokio::select! {
-            result = &mut refresh => result,
-            reason = ctx.cancel.stopped() => {
-                // Cancel on the server and let the statement end with that error:
-                // dropping the future would leave the backend running the REFRESH.
-                if let Err(err) = cancel.cancel_query(NoTls).await {
-                    tracing::warn!(view = %relation, error = %describe_error(&err), "could not cancel the refresh");
-                }
-                let message = match refresh.await {
-                    Ok(()) => format!("cancelled ({reason}) as it finished; rolled back"),
-                    Err(err) => format!("cancelled ({reason}): {}", describe_error(&err)),
-                };
-                return Err(Failure {
-                    stopped: Some(reason),
-                    method: Some(method),
-                    duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-                    ..Failure::permanent(message)
-                });
-            }
-        }
-    };
+    let refreshed = cancellable(&ctx.cancel, &cancel, tx.batch_execute(&sql)).await;
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-    refreshed.map_err(|err| Failure::from_pg(&err, step, Some(method), duration_ms))?;
+    refreshed.map_err(|interrupted| interrupted.into_failure(step, Some(method), duration_ms))?;
+
+    // Dead rows this refresh left, read inside its transaction: statistics of
+    // committed transactions arrive later.
+    let bloat = match (method, settings.vacuum) {
+        (Method::Concurrently, Vacuum::Auto) => Some(
+            catalog::bloat(&*tx, relation.oid)
+                .await
+                .map_err(pg(Some(method)))?,
+        ),
+        _ => None,
+    };
 
     // The success row goes in the refresh's own transaction, behind a savepoint:
     // a log that cannot be written must not undo the refresh.
     let mut log_error = None;
+    let mut history_id = None;
     if let Some(log) = &ctx.log {
         let savepoint = tx
             .savepoint("mv_refresher_log")
@@ -428,7 +421,10 @@ async fn attempt_refresh(
             retried: false,
         };
         match log.record(&*savepoint, &record).await {
-            Ok(()) => savepoint.commit().await.map_err(pg(Some(method)))?,
+            Ok(id) => {
+                savepoint.commit().await.map_err(pg(Some(method)))?;
+                history_id = Some(id);
+            }
             Err(err) => {
                 log_error = Some(describe_error(&err));
                 savepoint.rollback().await.map_err(pg(Some(method)))?;
@@ -436,12 +432,82 @@ async fn attempt_refresh(
         }
     }
     tx.commit().await.map_err(pg(Some(method)))?;
+
+    let mut note = reason.to_owned();
+    if let Some(bloat) = bloat.filter(|b| b.needs_vacuum()) {
+        // VACUUM cannot run in a transaction: it follows the committed refresh,
+        // and its failure is a warning, not a failed refresh.
+        let started = Instant::now();
+        let sql = format!("VACUUM (ANALYZE) {}", relation.quoted());
+        match cancellable(&ctx.cancel, &cancel, client.batch_execute(&sql)).await {
+            Ok(()) => {
+                let vacuum_ms = started.elapsed().as_secs_f64() * 1000.0;
+                note = format!(
+                    "{note}; vacuumed {:.0} dead rows in {}",
+                    bloat.dead,
+                    millis(vacuum_ms)
+                );
+                tracing::info!(view = %relation, dead_rows = bloat.dead, live_rows = bloat.live, vacuum_ms, "vacuumed after the refresh");
+                if let (Some(log), Some(id)) = (&ctx.log, history_id)
+                    && let Err(err) = log.record_vacuum(&**client, id, vacuum_ms).await
+                {
+                    log_error = Some(describe_error(&err));
+                }
+            }
+            Err(interrupted) => {
+                let failure = interrupted.into_failure(step, None, 0.0);
+                tracing::warn!(view = %relation, error = %failure.message, "VACUUM after the refresh failed");
+            }
+        }
+    }
     Ok(Done::Refreshed {
         method,
-        reason,
+        note,
         duration_ms,
         log_error,
     })
+}
+
+/// How a statement run by [`cancellable`] did not succeed.
+enum Interrupted {
+    Failed(tokio_postgres::Error),
+    Stopped(StopReason, Result<(), tokio_postgres::Error>),
+}
+
+impl Interrupted {
+    fn into_failure(self, step: &Step, method: Option<Method>, duration_ms: f64) -> Failure {
+        match self {
+            Self::Failed(err) => Failure::from_pg(&err, step, method, duration_ms),
+            Self::Stopped(reason, result) => Failure {
+                stopped: Some(reason),
+                method,
+                duration_ms,
+                ..Failure::permanent(match result {
+                    Ok(()) => format!("cancelled ({reason}) as it finished; rolled back"),
+                    Err(err) => format!("cancelled ({reason}): {}", describe_error(&err)),
+                })
+            },
+        }
+    }
+}
+
+/// Runs `statement`; when `stop` fires first, cancels it on the server and waits
+/// for it to end. Dropping the future instead would leave the backend running.
+async fn cancellable(
+    stop: &Stop,
+    token: &CancelToken,
+    statement: impl Future<Output = Result<(), tokio_postgres::Error>>,
+) -> Result<(), Interrupted> {
+    tokio::pin!(statement);
+    tokio::select! {
+        result = &mut statement => result.map_err(Interrupted::Failed),
+        reason = stop.stopped() => {
+            if let Err(err) = token.cancel_query(NoTls).await {
+                tracing::warn!(error = %describe_error(&err), "could not cancel the statement");
+            }
+            Err(Interrupted::Stopped(reason, statement.await))
+        }
+    }
 }
 
 /// Records a failed or cancelled attempt (after its transaction rolled back)

@@ -17,6 +17,9 @@ use crate::units::PgDuration;
 
 const DDL: &str = include_str!("sql/log_tables.sql");
 
+/// The version `sql/log_tables.sql` ends with (in the history table's comment).
+const SCHEMA_VERSION: i32 = 2;
+
 /// Rows deleted per statement when pruning the history: short locks, small WAL bursts.
 const PRUNE_BATCH: u64 = 1000;
 
@@ -144,11 +147,18 @@ impl RefreshLog {
         &self.schema
     }
 
-    /// Whether both tables exist and can be read by this role.
+    /// Whether both tables exist.
     pub async fn exists(&self, client: &impl GenericClient) -> Result<bool, tokio_postgres::Error> {
+        Ok(self.version(client).await? > 0)
+    }
+
+    /// The version of the tables: 0 when missing, 1 before versions were noted.
+    async fn version(&self, client: &impl GenericClient) -> Result<i32, tokio_postgres::Error> {
         let row = client
             .query_one(
-                "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL",
+                "SELECT CASE WHEN to_regclass($1) IS NULL OR to_regclass($2) IS NULL THEN 0 \
+                     ELSE coalesce(substring(obj_description(to_regclass($2), 'pg_class') \
+                                             FROM 'schema version (\\d+)')::int, 1) END",
                 &[&self.log_table, &self.history_table],
             )
             .await?;
@@ -175,12 +185,26 @@ impl RefreshLog {
         &self,
         client: &mut tokio_postgres::Client,
     ) -> Result<bool, tokio_postgres::Error> {
-        if self.exists(&*client).await? {
+        let version = self.version(&*client).await?;
+        if version >= SCHEMA_VERSION {
             return Ok(true);
         }
         match self.create(client).await {
-            Ok(()) => {
+            Ok(()) if version == 0 => {
                 tracing::info!(schema = %self.schema, "created the log tables");
+                Ok(true)
+            }
+            Ok(()) => {
+                tracing::info!(schema = %self.schema, from = version, to = SCHEMA_VERSION, "upgraded the log tables");
+                Ok(true)
+            }
+            Err(err) if is_privilege_error(&err) && version > 0 => {
+                tracing::warn!(
+                    schema = %self.schema,
+                    error = %crate::db::describe_error(&err),
+                    "the log tables are from an older version and this role may not upgrade \
+                     them (run `mv-refresher init` as their owner)"
+                );
                 Ok(true)
             }
             Err(err) if is_privilege_error(&err) => {
@@ -204,19 +228,19 @@ impl RefreshLog {
         &self,
         client: &impl GenericClient,
         attempt: &Attempt<'_>,
-    ) -> Result<(), tokio_postgres::Error> {
+    ) -> Result<i64, tokio_postgres::Error> {
         let settings = attempt.settings;
         let history = format!(
             "INSERT INTO {} (run_id, view_name, started_at, finished_at, duration_ms, status, \
                  method, attempt, work_mem, statement_timeout, lock_timeout, sqlstate, error, note, host) \
              SELECT $1, $2, now - make_interval(secs => $3::float8 / 1000), now, $3::float8, $4, $5, $6, \
                  $7, $8, $9, $10, $11, $12, $13 \
-             FROM clock_timestamp() AS now",
+             FROM clock_timestamp() AS now RETURNING id",
             self.history_table
         );
         let attempt_no = attempt.attempt as i32;
-        client
-            .execute(
+        let id: i64 = client
+            .query_one(
                 &history,
                 &[
                     &attempt.run_id,
@@ -234,9 +258,10 @@ impl RefreshLog {
                     &attempt.host,
                 ],
             )
-            .await?;
+            .await?
+            .get(0);
         if attempt.status == Status::Skipped || attempt.retried {
-            return Ok(());
+            return Ok(id);
         }
         let success = attempt.status == Status::Success;
         let failed = attempt.status == Status::Failed;
@@ -278,7 +303,22 @@ impl RefreshLog {
                 ],
             )
             .await?;
-        Ok(())
+        Ok(id)
+    }
+
+    /// Notes on history row `id` that a `VACUUM (ANALYZE)` followed, and how long
+    /// it took.
+    pub async fn record_vacuum(
+        &self,
+        client: &impl GenericClient,
+        id: i64,
+        vacuum_ms: f64,
+    ) -> Result<(), tokio_postgres::Error> {
+        let sql = format!(
+            "UPDATE {} SET vacuum_ms = $2 WHERE id = $1",
+            self.history_table
+        );
+        client.execute(&sql, &[&id, &vacuum_ms]).await.map(drop)
     }
 
     /// Deletes history rows that started more than `retention` ago, in batches;

@@ -49,6 +49,34 @@ pub struct ViewSettings {
     pub retries: u32,
     /// Skip the view when it was refreshed successfully more recently than this.
     pub min_interval: Option<PgDuration>,
+    /// Whether a concurrent refresh that leaves many dead rows is followed by
+    /// `VACUUM (ANALYZE)`.
+    pub vacuum: Vacuum,
+}
+
+/// Bloat care after `REFRESH ... CONCURRENTLY`, which leaves a dead row for
+/// every row it changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vacuum {
+    /// Vacuum when dead rows pass autovacuum's default threshold:
+    /// 50 + 20% of the live rows.
+    Auto,
+    /// Leave it to autovacuum.
+    Never,
+}
+
+impl FromStr for Vacuum {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "auto" => Ok(Self::Auto),
+            "never" => Ok(Self::Never),
+            other => Err(format!(
+                "invalid value {other:?}: expected \"auto\" or \"never\""
+            )),
+        }
+    }
 }
 
 /// When to use `REFRESH MATERIALIZED VIEW CONCURRENTLY`.
@@ -90,6 +118,7 @@ impl Default for ViewSettings {
             concurrently: Concurrently::Auto,
             retries: 2,
             min_interval: None,
+            vacuum: Vacuum::Auto,
         }
     }
 }
@@ -238,6 +267,7 @@ struct RawTable {
     concurrently: Option<Spanned<String>>,
     retries: Option<Spanned<i64>>,
     min_interval: Option<Spanned<String>>,
+    vacuum: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -415,6 +445,9 @@ fn apply(table: &RawTable, base: &ViewSettings) -> Result<ViewSettings, (Span, S
     }
     if let Some(v) = &table.concurrently {
         settings.concurrently = parse("concurrently", v, |_: &Concurrently| None)?;
+    }
+    if let Some(v) = &table.vacuum {
+        settings.vacuum = parse("vacuum", v, |_: &Vacuum| None)?;
     }
     if let Some(v) = &table.min_interval {
         let interval = parse("min_interval", v, |d: &PgDuration| {

@@ -457,3 +457,30 @@ fn init_in_a_missing_schema_fails_clearly() {
         .code(1)
         .stderr_has("schema \"nope\" does not exist");
 }
+
+#[test]
+fn log_tables_of_an_older_version_are_upgraded_by_refresh() {
+    let db = TestDb::platform("upgrade");
+    db.mvr().arg("init").run().code(0);
+    // What version 1 created: no vacuum_ms, no version comment.
+    db.execute(
+        "ALTER TABLE materialized_views_refresh_history DROP COLUMN vacuum_ms; \
+         COMMENT ON TABLE materialized_views_refresh_history IS NULL;",
+    );
+    db.mvr()
+        .args(["refresh", "top_bets_today"])
+        .run()
+        .code(0)
+        .stderr_has("upgraded the log tables");
+    let has_column: bool = db.scalar(
+        "SELECT EXISTS (SELECT FROM information_schema.columns \
+         WHERE table_name = 'materialized_views_refresh_history' AND column_name = 'vacuum_ms')",
+    );
+    assert!(has_column);
+    let out = db.mvr().args(["refresh", "top_bets_today"]).run();
+    out.code(0);
+    assert!(
+        !out.stderr.contains("upgraded"),
+        "upgraded once only\n{out}"
+    );
+}

@@ -430,3 +430,66 @@ fn status_shows_next_due_time_and_recent_durations() {
     );
     assert_eq!(doc["views"][1]["next_due_at"], serde_json::Value::Null);
 }
+
+#[test]
+fn a_concurrent_refresh_that_changes_every_row_is_followed_by_vacuum() {
+    let db = TestDb::platform("vacuum");
+    // Every refresh changes every row (the timestamp), leaving 2000 dead rows.
+    db.execute(
+        "CREATE MATERIALIZED VIEW m_churn AS SELECT g AS id, clock_timestamp() AS at FROM generate_series(1, 2000) g; \
+         CREATE UNIQUE INDEX ON m_churn (id); \
+         CREATE MATERIALIZED VIEW m_churn_kept AS SELECT * FROM m_churn; \
+         CREATE UNIQUE INDEX ON m_churn_kept (id); \
+         CREATE MATERIALIZED VIEW m_steady AS SELECT id FROM tenants; \
+         CREATE UNIQUE INDEX ON m_steady (id);",
+    );
+    let registry = db.registry(
+        "[[view]]\nname = \"m_churn\"\n[[view]]\nname = \"m_churn_kept\"\nvacuum = \"never\"\n\
+         [[view]]\nname = \"m_steady\"\n",
+    );
+    // Stale data for m_churn_kept so that its refresh changes every row too.
+    db.execute("REFRESH MATERIALIZED VIEW m_churn;");
+    // relallvisible: only VACUUM marks pages all-visible, no REFRESH does.
+    let all_visible = |view: &str| -> i32 {
+        db.scalar(&format!(
+            "SELECT relallvisible FROM pg_class WHERE relname = '{view}'"
+        ))
+    };
+    assert_eq!(
+        (all_visible("m_churn"), all_visible("m_churn_kept")),
+        (0, 0)
+    );
+
+    let out = db
+        .mvr()
+        .args(["refresh", "--registry"])
+        .arg(&registry)
+        .run();
+    out.code(0).stdout_has("vacuumed 2000 dead rows");
+    let vacuumed = db.rows(
+        "SELECT view_name, method, vacuum_ms IS NOT NULL FROM materialized_views_refresh_history ORDER BY view_name",
+    );
+    assert_eq!(
+        vacuumed,
+        [
+            [
+                Some("public.m_churn".into()),
+                Some("concurrently".into()),
+                Some("t".into())
+            ],
+            [
+                Some("public.m_churn_kept".into()),
+                Some("concurrently".into()),
+                Some("f".into())
+            ],
+            [
+                Some("public.m_steady".into()),
+                Some("concurrently".into()),
+                Some("f".into())
+            ],
+        ]
+    );
+    // The server's own evidence: pages of the vacuumed view only are all-visible.
+    assert!(all_visible("m_churn") > 0);
+    assert_eq!(all_visible("m_churn_kept"), 0);
+}

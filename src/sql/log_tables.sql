@@ -41,3 +41,10 @@ CREATE INDEX IF NOT EXISTS materialized_views_refresh_history_view_idx
 
 CREATE INDEX IF NOT EXISTS materialized_views_refresh_history_started_idx
     ON {schema}.materialized_views_refresh_history (started_at);
+
+-- Version 2: the time a VACUUM (ANALYZE) after the refresh took.
+ALTER TABLE {schema}.materialized_views_refresh_history
+    ADD COLUMN IF NOT EXISTS vacuum_ms double precision;
+
+-- The version `refresh` checks to know whether to run this file again.
+COMMENT ON TABLE {schema}.materialized_views_refresh_history IS 'mv-refresher schema version 2';
