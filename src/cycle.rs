@@ -40,6 +40,9 @@ pub struct Stops {
     pub cancel: Stop,
 }
 
+/// Who watches a cycle as it goes.
+pub type Watcher = Option<crate::progress::Sender>;
+
 /// What one cycle did.
 #[derive(Debug)]
 pub struct Cycle {
@@ -76,7 +79,12 @@ impl Refresher {
     }
 
     /// Refreshes `specs` once.
-    pub async fn cycle(&self, specs: Vec<ViewSpec>, stops: &Stops) -> Result<Cycle, Error> {
+    pub async fn cycle(
+        &self,
+        specs: Vec<ViewSpec>,
+        stops: &Stops,
+        watcher: Watcher,
+    ) -> Result<Cycle, Error> {
         let mut client = self.target.connect(&self.pool).await?;
         let db_err = |context| Error::in_context(context, &self.target);
         let logging = self
@@ -97,6 +105,7 @@ impl Refresher {
             jobs: self.jobs,
             drain: stops.drain.clone(),
             cancel: stops.cancel.clone(),
+            progress: watcher,
         });
         tracing::info!(run_id = %ctx.run_id, views = plan.steps.len(), jobs = self.jobs, "refresh started");
         let outcomes = refresh::execute(ctx.clone(), Arc::new(plan)).await;

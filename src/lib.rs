@@ -17,6 +17,7 @@ pub mod http;
 pub mod metrics;
 pub mod output;
 pub mod plan;
+pub mod progress;
 pub mod refresh;
 pub mod refresh_log;
 pub mod registry;
@@ -27,6 +28,7 @@ pub mod status;
 pub mod telemetry;
 pub mod units;
 
+use std::io::IsTerminal;
 use std::sync::Arc;
 
 use uuid::Uuid;
@@ -106,7 +108,19 @@ async fn refresh(
         drain: stop.clone(),
         cancel: stop.clone(),
     };
-    let cycle = refresher.cycle(specs, &stops).await?;
+    let (watcher, drawing) = match std::io::stdout().is_terminal() {
+        true => {
+            let (sender, task) = progress::start();
+            (Some(sender), Some(task))
+        }
+        false => (None, None),
+    };
+    let cycle = refresher.cycle(specs, &stops, watcher).await?;
+    if let Some(task) = drawing {
+        // The cycle dropped its sender: the drawing ends with the last line.
+        let _ = task.await;
+        println!();
+    }
     print_outcomes(&cycle.outcomes, cycle.run_id);
 
     Ok(match stop.reason() {

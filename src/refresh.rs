@@ -22,6 +22,7 @@ use crate::catalog::{self, Lookup, Relation};
 use crate::db::{describe_error, describe_pool_error, is_connection_error};
 use crate::output::millis;
 use crate::plan::{Plan, Step, choose_method};
+use crate::progress;
 use crate::refresh_log::{Attempt, Method, RefreshLog, Status};
 use crate::registry::Vacuum;
 use crate::shutdown::{Stop, StopReason};
@@ -40,6 +41,8 @@ pub struct RunContext {
     pub drain: Stop,
     /// Once this fires running statements are cancelled on the server.
     pub cancel: Stop,
+    /// Where live progress goes, when someone watches (`refresh` on a terminal).
+    pub progress: Option<progress::Sender>,
 }
 
 /// How one view's refresh ended.
@@ -246,6 +249,13 @@ async fn refresh_step(ctx: &RunContext, step: &Step, blocked_by: Option<String>)
     if let Some(reason) = fresh_enough(ctx, step).await {
         return finish(ctx, step, Outcome::new(step, Status::Skipped, reason)).await;
     }
+    if let Some(progress) = &ctx.progress {
+        let expected_ms = expected_duration(ctx, step).await;
+        let _ = progress.send(progress::Event::Started {
+            view: step.view_name(),
+            expected_ms,
+        });
+    }
 
     let retries = step.settings().retries;
     let mut attempt = 1;
@@ -263,7 +273,7 @@ async fn refresh_step(ctx: &RunContext, step: &Step, blocked_by: Option<String>)
                 outcome.duration_ms = duration_ms;
                 outcome.attempts = attempt;
                 outcome.log_error = log_error;
-                report(&outcome);
+                report(ctx, &outcome);
                 return outcome;
             }
             Ok(Done::Locked) => {
@@ -324,6 +334,14 @@ async fn fresh_enough(ctx: &RunContext, step: &Step) -> Option<String> {
         .ok()??;
     (age * 1000.0 < interval.as_millis() as f64)
         .then(|| format!("fresh: refreshed {age:.0}s ago, min_interval is {interval}"))
+}
+
+/// The view's average successful refresh, from the log; `None` without history.
+async fn expected_duration(ctx: &RunContext, step: &Step) -> Option<f64> {
+    let log = ctx.log.as_ref()?;
+    let client = ctx.pool.get().await.ok()?;
+    let rows = log.rows(&**client, &[step.view_name()]).await.ok()?;
+    rows.first()?.avg_refresh_time_ms
 }
 
 /// One attempt in one transaction: lock, settings, `REFRESH`, success log row.
@@ -567,15 +585,18 @@ async fn record(
         outcome.log_error = written.err();
     }
     if !retried {
-        report(&outcome);
+        report(ctx, &outcome);
     } else if let Some(error) = &outcome.log_error {
         tracing::error!(view = %outcome.view_name, %error, "could not record a failed attempt in the log tables");
     }
     outcome
 }
 
-/// One log event per view outcome.
-fn report(outcome: &Outcome) {
+/// One log event per view outcome, and the end of its progress line.
+fn report(ctx: &RunContext, outcome: &Outcome) {
+    if let Some(progress) = &ctx.progress {
+        let _ = progress.send(progress::Event::Finished(outcome.clone()));
+    }
     let view = outcome.view_name.as_str();
     let status = outcome.status.as_str();
     let method = outcome.method.map_or("", Method::as_str);

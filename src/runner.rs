@@ -152,7 +152,7 @@ async fn run_cycle(
     backoff: &Mutex<Backoff>,
 ) {
     let started = Instant::now();
-    match refresher.cycle(views, stops).await {
+    match refresher.cycle(views, stops, None).await {
         Ok(cycle) => {
             *backoff.lock().await = Backoff::default();
             shared.reached_database.store(true, Ordering::Relaxed);

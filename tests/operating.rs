@@ -493,3 +493,36 @@ fn a_concurrent_refresh_that_changes_every_row_is_followed_by_vacuum() {
     assert!(all_visible("m_churn") > 0);
     assert_eq!(all_visible("m_churn_kept"), 0);
 }
+
+#[test]
+fn refresh_on_a_terminal_shows_live_progress_and_piped_it_does_not() {
+    let db = TestDb::platform("progress");
+    slow_view(&db, "m_slow", 0.5);
+    let registry =
+        db.registry("[[view]]\nname = \"m_slow\"\n[[view]]\nname = \"top_bets_today\"\n");
+    // History first, so the terminal run knows what to expect.
+    let piped = db
+        .mvr()
+        .args(["refresh", "--registry"])
+        .arg(&registry)
+        .run();
+    piped.code(0);
+    for progress_only in ["expected", "no history yet", "success in"] {
+        assert!(
+            !piped.stdout.contains(progress_only),
+            "piped output shows progress\n{piped}"
+        );
+    }
+
+    let out = db
+        .mvr()
+        .args(["refresh", "--registry"])
+        .arg(&registry)
+        .in_terminal()
+        .run();
+    out.code(0)
+        .stdout_has("public.m_slow")
+        .stdout_has("expected")
+        .stdout_has("success in")
+        .stdout_has("2 refreshed, 0 skipped, 0 failed");
+}

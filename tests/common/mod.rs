@@ -314,6 +314,28 @@ impl Mvr {
         self
     }
 
+    /// Runs the binary with its stdout on a pseudo-terminal (util-linux
+    /// `script`), as a person at a terminal would.
+    pub fn in_terminal(self) -> Self {
+        let quote =
+            |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', r"'\''"));
+        let mut line = quote(self.cmd.get_program());
+        for arg in self.cmd.get_args() {
+            line.push(' ');
+            line.push_str(&quote(arg));
+        }
+        let mut cmd = Command::new("script");
+        cmd.env_clear();
+        for (key, value) in self.cmd.get_envs() {
+            if let Some(value) = value {
+                cmd.env(key, value);
+            }
+        }
+        // A person's terminal has a TERM; without one nothing draws.
+        cmd.env("TERM", "xterm").args(["-qec", &line, "/dev/null"]);
+        Self { cmd }
+    }
+
     /// Runs the binary to the end.
     pub fn run(self) -> Output {
         self.spawn().wait()
