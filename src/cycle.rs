@@ -106,6 +106,7 @@ impl Refresher {
             drain: stops.drain.clone(),
             cancel: stops.cancel.clone(),
             progress: watcher,
+            target: self.target.clone(),
         });
         tracing::info!(run_id = %ctx.run_id, views = plan.steps.len(), jobs = self.jobs, "refresh started");
         let outcomes = refresh::execute(ctx.clone(), Arc::new(plan)).await;

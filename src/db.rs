@@ -7,11 +7,14 @@
 //! user only. TLS is not negotiated yet (`sslmode=require` fails to connect).
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::tls::{self, SslMode, TlsSettings};
 use tokio_postgres::config::{Config as PgConfig, Host};
 use tokio_postgres::error::SqlState;
 
@@ -23,6 +26,8 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct DbTarget {
     config: PgConfig,
+    tls: TlsSettings,
+    connector: MakeRustlsConnect,
 }
 
 /// A connection string that cannot be used (exit code 2: nothing was tried).
@@ -45,7 +50,14 @@ impl DbTarget {
         url: Option<&str>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, InvalidUrl> {
-        let mut config = match url {
+        let (url, url_mode, url_root) = match url {
+            Some(url) => {
+                let (rest, mode, root) = tls::take_tls_params(url);
+                (Some(rest), mode, root)
+            }
+            None => (None, None, None),
+        };
+        let mut config = match &url {
             Some(url) => PgConfig::from_str(url).map_err(|err| InvalidUrl(error_chain(&err)))?,
             None => PgConfig::new(),
         };
@@ -74,13 +86,25 @@ impl DbTarget {
                 .unwrap_or_else(|| config.get_user().unwrap_or_default().to_owned());
             config.dbname(dbname);
         }
-        if let Some(mode) = env("PGSSLMODE") {
-            // The URL's sslmode wins; the variable only fills in a default.
-            if url.is_none_or(|u| !u.contains("sslmode")) {
-                let mode = PgConfig::from_str(&format!("sslmode={mode}"))
-                    .map_err(|_| InvalidUrl(format!("PGSSLMODE {mode:?} is not an sslmode")))?
-                    .get_ssl_mode();
-                config.ssl_mode(mode);
+        // The URL's sslmode and sslrootcert win; the variables fill in defaults.
+        let mode = url_mode
+            .or_else(|| env("PGSSLMODE"))
+            .map(|m| m.parse::<SslMode>())
+            .transpose()
+            .map_err(InvalidUrl)?
+            .unwrap_or(SslMode::Prefer);
+        config.ssl_mode(mode.for_tokio_postgres());
+        let tls = TlsSettings {
+            mode,
+            root_cert: url_root.or_else(|| env("PGSSLROOTCERT")),
+        };
+        let connector = tls::connector(&tls).map_err(InvalidUrl)?;
+        if config.get_password().is_none() {
+            let passfile = env("PGPASSFILE")
+                .map(PathBuf::from)
+                .or_else(|| env("HOME").map(|home| PathBuf::from(home).join(".pgpass")));
+            if let Some(password) = passfile.and_then(|file| passfile_password(&file, &config)) {
+                config.password(password);
             }
         }
         if config.get_connect_timeout().is_none() {
@@ -93,7 +117,11 @@ impl DbTarget {
         if config.get_application_name().is_none() {
             config.application_name(env("PGAPPNAME").as_deref().unwrap_or("mv-refresher"));
         }
-        Ok(Self { config })
+        Ok(Self {
+            config,
+            tls,
+            connector,
+        })
     }
 
     /// A pool of up to `size` connections; nothing connects until first use, and
@@ -101,7 +129,7 @@ impl DbTarget {
     pub fn pool(&self, size: usize) -> Pool {
         let manager = Manager::from_config(
             self.config.clone(),
-            NoTls,
+            self.connector.clone(),
             // Verified: a connection whose backend was terminated is noticed on
             // checkout, not on the next statement (which may be a log write).
             ManagerConfig {
@@ -127,6 +155,61 @@ impl DbTarget {
     }
 }
 
+impl DbTarget {
+    /// The TLS connector, for cancel requests, which open a connection of their own.
+    pub fn connector(&self) -> MakeRustlsConnect {
+        self.connector.clone()
+    }
+}
+
+/// The password for `config`'s first host, port, database and user in a
+/// libpq password file (`host:port:database:user:password`, `*` matching
+/// anything, `\:` and `\\` escaped).
+fn passfile_password(file: &Path, config: &PgConfig) -> Option<String> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let host = match config.get_hosts().first()? {
+        Host::Tcp(name) => name.clone(),
+        Host::Unix(_) => "localhost".to_owned(),
+    };
+    let port = config
+        .get_ports()
+        .first()
+        .copied()
+        .unwrap_or(5432)
+        .to_string();
+    let wanted = [
+        host.as_str(),
+        port.as_str(),
+        config.get_dbname().unwrap_or_default(),
+        config.get_user().unwrap_or_default(),
+    ];
+    text.lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .map(split_passfile_line)
+        .find(|fields| {
+            fields.len() == 5
+                && fields[..4]
+                    .iter()
+                    .zip(wanted)
+                    .all(|(field, want)| field == "*" || field == want)
+        })
+        .map(|mut fields| fields.remove(4))
+}
+
+/// Splits a password file line on unescaped colons.
+fn split_passfile_line(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => fields.last_mut().unwrap().extend(chars.next()),
+            ':' => fields.push(String::new()),
+            c => fields.last_mut().unwrap().push(c),
+        }
+    }
+    fields
+}
+
 impl fmt::Display for DbTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let hosts: Vec<String> = self
@@ -145,7 +228,11 @@ impl fmt::Display for DbTarget {
             hosts.join(","),
             self.config.get_dbname().unwrap_or_default(),
             self.config.get_user().unwrap_or_default(),
-        )
+        )?;
+        match self.tls.mode {
+            SslMode::Prefer => Ok(()),
+            mode => write!(f, " (sslmode {mode})"),
+        }
     }
 }
 
@@ -247,6 +334,36 @@ mod tests {
             target.to_string(),
             "host h port 1 database \"y\" as user \"x\""
         );
+    }
+
+    #[test]
+    fn a_password_file_fills_in_the_password() {
+        let dir = std::env::temp_dir().join(format!("mvr-pgpass-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pgpass");
+        std::fs::write(
+            &file,
+            "# comment\nother:*:*:*:nope\ndb:6432:*:u:pa\\:ss\n*:*:*:*:fallback\n",
+        )
+        .unwrap();
+        let file = file.display().to_string();
+        let password = |url: &str| {
+            let target = DbTarget::new(Some(url), env(&[("PGPASSFILE", &file)])).unwrap();
+            target
+                .config
+                .get_password()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+        };
+        assert_eq!(password("postgres://u@db:6432/x").as_deref(), Some("pa:ss"));
+        assert_eq!(
+            password("postgres://v@db:6432/x").as_deref(),
+            Some("fallback")
+        );
+        assert_eq!(
+            password("postgres://u:given@db:6432/x").as_deref(),
+            Some("given")
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod schedule;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;
+pub mod tls;
 pub mod units;
 
 use std::io::IsTerminal;

@@ -14,12 +14,13 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use tokio::task::JoinSet;
+use tokio_postgres::CancelToken;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{CancelToken, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use uuid::Uuid;
 
 use crate::catalog::{self, Lookup, Relation};
-use crate::db::{describe_error, describe_pool_error, is_connection_error};
+use crate::db::{DbTarget, describe_error, describe_pool_error, is_connection_error};
 use crate::output::millis;
 use crate::plan::{Plan, Step, choose_method};
 use crate::progress;
@@ -41,6 +42,8 @@ pub struct RunContext {
     pub drain: Stop,
     /// Once this fires running statements are cancelled on the server.
     pub cancel: Stop,
+    /// The database, for cancel requests, which connect anew.
+    pub target: DbTarget,
     /// Where live progress goes, when someone watches (`refresh` on a terminal).
     pub progress: Option<progress::Sender>,
 }
@@ -399,7 +402,13 @@ async fn attempt_refresh(
         Method::Full => format!("REFRESH MATERIALIZED VIEW {}", relation.quoted()),
     };
     let started = Instant::now();
-    let refreshed = cancellable(&ctx.cancel, &cancel, tx.batch_execute(&sql)).await;
+    let refreshed = cancellable(
+        &ctx.cancel,
+        &cancel,
+        ctx.target.connector(),
+        tx.batch_execute(&sql),
+    )
+    .await;
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     refreshed.map_err(|interrupted| interrupted.into_failure(step, Some(method), duration_ms))?;
 
@@ -457,7 +466,14 @@ async fn attempt_refresh(
         // and its failure is a warning, not a failed refresh.
         let started = Instant::now();
         let sql = format!("VACUUM (ANALYZE) {}", relation.quoted());
-        match cancellable(&ctx.cancel, &cancel, client.batch_execute(&sql)).await {
+        match cancellable(
+            &ctx.cancel,
+            &cancel,
+            ctx.target.connector(),
+            client.batch_execute(&sql),
+        )
+        .await
+        {
             Ok(()) => {
                 let vacuum_ms = started.elapsed().as_secs_f64() * 1000.0;
                 note = format!(
@@ -514,13 +530,14 @@ impl Interrupted {
 async fn cancellable(
     stop: &Stop,
     token: &CancelToken,
+    tls: MakeRustlsConnect,
     statement: impl Future<Output = Result<(), tokio_postgres::Error>>,
 ) -> Result<(), Interrupted> {
     tokio::pin!(statement);
     tokio::select! {
         result = &mut statement => result.map_err(Interrupted::Failed),
         reason = stop.stopped() => {
-            if let Err(err) = token.cancel_query(NoTls).await {
+            if let Err(err) = token.cancel_query(tls).await {
                 tracing::warn!(error = %describe_error(&err), "could not cancel the statement");
             }
             Err(Interrupted::Stopped(reason, statement.await))

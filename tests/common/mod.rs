@@ -112,6 +112,24 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("connect to {database}: {e}"))
     }
 
+    /// Writes `contents` to `name` in the data directory, readable by the
+    /// server only (as a TLS key must be).
+    pub fn install_file(&self, name: &str, contents: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir.join("data").join(name);
+        std::fs::write(&path, contents).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+        if root {
+            let status = Command::new("chown")
+                .arg("postgres:")
+                .arg(&path)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+    }
+
     /// Stops the server, keeping its data (`resume` starts it again).
     pub fn halt(&self) {
         let status = Command::new(script())
