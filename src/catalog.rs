@@ -163,6 +163,34 @@ pub async fn view_state(
     }))
 }
 
+/// Why the connected role may not refresh the view `oid`, if it may not. Up to
+/// PostgreSQL 16 only the owner or a member of the owning role may; 17 adds the
+/// MAINTAIN privilege.
+pub async fn refresh_denied(
+    client: &impl GenericClient,
+    oid: u32,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    // CASE, not OR: has_table_privilege(.., 'MAINTAIN') is an error before 17.
+    let row = client
+        .query_one(
+            "SELECT CASE WHEN pg_catalog.pg_has_role(c.relowner, 'USAGE') THEN true \
+                         WHEN current_setting('server_version_num')::int >= 170000 \
+                         THEN pg_catalog.has_table_privilege(c.oid, 'MAINTAIN') \
+                         ELSE false END, \
+                    pg_catalog.pg_get_userbyid(c.relowner)::text, current_user::text \
+             FROM pg_catalog.pg_class c WHERE c.oid = $1",
+            &[&oid],
+        )
+        .await?;
+    let (allowed, owner, user): (bool, String, String) = (row.get(0), row.get(1), row.get(2));
+    Ok((!allowed).then(|| {
+        format!(
+            "may not be refreshed by role {user:?}: only its owner {owner:?}, a member of that role \
+             (GRANT {owner} TO {user}) or, on PostgreSQL 17, a role with MAINTAIN on it may"
+        )
+    }))
+}
+
 /// The pairs `(view, dependency)` among `oids`: `view` reads `dependency`,
 /// directly or through plain views.
 pub async fn dependencies(

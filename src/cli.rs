@@ -32,7 +32,17 @@ pub struct GlobalArgs {
     /// libpq-style URL or key=value string; when absent the standard PGHOST,
     /// PGPORT, PGUSER, PGPASSWORD, PGDATABASE and PGSSLMODE variables apply.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
-    pub database_url: Option<String>,
+    pub database_url: Option<ConnString>,
+
+    /// A file holding the database URL (a mounted Secret), so the password sits
+    /// in no environment variable; instead of --database-url.
+    #[arg(
+        long,
+        env = "MV_REFRESHER_DATABASE_URL_FILE",
+        global = true,
+        value_name = "PATH"
+    )]
+    pub database_url_file: Option<PathBuf>,
 
     /// View registry (TOML); absent: the embedded default listing the three
     /// aggregate views of the reference platform.
@@ -62,6 +72,25 @@ pub struct GlobalArgs {
         default_value = "public"
     )]
     pub log_schema: String,
+}
+
+/// A connection string as given; its `Debug` hides it, since it may hold a
+/// password.
+#[derive(Clone)]
+pub struct ConnString(pub String);
+
+impl std::str::FromStr for ConnString {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(Self(text.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for ConnString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnString(<hidden>)")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -25,7 +25,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub struct Shared {
     pub metrics: Metrics,
-    /// Whether the last cycle reached the database.
+    /// Whether the last cycle reached the database (true before the first).
     pub reached_database: AtomicBool,
     pub pool: Pool,
 }
@@ -60,7 +60,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
     if !shared.reached_database.load(Ordering::Relaxed) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no cycle has reached the database yet\n".into(),
+            "not ready: the last cycle could not reach the database\n".into(),
         );
     }
     let ping = async {

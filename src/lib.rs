@@ -48,9 +48,8 @@ use crate::shutdown::StopReason;
 /// Runs one command to completion and says how the process should exit.
 pub async fn run(cli: Cli) -> Result<Exit, Error> {
     let global = &cli.global;
-    let target = DbTarget::new(global.database_url.as_deref(), |key| {
-        std::env::var(key).ok()
-    })?;
+    let url = database_url(global)?;
+    let target = DbTarget::new(url.as_deref(), |key| std::env::var(key).ok())?;
     let log = RefreshLog::new(&global.log_schema);
     match &cli.command {
         Command::Refresh(args) => {
@@ -85,6 +84,27 @@ pub async fn run(cli: Cli) -> Result<Exit, Error> {
             let registry = Registry::load(global.registry.as_deref())?;
             status::run(&registry, &target, &log, args).await
         }
+    }
+}
+
+/// The URL from --database-url, or read from --database-url-file.
+fn database_url(global: &GlobalArgs) -> Result<Option<String>, Error> {
+    match (&global.database_url, &global.database_url_file) {
+        (Some(_), Some(_)) => Err(Error::Usage(
+            "give the database URL inline (--database-url, DATABASE_URL) or in a file \
+             (--database-url-file, MV_REFRESHER_DATABASE_URL_FILE), not both"
+                .into(),
+        )),
+        (Some(url), None) => Ok(Some(url.0.clone())),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map(|text| Some(text.trim().to_owned()))
+            .map_err(|e| {
+                Error::Usage(format!(
+                    "cannot read --database-url-file {}: {e}",
+                    path.display()
+                ))
+            }),
+        (None, None) => Ok(None),
     }
 }
 

@@ -6,12 +6,13 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use mv_refresher::cli::Cli;
+use mv_refresher::cli::{Cli, LogFormat};
 use mv_refresher::{run, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.global.log_format);
+    let log_format = cli.global.log_format;
+    telemetry::init(log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -19,7 +20,11 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(exit) => exit.into(),
         Err(err) => {
-            tracing::error!("{err:#}");
+            // Printed even when RUST_LOG silences the logs; as JSON for machines.
+            match log_format {
+                LogFormat::Json => tracing::error!("{err:#}"),
+                LogFormat::Text => eprintln!("mv-refresher: error: {err:#}"),
+            }
             err.exit().into()
         }
     }

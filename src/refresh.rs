@@ -82,6 +82,9 @@ impl Outcome {
     }
 }
 
+/// How often a cancel request is repeated until the statement ends.
+const CANCEL_REPEAT: Duration = Duration::from_secs(1);
+
 /// Key of the per-view advisory lock: a constant prefix ("mvrf") and the OID.
 fn lock_key(oid: u32) -> i64 {
     (0x6d76_7266_i64 << 32) | i64::from(oid)
@@ -182,7 +185,7 @@ enum Done {
 
 /// Refreshes every view of `plan`, dependencies first, up to `ctx.jobs` at once.
 /// Returns the outcomes in plan order. Once `ctx.drain` fires no view starts; the
-/// views left are skipped as "not started".
+/// views left are recorded as cancelled before they started.
 pub async fn execute(ctx: Arc<RunContext>, plan: Arc<Plan>) -> Vec<Outcome> {
     let n = plan.steps.len();
     let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
@@ -223,7 +226,7 @@ pub async fn execute(ctx: Arc<RunContext>, plan: Arc<Plan>) -> Vec<Outcome> {
                     .reason()
                     .expect("only a stop leaves views unstarted");
                 let mut outcome =
-                    Outcome::new(step, Status::Skipped, format!("not started: {reason}"));
+                    Outcome::new(step, Status::Cancelled, format!("not started: {reason}"));
                 outcome.blocks_dependents = true;
                 finish(&ctx, step, outcome).await
             }
@@ -283,6 +286,8 @@ async fn refresh_step(ctx: &RunContext, step: &Step, blocked_by: Option<String>)
                 let reason = "another refresher is refreshing this view".to_owned();
                 let mut outcome = Outcome::new(step, Status::Skipped, reason);
                 outcome.attempts = attempt;
+                // That refresher refreshes the dependents after it, too.
+                outcome.blocks_dependents = true;
                 return finish(ctx, step, outcome).await;
             }
             Err(failure) => failure,
@@ -355,6 +360,13 @@ async fn attempt_refresh(
     attempt: u32,
 ) -> Result<Done, Failure> {
     let pg = |method| move |err: tokio_postgres::Error| Failure::from_pg(&err, step, method, 0.0);
+    // A stop that came while this view waited for its turn or its retry.
+    if let Some(reason) = ctx.cancel.reason() {
+        return Err(Failure {
+            stopped: Some(reason),
+            ..Failure::permanent(format!("not started: {reason}"))
+        });
+    }
     let mut client = ctx.pool.get().await.map_err(|err| Failure {
         transient: true,
         ..Failure::permanent(format!("could not connect: {}", describe_pool_error(&err)))
@@ -534,13 +546,20 @@ async fn cancellable(
     statement: impl Future<Output = Result<(), tokio_postgres::Error>>,
 ) -> Result<(), Interrupted> {
     tokio::pin!(statement);
-    tokio::select! {
-        result = &mut statement => result.map_err(Interrupted::Failed),
-        reason = stop.stopped() => {
-            if let Err(err) = token.cancel_query(tls).await {
-                tracing::warn!(error = %describe_error(&err), "could not cancel the statement");
-            }
-            Err(Interrupted::Stopped(reason, statement.await))
+    let reason = tokio::select! {
+        // The statement first: it is sent when first polled.
+        biased;
+        result = &mut statement => return result.map_err(Interrupted::Failed),
+        reason = stop.stopped() => reason,
+    };
+    // A cancel that reaches the backend before the statement does is ignored:
+    // repeat it until the statement ends.
+    loop {
+        if let Err(err) = token.cancel_query(tls.clone()).await {
+            tracing::warn!(error = %describe_error(&err), "could not cancel the statement");
+        }
+        if let Ok(result) = tokio::time::timeout(CANCEL_REPEAT, &mut statement).await {
+            return Err(Interrupted::Stopped(reason, result));
         }
     }
 }

@@ -382,18 +382,22 @@ impl Registry {
         let mut picked: Vec<ViewSpec> = Vec::new();
         for text in names {
             let name: ViewName = text.parse()?;
-            if picked.iter().any(|v| v.name.matches(&name)) {
+            if picked.iter().any(|v| v.name == name) {
                 continue;
             }
-            let spec = self
-                .views
-                .iter()
-                .find(|v| v.name.matches(&name))
-                .cloned()
-                .unwrap_or_else(|| ViewSpec {
+            // The registry's settings; the more specific of the two names, so
+            // `refresh reporting.daily` never refreshes another schema's `daily`.
+            let spec = match self.views.iter().find(|v| v.name.matches(&name)) {
+                Some(listed) if name.schema.is_some() => ViewSpec {
+                    name,
+                    settings: listed.settings.clone(),
+                },
+                Some(listed) => listed.clone(),
+                None => ViewSpec {
                     name,
                     settings: self.defaults.clone(),
-                });
+                },
+            };
             picked.push(spec);
         }
         Ok(picked)

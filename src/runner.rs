@@ -53,7 +53,9 @@ pub async fn run(
 ) -> Result<Exit, Error> {
     let shared = Arc::new(Shared {
         metrics: Metrics::new(),
-        reached_database: false.into(),
+        // Until a cycle says otherwise; the live ping of /readyz decides meanwhile,
+        // so a pod is not kept out of service until the first scheduled tick.
+        reached_database: true.into(),
         // Probes get a connection of their own: refreshes may hold the others.
         pool: refresher.target.pool(1),
     });

@@ -77,6 +77,12 @@ impl StopHandle {
                     tracing::warn!(signal = number, "signal received: stopping");
                     handle.stop(StopReason::Signal(number));
                 }
+                // A second one means "now": the handler stays installed, so
+                // without this it would be swallowed.
+                if stream.recv().await.is_some() {
+                    tracing::warn!(signal = number, "second signal: exiting at once");
+                    std::process::exit(128 + number);
+                }
             });
         }
         Ok(())

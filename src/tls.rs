@@ -114,13 +114,20 @@ pub fn take_tls_params(conn: &str) -> (String, Option<String>, Option<String>) {
             }
         }
     } else {
-        conn.split_whitespace()
-            .filter(|pair| {
-                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-                keep(key.trim(), value.trim_matches('\'').to_owned())
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
+        // key=value pairs: cut the two out and leave every other byte as it was
+        // (quoted values may hold spaces).
+        let mut rest = String::with_capacity(conn.len());
+        let mut copied = 0;
+        for token in conn.split_whitespace() {
+            let start = token.as_ptr() as usize - conn.as_ptr() as usize;
+            let (key, value) = token.split_once('=').unwrap_or((token, ""));
+            if !keep(key, value.trim_matches('\'').to_owned()) {
+                rest.push_str(&conn[copied..start]);
+                copied = start + token.len();
+            }
+        }
+        rest.push_str(&conn[copied..]);
+        rest.trim().to_owned()
     };
     (rest, mode, root)
 }

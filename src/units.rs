@@ -85,11 +85,6 @@ impl PgDuration {
         self.millis
     }
 
-    /// Builds a duration from milliseconds.
-    pub fn from_millis(millis: u64) -> Self {
-        Self { millis }
-    }
-
     /// The same duration as a [`std::time::Duration`].
     pub fn to_std(self) -> Duration {
         Duration::from_millis(self.millis)

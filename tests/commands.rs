@@ -484,3 +484,73 @@ fn log_tables_of_an_older_version_are_upgraded_by_refresh() {
         "upgraded once only\n{out}"
     );
 }
+
+#[test]
+fn check_reports_views_the_role_may_not_refresh() {
+    let db = TestDb::platform("privileges");
+    let role = format!("limited_{}", db.name);
+    db.execute(&format!(
+        "CREATE ROLE {role} LOGIN; GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}; \
+         ALTER MATERIALIZED VIEW top_bets_today OWNER TO {role};"
+    ));
+    let url = db.url().replace("postgres@", &format!("{role}@"));
+    let check = Mvr::new().env("DATABASE_URL", &url).arg("check").run();
+    check.code(1);
+    for view in ["public.tenants_summary_view", "public.user_activity_view"] {
+        check.stdout_has(&format!("{view} may not be refreshed by role \"{role}\""));
+    }
+    assert!(
+        !check.stdout.contains("public.top_bets_today may not"),
+        "{check}"
+    );
+
+    // refresh agrees: those two fail before running anything, the owned one refreshes.
+    db.mvr().arg("init").run().code(0);
+    db.execute(&format!(
+        "GRANT INSERT, UPDATE, SELECT ON ALL TABLES IN SCHEMA public TO {role}"
+    ));
+    let refresh = Mvr::new().env("DATABASE_URL", &url).arg("refresh").run();
+    refresh
+        .code(1)
+        .stdout_has("1 refreshed, 0 skipped, 2 failed");
+
+    // Membership in the owning role is enough.
+    db.execute(&format!("GRANT postgres TO {role}"));
+    Mvr::new()
+        .env("DATABASE_URL", &url)
+        .arg("check")
+        .run()
+        .code(0);
+    db.execute(&format!(
+        "REVOKE postgres FROM {role}; DROP OWNED BY {role}; DROP ROLE {role};"
+    ));
+}
+
+#[test]
+fn the_database_url_can_come_from_a_file() {
+    let db = TestDb::platform("url_file");
+    let url = db
+        .url()
+        .replace("postgres@", &format!("{PASSWORD_ROLE}:{PASSWORD}@"));
+    let file = db.registry(&url); // any file in the test's directory will do
+    Mvr::new()
+        .args(["refresh", "top_bets_today", "--database-url-file"])
+        .arg(&file)
+        .run()
+        .code(0)
+        .stdout_has("1 refreshed")
+        .never_shows(PASSWORD);
+    Mvr::new()
+        .env("DATABASE_URL", &url)
+        .args(["refresh", "--database-url-file"])
+        .arg(&file)
+        .run()
+        .code(2)
+        .stderr_has("not both")
+        .never_shows(PASSWORD);
+    Mvr::new()
+        .args(["refresh", "--database-url-file", "/nonexistent/url"])
+        .run()
+        .code(2)
+        .stderr_has("/nonexistent/url");
+}

@@ -390,7 +390,8 @@ fn signal_cancels(signal: &str, code: i32) {
         history(&db, "m_endless")[0][0].as_deref(),
         Some("cancelled")
     );
-    assert_eq!(history(&db, "m_later")[0][0].as_deref(), Some("skipped"));
+    assert_eq!(history(&db, "m_later")[0][0].as_deref(), Some("cancelled"));
+    assert_eq!(history(&db, "m_later")[0][1], None, "it never ran");
     let status: String = db.scalar("SELECT last_status FROM materialized_views_refresh_log WHERE view_name = 'public.m_endless'");
     assert_eq!(status, "cancelled");
 }
@@ -516,4 +517,58 @@ fn the_server_going_away_mid_run_fails_the_remaining_views() {
         "{line}"
     );
     cluster.resume();
+}
+
+#[test]
+fn a_dependency_cycle_is_reported_and_never_hangs_or_panics() {
+    let db = TestDb::platform("cycle");
+    // m_one reads v, v is redefined to read m_two, which reads m_one.
+    db.execute(
+        "CREATE VIEW v AS SELECT id FROM tenants; \
+         CREATE MATERIALIZED VIEW m_one AS SELECT id FROM v; \
+         CREATE MATERIALIZED VIEW m_two AS SELECT id FROM m_one; \
+         CREATE OR REPLACE VIEW v AS SELECT id FROM m_two;",
+    );
+    let registry = db.registry("[[view]]\nname = \"m_one\"\n[[view]]\nname = \"m_two\"\n");
+    db.mvr()
+        .args(["check", "--registry"])
+        .arg(&registry)
+        .run()
+        .code(1)
+        .stdout_has("dependency cycle");
+    let out = db
+        .mvr()
+        .args(["refresh", "--registry"])
+        .arg(&registry)
+        .run();
+    out.code(1).stdout_has("dependency cycle");
+    assert!(!out.stderr.contains("panicked"), "{out}");
+}
+
+#[test]
+fn a_view_named_with_its_schema_is_that_view_even_if_the_registry_omits_the_schema() {
+    let db = TestDb::platform("schema_named");
+    db.execute(
+        "CREATE SCHEMA reporting; \
+         CREATE MATERIALIZED VIEW public.daily AS SELECT 1 AS x; \
+         CREATE MATERIALIZED VIEW reporting.daily AS SELECT 2 AS x;",
+    );
+    let registry = db.registry("[[view]]\nname = \"daily\"\nwork_mem = \"3MB\"\n");
+    db.mvr()
+        .args(["refresh", "--registry"])
+        .arg(&registry)
+        .args(["reporting.daily", "daily"])
+        .run()
+        .code(0)
+        .stdout_has("2 refreshed");
+    let rows = db.rows(
+        "SELECT view_name, work_mem FROM materialized_views_refresh_history ORDER BY view_name",
+    );
+    assert_eq!(
+        rows,
+        [
+            [Some("public.daily".into()), Some("3MB".into())],
+            [Some("reporting.daily".into()), Some("3MB".into())],
+        ]
+    );
 }
