@@ -1,0 +1,454 @@
+#!/usr/bin/env python3
+"""Benchmarks mv-refresher against the seeds' approach and against the limits.
+
+One run on one machine, side by side, on the reference platform at several
+scales: the seeds' PL/pgSQL refresh_aggregate_views() through psql,
+`mv-refresher refresh` with --jobs 1 and 2, each view's plain REFRESH and the
+bare execution time of its query; what readers and writers feel meanwhile; the
+refresher's own cost; and what work_mem does. Writes docs/BENCHMARKS.md and
+docs/refresh-vs-scale.svg. No assertions: numbers, written down.
+
+    bench/run.py                 # 100k, 1M and 3M bets, 3 repetitions (about 30 min)
+    bench/run.py --short         # 20k bets, 1 repetition, to /tmp (CI: the harness runs)
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import random
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from itertools import count
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VIEWS = ["tenants_summary_view", "user_activity_view", "top_bets_today"]
+WORK_MEMS = ["4MB", "64MB", "256MB"]
+EVENT_IDS = count()  # unique idempotency keys across every writer of a run
+
+BASELINE_FUNCTION = """
+CREATE OR REPLACE FUNCTION refresh_aggregate_views() RETURNS void AS $$
+BEGIN
+  REFRESH MATERIALIZED VIEW CONCURRENTLY tenants_summary_view;
+  REFRESH MATERIALIZED VIEW CONCURRENTLY user_activity_view;
+  REFRESH MATERIALIZED VIEW CONCURRENTLY top_bets_today;
+END;
+$$ LANGUAGE plpgsql;
+"""
+
+
+def ensure_psycopg():
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",
+                        "--disable-pip-version-check", "psycopg[binary]"], check=True)
+
+
+def sh(*args, **kw):
+    return subprocess.run(args, check=True, text=True, capture_output=True, **kw).stdout
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    def __init__(self):
+        self.dir = Path(f"/tmp/mv-refresher-bench-cluster-{os.getpid()}")
+        self.port = free_port()
+        sh(str(ROOT / "scripts/pg-throwaway"), "start", str(self.dir), str(self.port))
+        bindir = sh(str(ROOT / "scripts/pg-throwaway"), "bindir").strip()
+        self.psql = str(Path(bindir) / "psql") if (Path(bindir) / "psql").exists() else "psql"
+
+    def url(self, db):
+        return f"postgres://postgres@127.0.0.1:{self.port}/{db}"
+
+    def stop(self):
+        subprocess.run([str(ROOT / "scripts/pg-throwaway"), "stop", str(self.dir)])
+
+    def server_log(self):
+        return (self.dir / "server.log").read_text(errors="replace")
+
+
+def median(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def percentile(values, p):
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+class Load:
+    """Readers doing point reads on the views and a writer inserting bet events,
+    from their own connections, while a scenario runs."""
+
+    def __init__(self, url, users, tenants, readers=2):
+        import psycopg
+        self.url, self.users, self.tenants = url, users, tenants
+        self.stop = threading.Event()
+        self.latencies = []
+        self.inserts = 0
+        self.threads = [threading.Thread(target=self.read, args=(psycopg, i)) for i in range(readers)]
+        self.threads.append(threading.Thread(target=self.write, args=(psycopg,)))
+
+    def read(self, psycopg, seed):
+        rng = random.Random(seed)
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while not self.stop.is_set():
+                u = rng.randint(1, self.users)
+                started = time.perf_counter()
+                conn.execute("SELECT current_balance, total_bets FROM user_activity_view "
+                             "WHERE tenant_id = %s AND user_id = %s",
+                             (10001 + u % self.tenants, f"user-{u}")).fetchall()
+                conn.execute("SELECT total_bets FROM tenants_summary_view WHERE tenant_id = %s",
+                             (10001 + u % self.tenants,)).fetchall()
+                self.latencies.append((time.perf_counter() - started) * 1000 / 2)
+
+    def write(self, psycopg):
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while not self.stop.is_set():
+                n = next(EVENT_IDS)
+                conn.execute(
+                    "INSERT INTO bet_events (tenant_id, aggregate_id, idempotency_key, event_type, "
+                    "event_data, timestamp) VALUES (10001, %s, %s, 'V1_BETS_BET_PLACED', "
+                    "'{\"stake\": 1}', (extract(epoch FROM now()) * 1000)::bigint)",
+                    (f"bench-{os.getpid()}-{n}", f"bench-{os.getpid()}-{n}"))
+                self.inserts += 1
+
+    def __enter__(self):
+        self.started = time.perf_counter()
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+        self.elapsed = time.perf_counter() - self.started
+
+    def summary(self):
+        return {"p50": percentile(self.latencies, 50), "p99": percentile(self.latencies, 99),
+                "max": max(self.latencies, default=float("nan")),
+                "inserts_per_s": self.inserts / self.elapsed if self.elapsed else 0.0}
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.binary = ROOT / "target/release/mv-refresher"
+        self.cluster = Cluster()
+        self.results = {}  # scale -> data
+
+    def psql(self, db, sql):
+        return sh(self.cluster.psql, "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                  "-d", self.cluster.url(db), "-c", sql)
+
+    def timed_psql(self, db, sql):
+        started = time.perf_counter()
+        self.psql(db, sql)
+        return time.perf_counter() - started
+
+    def load_platform(self, db, bets):
+        users, tenants = max(bets // 5, 100), 20
+        self.psql("postgres", f"CREATE DATABASE {db}")
+        sh(self.cluster.psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", self.cluster.url(db),
+           "-f", str(ROOT / "sql/platform.sql"))
+        started = time.perf_counter()
+        env = dict(os.environ, PGOPTIONS=f"-c demo.bets={bets} -c demo.users={users} -c demo.tenants={tenants}")
+        subprocess.run([self.cluster.psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", self.cluster.url(db),
+                        "-f", str(ROOT / "sql/sample_data.sql")], check=True, env=env, capture_output=True)
+        load_s = time.perf_counter() - started
+        self.psql(db, BASELINE_FUNCTION)
+        self.psql(db, "VACUUM ANALYZE")
+        return users, tenants, load_s
+
+    def mvr(self, db, *args):
+        """Runs the binary; returns wall seconds, peak RSS (kB), and the server-side
+        span of the run's refreshes (seconds, from its history rows)."""
+        env = {"DATABASE_URL": self.cluster.url(db), "RUST_LOG": "warn"}
+        started = time.perf_counter()
+        out = subprocess.run(["/usr/bin/time", "-f", "%M", str(self.binary), *args],
+                             env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        if out.returncode != 0:
+            raise RuntimeError(f"mv-refresher {args} failed: {out.stdout}\n{out.stderr}")
+        rss = int(out.stderr.strip().splitlines()[-1])
+        run_id = re.search(r"run ([0-9a-f-]{36})", out.stdout)
+        # The span of the server-side work: first refresh's start to last one's end.
+        server = float(self.psql(db, "SELECT coalesce(extract(epoch FROM max(finished_at) - min(started_at)), 0) "
+                                     f"FROM materialized_views_refresh_history WHERE run_id = '{run_id.group(1)}'")
+                       ) if run_id else 0.0
+        return wall, rss, server
+
+    def scenario(self, db, users, tenants, run):
+        """Runs `run` `reps` times under load; medians of its time and of the load."""
+        times, loads, extra = [], [], []
+        for _ in range(self.args.reps):
+            with Load(self.cluster.url(db), users, tenants) as load:
+                value = run()
+            times.append(value[0] if isinstance(value, tuple) else value)
+            extra.append(value)
+            loads.append(load.summary())
+        return {
+            "seconds": median(times),
+            "extra": extra,
+            **{k: median([l[k] for l in loads]) for k in loads[0]},
+        }
+
+    def bare_query(self, db, view):
+        definition = self.psql(db, f"SELECT pg_get_viewdef('{view}'::regclass)").strip().rstrip(";")
+        plan = self.psql(db, f"EXPLAIN (ANALYZE, TIMING OFF, SUMMARY ON) {definition}")
+        return float(re.search(r"Execution Time: ([0-9.]+) ms", plan).group(1)) / 1000
+
+    def run_scale(self, bets):
+        db = f"bench_{bets}"
+        users, tenants, load_s = self.load_platform(db, bets)
+        print(f"== {bets} bets loaded in {load_s:.1f} s", flush=True)
+        self.mvr(db, "refresh")  # creates the log tables, warms the cache
+        r = {"users": users, "tenants": tenants, "load_s": load_s}
+        r["idle"] = self.scenario(db, users, tenants, lambda: time.sleep(2) or 2.0)
+        r["baseline"] = self.scenario(db, users, tenants,
+                                      lambda: self.timed_psql(db, "SELECT refresh_aggregate_views()"))
+        for jobs in (1, 2):
+            r[f"jobs{jobs}"] = self.scenario(db, users, tenants,
+                                             lambda: self.mvr(db, "--jobs", str(jobs), "refresh"))
+        r["plain"] = {v: median([self.timed_psql(db, f"REFRESH MATERIALIZED VIEW {v}")
+                                 for _ in range(self.args.reps)]) for v in VIEWS}
+        r["bare"] = {v: median([self.bare_query(db, v) for _ in range(self.args.reps)]) for v in VIEWS}
+        if bets == self.args.work_mem_scale:
+            r["work_mem"] = self.work_mem_matrix(db)
+            r["plans"] = self.diff_plans(db)
+        print(f"   baseline {r['baseline']['seconds']:.2f} s, jobs1 {r['jobs1']['seconds']:.2f} s, "
+              f"jobs2 {r['jobs2']['seconds']:.2f} s", flush=True)
+        self.results[bets] = r
+
+    def work_mem_matrix(self, db):
+        matrix = {}
+        for view in VIEWS:
+            for method in ("CONCURRENTLY", ""):
+                for wm in WORK_MEMS:
+                    sql = f"BEGIN; SET LOCAL work_mem = '{wm}'; REFRESH MATERIALIZED VIEW {method} {view}; COMMIT;"
+                    matrix[(view, method or "plain", wm)] = median(
+                        [self.timed_psql(db, sql) for _ in range(self.args.reps)])
+        return matrix
+
+    def diff_plans(self, db):
+        """The plans of user_activity_view's concurrent refresh (its diff query and
+        the rest) at each work_mem, from auto_explain in the server log."""
+        plans = {}
+        for wm in ("4MB", "64MB"):
+            marker = f"bench-plan-{wm}-{time.time()}"
+            before = len(self.cluster.server_log())
+            self.psql(db, f"SELECT '{marker}'; LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; "
+                          "SET auto_explain.log_analyze = on; SET auto_explain.log_timing = off; "
+                          "SET auto_explain.log_nested_statements = on; SET client_min_messages = warning; "
+                          f"SET work_mem = '{wm}'; REFRESH MATERIALIZED VIEW CONCURRENTLY user_activity_view;")
+            log = self.cluster.server_log()[before:]
+            plans[wm] = log
+        return plans
+
+    def startup(self):
+        runs = []
+        for _ in range(5):
+            started = time.perf_counter()
+            subprocess.run([str(self.binary), "--version"], check=True, capture_output=True)
+            runs.append(time.perf_counter() - started)
+        return median(runs)
+
+    def run(self):
+        try:
+            for bets in self.args.scales:
+                self.run_scale(bets)
+            self.write(self.startup())
+        finally:
+            self.cluster.stop()
+
+    # -- report -------------------------------------------------------------
+
+    def write(self, startup_s):
+        out = Path(self.args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        svg = out / "refresh-vs-scale.svg"
+        svg.write_text(self.plot())
+        lines = [
+            "# Benchmarks",
+            "",
+            f"Generated by `bench/run.py` on {datetime.date.today().isoformat()}. Medians of "
+            f"{self.args.reps} run(s) each; ratios are to the seeds' baseline measured in the same run.",
+            "",
+            f"* machine: {os.cpu_count()} cores ({cpu_model()}), "
+            f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, {platform.platform()}",
+            f"* PostgreSQL: {self.psql('postgres', 'SELECT version()').strip()}",
+            "* server: the throwaway cluster of `scripts/pg-throwaway` (shared_buffers 128MB, fsync off)",
+            f"* binary: `target/release/mv-refresher`, {self.binary.stat().st_size / 1e6:.1f} MB, "
+            f"start-up (`--version`) {startup_s * 1000:.1f} ms",
+            "* load during each scenario: 2 readers doing point reads on user_activity_view and "
+            "tenants_summary_view, 1 writer inserting into bet_events, each on its own connection",
+            "",
+            f"![refresh time against scale]({svg.name})",
+            "",
+            "## Refreshing all three views",
+            "",
+            "| bets | load (s) | seeds' function (s) | mv-refresher --jobs 1 (s) | ratio | --jobs 2 (s) | ratio | "
+            "plain REFRESH, sum (s) | bare queries, sum (s) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for bets, r in self.results.items():
+            base = r["baseline"]["seconds"]
+            lines.append(
+                f"| {bets:,} | {r['load_s']:.1f} | {base:.2f} | {r['jobs1']['seconds']:.2f} | "
+                f"{r['jobs1']['seconds'] / base:.2f} | {r['jobs2']['seconds']:.2f} | "
+                f"{r['jobs2']['seconds'] / base:.2f} | {sum(r['plain'].values()):.2f} | "
+                f"{sum(r['bare'].values()):.2f} |")
+        lines += ["", "## Per view: the limits", "", "| bets | view | plain REFRESH (s) | bare query (s) |",
+                  "|---|---|---|---|"]
+        for bets, r in self.results.items():
+            for v in VIEWS:
+                lines.append(f"| {bets:,} | {v} | {r['plain'][v]:.3f} | {r['bare'][v]:.3f} |")
+        lines += ["", "## What readers and writers feel meanwhile", "",
+                  "Point-read latency (ms) and insert throughput while each scenario runs.", "",
+                  "| bets | scenario | read p50 | read p99 | read max | inserts/s |", "|---|---|---|---|---|---|"]
+        names = {"idle": "no refresh", "baseline": "seeds' function", "jobs1": "mv-refresher --jobs 1",
+                 "jobs2": "mv-refresher --jobs 2"}
+        for bets, r in self.results.items():
+            for key, name in names.items():
+                s = r[key]
+                lines.append(f"| {bets:,} | {name} | {s['p50']:.2f} | {s['p99']:.2f} | {s['max']:.1f} | "
+                             f"{s['inserts_per_s']:.0f} |")
+        lines += ["", "## The refresher's own cost", "",
+                  "Wall time of `mv-refresher refresh` beyond the span of its refreshes on the server "
+                  "(first start to last end, from its history rows): process start, connect, plan, "
+                  "and the statements around each REFRESH. And its peak RSS.", "",
+                  "| bets | jobs | wall (s) | refreshes on the server (s) | overhead (ms) | peak RSS (MB) |",
+                  "|---|---|---|---|---|---|"]
+        for bets, r in self.results.items():
+            for jobs in (1, 2):
+                runs = r[f"jobs{jobs}"]["extra"]
+                wall, rss, server = (median([x[i] for x in runs]) for i in range(3))
+                lines.append(f"| {bets:,} | {jobs} | {wall:.2f} | {server:.2f} | {(wall - server) * 1000:.0f} | "
+                             f"{rss / 1024:.1f} |")
+        wm = next((r for r in self.results.values() if "work_mem" in r), None)
+        if wm:
+            lines += ["", f"## What work_mem does ({self.args.work_mem_scale:,} bets)", "",
+                      "| view | method | " + " | ".join(WORK_MEMS) + " |", "|---|---|" + "---|" * len(WORK_MEMS)]
+            for v in VIEWS:
+                for method in ("CONCURRENTLY", "plain"):
+                    cells = " | ".join(f"{wm['work_mem'][(v, method, w)]:.2f}" for w in WORK_MEMS)
+                    lines.append(f"| {v} | {method} | {cells} |")
+            lines += ["", "### The plans of user_activity_view's concurrent refresh", "",
+                      "From `auto_explain` (analyze, no timing), nested statements included: the "
+                      "refresh's own query, then the diff query that compares old and new rows.", ""]
+            for w, log in wm["plans"].items():
+                lines += [f"<details><summary>work_mem = {w}</summary>", "", "```", plan_excerpt(log), "```",
+                          "", "</details>", ""]
+        findings = ROOT / "bench/findings.md"
+        if findings.exists():
+            lines += ["", findings.read_text().rstrip()]
+        (out / "BENCHMARKS.md").write_text("\n".join(lines) + "\n")
+        print(f"wrote {out / 'BENCHMARKS.md'} and {svg}")
+
+    def plot(self):
+        series = {
+            "seeds' function": [r["baseline"]["seconds"] for r in self.results.values()],
+            "mv-refresher --jobs 1": [r["jobs1"]["seconds"] for r in self.results.values()],
+            "mv-refresher --jobs 2": [r["jobs2"]["seconds"] for r in self.results.values()],
+            "plain REFRESH, sum": [sum(r["plain"].values()) for r in self.results.values()],
+            "bare queries, sum": [sum(r["bare"].values()) for r in self.results.values()],
+        }
+        return svg_plot(list(self.results), series)
+
+
+def cpu_model():
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def plan_excerpt(log):
+    """The auto_explain plans in a server log excerpt, without log line prefixes."""
+    keep, out = False, []
+    for line in log.splitlines():
+        if "duration:" in line and "plan:" in line:
+            keep = True
+            out.append(line[line.index("duration:"):])
+            continue
+        if keep and (line.startswith("\t") or line.startswith(" ")):
+            out.append(line.rstrip())
+        elif keep and "LOG:" in line:
+            keep = False
+    return "\n".join(out[-200:]) or "(no plan logged)"
+
+
+def svg_plot(xs, series, width=720, height=400):
+    colours = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#7f7f7f"]
+    left, right, top, bottom = 60, 220, 20, 50
+    ymax = max(max(v) for v in series.values()) * 1.1 or 1
+    xmax = max(xs)
+    px = lambda x: left + (width - left - right) * x / xmax
+    py = lambda y: height - bottom - (height - top - bottom) * y / ymax
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             'font-family="sans-serif" font-size="12">',
+             f'<rect width="{width}" height="{height}" fill="white"/>',
+             f'<line x1="{left}" y1="{py(0)}" x2="{width - right}" y2="{py(0)}" stroke="black"/>',
+             f'<line x1="{left}" y1="{py(0)}" x2="{left}" y2="{top}" stroke="black"/>',
+             f'<text x="{(width - right + left) / 2}" y="{height - 10}" text-anchor="middle">bets</text>',
+             f'<text x="15" y="{(height - bottom + top) / 2}" transform="rotate(-90 15 {(height - bottom + top) / 2})" '
+             'text-anchor="middle">seconds (median)</text>']
+    for i in range(5):
+        y = ymax / 1.1 * i / 4
+        parts.append(f'<text x="{left - 5}" y="{py(y) + 4}" text-anchor="end">{y:.1f}</text>')
+        parts.append(f'<line x1="{left}" y1="{py(y)}" x2="{width - right}" y2="{py(y)}" stroke="#ddd"/>')
+    for x in xs:
+        parts.append(f'<text x="{px(x)}" y="{py(0) + 18}" text-anchor="middle">{x:,}</text>')
+    for (name, ys), colour in zip(series.items(), colours):
+        points = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in zip(xs, ys))
+        parts.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        for x, y in zip(xs, ys):
+            parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{colour}"/>')
+    for i, (name, colour) in enumerate(zip(series, colours)):
+        y = top + 20 + i * 20
+        parts.append(f'<line x1="{width - right + 15}" y1="{y - 4}" x2="{width - right + 35}" y2="{y - 4}" '
+                     f'stroke="{colour}" stroke-width="2"/>')
+        parts.append(f'<text x="{width - right + 40}" y="{y}">{name}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scales", default="100000,1000000,3000000", help="bets, comma-separated")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--work-mem-scale", type=int, default=1000000,
+                        help="the scale at which to run the work_mem matrix")
+    parser.add_argument("--out", default=str(ROOT / "docs"))
+    parser.add_argument("--short", action="store_true", help="20k bets, 1 repetition, report to /tmp")
+    args = parser.parse_args()
+    if args.short:
+        args.scales, args.reps, args.work_mem_scale = "20000", 1, 20000
+        if args.out == str(ROOT / "docs"):
+            args.out = f"/tmp/mv-refresher-bench-report-{os.getpid()}"
+    args.scales = [int(s) for s in args.scales.split(",")]
+    ensure_psycopg()
+    if not shutil.which("/usr/bin/time"):
+        sys.exit("bench: /usr/bin/time is missing (Debian: apt-get install time)")
+    subprocess.run(["cargo", "build", "--release", "--locked", "--quiet"], cwd=ROOT, check=True)
+    Bench(args).run()
+
+
+if __name__ == "__main__":
+    main()
