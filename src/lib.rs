@@ -184,11 +184,14 @@ async fn check(registry: &Registry, target: &DbTarget, log: &RefreshLog) -> Resu
     let client = target.connect(&pool).await?;
     let db_err = |context| Error::in_context(context, target);
 
-    let version: String = client
-        .query_one("SELECT current_setting('server_version')", &[])
+    let settings = client
+        .query_one(
+            "SELECT current_setting('server_version'), current_setting('work_mem')",
+            &[],
+        )
         .await
-        .map_err(db_err("reading the server version"))?
-        .get(0);
+        .map_err(db_err("reading the server's settings"))?;
+    let (version, server_work_mem): (String, String) = (settings.get(0), settings.get(1));
     let citus = catalog::has_citus(&**client)
         .await
         .map_err(db_err("looking for citus"))?;
@@ -251,7 +254,8 @@ async fn check(registry: &Registry, target: &DbTarget, log: &RefreshLog) -> Resu
                 (None, Some((method, reason))) => format!("{} ({reason})", method.as_str()),
                 _ => "cannot refresh".into(),
             },
-            s.work_mem.to_string(),
+            s.work_mem
+                .map_or_else(|| format!("{server_work_mem} (server)"), |m| m.to_string()),
             s.statement_timeout.to_string(),
             s.lock_timeout.to_string(),
             s.retries.to_string(),

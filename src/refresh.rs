@@ -27,6 +27,7 @@ use crate::progress;
 use crate::refresh_log::{Attempt, Method, RefreshLog, Status};
 use crate::registry::Vacuum;
 use crate::shutdown::{Stop, StopReason};
+use crate::units::Memory;
 
 /// Everything the refresh of one run shares.
 #[derive(Debug)]
@@ -386,10 +387,12 @@ async fn attempt_refresh(
     }
     let settings = step.settings();
     tx.execute(
-        "SELECT set_config('work_mem', $1, true), set_config('statement_timeout', $2, true), \
+        // Without a work_mem of its own the view keeps the server's.
+        "SELECT set_config('work_mem', coalesce($1, current_setting('work_mem')), true), \
+                set_config('statement_timeout', $2, true), \
                 set_config('lock_timeout', $3, true)",
         &[
-            &settings.work_mem.setting(),
+            &settings.work_mem.map(Memory::setting),
             &settings.statement_timeout.setting(),
             &settings.lock_timeout.setting(),
         ],

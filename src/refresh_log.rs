@@ -234,7 +234,7 @@ impl RefreshLog {
             "INSERT INTO {} (run_id, view_name, started_at, finished_at, duration_ms, status, \
                  method, attempt, work_mem, statement_timeout, lock_timeout, sqlstate, error, note, host) \
              SELECT $1, $2, now - make_interval(secs => $3::float8 / 1000), now, $3::float8, $4, $5, $6, \
-                 $7, $8, $9, $10, $11, $12, $13 \
+                 coalesce($7, current_setting('work_mem')), $8, $9, $10, $11, $12, $13 \
              FROM clock_timestamp() AS now RETURNING id",
             self.history_table
         );
@@ -249,7 +249,7 @@ impl RefreshLog {
                     &attempt.status.as_str(),
                     &attempt.method.map(Method::as_str),
                     &attempt_no,
-                    &settings.work_mem.to_string(),
+                    &settings.work_mem.map(|m| m.to_string()),
                     &settings.statement_timeout.to_string(),
                     &settings.lock_timeout.to_string(),
                     &attempt.sqlstate,

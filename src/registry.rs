@@ -42,7 +42,9 @@ pub struct ViewSpec {
 /// Per-view settings, with `[defaults]` and the built-in defaults applied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ViewSettings {
-    pub work_mem: Memory,
+    /// `None`: the server's own `work_mem` (see docs/BENCHMARKS.md for why
+    /// more is not always faster).
+    pub work_mem: Option<Memory>,
     pub statement_timeout: PgDuration,
     pub lock_timeout: PgDuration,
     pub concurrently: Concurrently,
@@ -112,7 +114,7 @@ pub struct RegistryError {
 impl Default for ViewSettings {
     fn default() -> Self {
         Self {
-            work_mem: "64MB".parse().expect("valid constant"),
+            work_mem: None,
             statement_timeout: "10min".parse().expect("valid constant"),
             lock_timeout: "30s".parse().expect("valid constant"),
             concurrently: Concurrently::Auto,
@@ -436,10 +438,10 @@ fn apply(table: &RawTable, base: &ViewSettings) -> Result<ViewSettings, (Span, S
 
     let mut settings = base.clone();
     if let Some(v) = &table.work_mem {
-        settings.work_mem = parse("work_mem", v, |m: &Memory| {
+        settings.work_mem = Some(parse("work_mem", v, |m: &Memory| {
             (!(MIN_WORK_MEM_KB..=PG_INT_MAX).contains(&m.as_kilobytes()))
                 .then(|| format!("{m} is out of range: PostgreSQL accepts 64kB to {PG_INT_MAX}kB"))
-        })?;
+        })?);
     }
     if let Some(v) = &table.statement_timeout {
         settings.statement_timeout = parse("statement_timeout", v, timeout_range)?;
@@ -513,12 +515,12 @@ mod tests {
         let [a, b] = &registry.views[..] else {
             panic!("two views")
         };
-        assert_eq!(a.settings.work_mem.to_string(), "32MB");
+        assert_eq!(a.settings.work_mem.unwrap().to_string(), "32MB");
         assert_eq!(a.settings.retries, 0);
         assert_eq!(b.name.schema.as_deref(), Some("reporting"));
         assert_eq!(b.name.name, "Daily");
         assert_eq!(b.name.to_string(), "reporting.\"Daily\"");
-        assert_eq!(b.settings.work_mem.to_string(), "1GB");
+        assert_eq!(b.settings.work_mem.unwrap().to_string(), "1GB");
         assert_eq!(b.settings.min_interval.unwrap().as_millis(), 900_000);
     }
 

@@ -240,7 +240,7 @@ fn check_prints_the_plan_and_exits_0_when_all_is_well() {
             .unwrap_or_else(|| panic!("{view}\n{out}"));
         assert!(line.contains("concurrently"), "{line}");
         assert!(
-            line.contains("64MB") && line.contains("10min") && line.contains("30s"),
+            line.contains("4MB (server)") && line.contains("10min") && line.contains("30s"),
             "{line}"
         );
     }

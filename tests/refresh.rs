@@ -67,7 +67,7 @@ fn default_registry_refreshes_the_three_seed_views_and_logs_them() {
                 Some("success".into()),
                 Some("concurrently".into()),
                 Some("1".into()),
-                Some("64MB".into()),
+                Some("4MB".into()), // the server's: the registry sets none
                 Some("10min".into()),
                 Some("30s".into()),
             ]
