@@ -52,6 +52,11 @@ pub struct Cycle {
 }
 
 impl Cycle {
+    /// How many views ended with `status`.
+    pub fn count(&self, status: Status) -> usize {
+        self.outcomes.iter().filter(|o| o.status == status).count()
+    }
+
     /// Whether anything failed, was cancelled, or went unrecorded (exit code 1).
     pub fn failed(&self) -> bool {
         self.outcomes.iter().any(|o| {

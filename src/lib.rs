@@ -32,15 +32,12 @@ pub mod units;
 use std::io::IsTerminal;
 use std::sync::Arc;
 
-use uuid::Uuid;
-
 use crate::cli::{Cli, Command, GlobalArgs, RefreshArgs};
-use crate::cycle::{Refresher, Stops};
+use crate::cycle::{Cycle, Refresher, Stops};
 use crate::db::DbTarget;
 use crate::error::{Error, Exit};
 use crate::output::{millis, print_table, table};
 use crate::plan::Plan;
-use crate::refresh::Outcome;
 use crate::refresh_log::{RefreshLog, Status};
 use crate::registry::Registry;
 use crate::shutdown::StopReason;
@@ -142,7 +139,7 @@ async fn refresh(
         let _ = task.await;
         println!();
     }
-    print_outcomes(&cycle.outcomes, cycle.run_id);
+    print_outcomes(&cycle);
 
     Ok(match stop.reason() {
         Some(StopReason::Signal(signal)) => Exit::Signal(signal),
@@ -151,9 +148,9 @@ async fn refresh(
     })
 }
 
-fn print_outcomes(outcomes: &[Outcome], run_id: Uuid) {
+fn print_outcomes(cycle: &Cycle) {
     let mut t = table(["VIEW", "STATUS", "METHOD", "DURATION", "ATTEMPTS", "NOTE"]);
-    for o in outcomes {
+    for o in &cycle.outcomes {
         let mut note = o.message.clone().unwrap_or_default();
         if let Some(err) = &o.log_error {
             note.push_str(&format!(" (not recorded: {err})"));
@@ -169,12 +166,12 @@ fn print_outcomes(outcomes: &[Outcome], run_id: Uuid) {
         ]);
     }
     print_table(&t);
-    let count = |s: Status| outcomes.iter().filter(|o| o.status == s).count();
     println!(
-        "\nrun {run_id}: {} refreshed, {} skipped, {} failed",
-        count(Status::Success),
-        count(Status::Skipped),
-        count(Status::Failed) + count(Status::Cancelled),
+        "\nrun {}: {} refreshed, {} skipped, {} failed",
+        cycle.run_id,
+        cycle.count(Status::Success),
+        cycle.count(Status::Skipped),
+        cycle.count(Status::Failed) + cycle.count(Status::Cancelled),
     );
 }
 

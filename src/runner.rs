@@ -21,6 +21,7 @@ use crate::cycle::{Refresher, Stops};
 use crate::error::{Error, Exit};
 use crate::http::{self, Shared};
 use crate::metrics::{CycleOutcome, Metrics};
+use crate::refresh_log::Status;
 use crate::registry::ViewSpec;
 use crate::schedule::Schedule;
 use crate::shutdown::{self, StopReason};
@@ -168,13 +169,11 @@ async fn run_cycle(
             } else {
                 CycleOutcome::Ok
             });
-            let count = |f: fn(&crate::refresh::Outcome) -> bool| {
-                cycle.outcomes.iter().filter(|o| f(o)).count()
-            };
             tracing::info!(
                 run_id = %cycle.run_id,
-                refreshed = count(|o| o.status == crate::refresh_log::Status::Success),
-                failed = count(|o| o.status == crate::refresh_log::Status::Failed),
+                refreshed = cycle.count(Status::Success),
+                skipped = cycle.count(Status::Skipped),
+                failed = cycle.count(Status::Failed) + cycle.count(Status::Cancelled),
                 duration_ms = started.elapsed().as_millis() as u64,
                 "cycle finished"
             );
