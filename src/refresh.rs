@@ -304,15 +304,7 @@ async fn refresh_step(ctx: &RunContext, step: &Step, blocked_by: Option<String>)
             retry_in_ms = delay.as_millis() as u64,
             "refresh failed, retrying"
         );
-        let sqlstate = failure.sqlstate.clone();
-        record(
-            ctx,
-            step,
-            failure.into_outcome(step, attempt),
-            sqlstate.as_deref(),
-            true,
-        )
-        .await;
+        record_failure(ctx, step, failure, attempt, true).await;
         tokio::select! {
             _ = tokio::time::sleep(delay) => attempt += 1,
             reason = ctx.drain.stopped() => {
@@ -570,13 +562,24 @@ async fn cancellable(
 /// Records a failed or cancelled attempt (after its transaction rolled back)
 /// and returns its outcome.
 async fn fail(ctx: &RunContext, step: &Step, failure: Failure, attempt: u32) -> Outcome {
+    record_failure(ctx, step, failure, attempt, false).await
+}
+
+/// Records a failed attempt; `retried`: another attempt follows.
+async fn record_failure(
+    ctx: &RunContext,
+    step: &Step,
+    failure: Failure,
+    attempt: u32,
+    retried: bool,
+) -> Outcome {
     let sqlstate = failure.sqlstate.clone();
     record(
         ctx,
         step,
         failure.into_outcome(step, attempt),
         sqlstate.as_deref(),
-        false,
+        retried,
     )
     .await
 }
