@@ -554,3 +554,35 @@ fn the_database_url_can_come_from_a_file() {
         .code(2)
         .stderr_has("/nonexistent/url");
 }
+
+#[test]
+fn status_reads_a_log_table_made_by_hand_in_the_seeds_shape() {
+    let db = TestDb::platform("seeds_shaped_log");
+    // What a team following the seeds might already have: integer counts,
+    // numeric averages, varchar names.
+    db.execute(
+        "CREATE TABLE materialized_views_refresh_log ( \
+             view_name varchar(255) PRIMARY KEY, refresh_count integer NOT NULL DEFAULT 0, \
+             failure_count integer NOT NULL DEFAULT 0, avg_refresh_time_ms numeric, \
+             last_refresh_time_ms numeric, last_refreshed_at timestamp, last_attempt_at timestamp, \
+             last_status varchar(20), last_method varchar(20), last_error text, refreshed_by varchar(255)); \
+         INSERT INTO materialized_views_refresh_log (view_name, refresh_count, avg_refresh_time_ms, \
+             last_refreshed_at, last_status) \
+         VALUES ('public.top_bets_today', 7, 123.5, now() - interval '1 minute', 'success');",
+    );
+    db.mvr().arg("init").run().code(0);
+    let out = db.mvr().args(["status", "--format", "json"]).run();
+    out.code(0);
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let top = &doc["views"][2];
+    assert_eq!(top["view_name"], "public.top_bets_today");
+    assert_eq!(top["refresh_count"], 7);
+    assert_eq!(top["avg_refresh_time_ms"], 123.5);
+
+    // And refresh keeps counting in it.
+    db.mvr().args(["refresh", "top_bets_today"]).run().code(0);
+    let count: i32 = db.scalar(
+        "SELECT refresh_count FROM materialized_views_refresh_log WHERE view_name = 'public.top_bets_today'",
+    );
+    assert_eq!(count, 8);
+}
