@@ -168,9 +168,8 @@ class Bench:
         sh(self.cluster.psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", self.cluster.url(db),
            "-f", str(ROOT / "sql/platform.sql"))
         started = time.perf_counter()
-        env = dict(os.environ, PGOPTIONS=f"-c demo.bets={bets} -c demo.users={users} -c demo.tenants={tenants}")
-        subprocess.run([self.cluster.psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", self.cluster.url(db),
-                        "-f", str(ROOT / "sql/sample_data.sql")], check=True, env=env, capture_output=True)
+        subprocess.run([str(ROOT / "scripts/load-sample-data"), self.cluster.url(db), str(bets), str(users),
+                        str(tenants)], check=True, capture_output=True)
         load_s = time.perf_counter() - started
         self.psql(db, BASELINE_FUNCTION)
         self.psql(db, "VACUUM ANALYZE")

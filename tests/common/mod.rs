@@ -166,8 +166,20 @@ impl Cluster {
             .expect("sql/platform.sql loads");
         db.batch_execute("SET demo.bets = '3000'; SET demo.users = '400'; SET demo.tenants = '3';")
             .unwrap();
-        db.batch_execute(&sql("sample_data.sql"))
-            .expect("sql/sample_data.sql loads");
+        // The parts of sql/sample_data.sql, one after the other.
+        for part in [
+            "1_prepare",
+            "2_bets",
+            "2_views",
+            "2_balances",
+            "3_balances",
+            "3_keys_bets",
+            "3_keys_others",
+            "4_finish",
+        ] {
+            db.batch_execute(&sql(&format!("sample_data/{part}.sql")))
+                .unwrap_or_else(|e| panic!("sql/sample_data/{part}.sql loads: {e}"));
+        }
     }
 }
 
