@@ -45,13 +45,6 @@ fn refreshes(metrics: &str, view: &str, status: &str) -> f64 {
     .unwrap_or(0.0)
 }
 
-fn slow_view(db: &TestDb, name: &str, seconds: f64) {
-    db.execute(&format!(
-        "CREATE MATERIALIZED VIEW {name} AS SELECT 1 AS id, pg_sleep({seconds})::text AS slept WITH NO DATA; \
-         CREATE UNIQUE INDEX ON {name} (id);"
-    ));
-}
-
 #[test]
 fn run_refreshes_on_the_schedule_and_serves_metrics_health_and_readiness() {
     let db = TestDb::platform("run_metrics");
@@ -105,7 +98,7 @@ fn run_refreshes_on_the_schedule_and_serves_metrics_health_and_readiness() {
 #[test]
 fn a_tick_during_a_running_cycle_is_skipped_and_failures_never_stop_the_loop() {
     let db = TestDb::platform("run_overlap");
-    slow_view(&db, "m_slow", 2.5);
+    db.slow_view("m_slow", 2.5);
     db.execute("CREATE MATERIALIZED VIEW m_broken AS SELECT 1 / (SELECT count(*) FROM tenants WHERE id < 0) AS x WITH NO DATA;");
     let registry = db.registry("[[view]]\nname = \"m_slow\"\n[[view]]\nname = \"m_broken\"\n");
     let port = free_port();
@@ -197,8 +190,8 @@ fn the_loop_survives_the_database_going_away_and_recovers_by_itself() {
 #[test]
 fn sigterm_gives_running_refreshes_the_grace_period_then_cancels_them() {
     let db = TestDb::platform("run_grace");
-    slow_view(&db, "m_short", 2.0);
-    slow_view(&db, "m_endless", 600.0);
+    db.slow_view("m_short", 2.0);
+    db.slow_view("m_endless", 600.0);
 
     // Within the grace period: the refresh finishes and is recorded.
     let registry = db.registry("[[view]]\nname = \"m_short\"\n");
@@ -497,7 +490,7 @@ fn a_concurrent_refresh_that_changes_every_row_is_followed_by_vacuum() {
 #[test]
 fn refresh_on_a_terminal_shows_live_progress_and_piped_it_does_not() {
     let db = TestDb::platform("progress");
-    slow_view(&db, "m_slow", 0.5);
+    db.slow_view("m_slow", 0.5);
     let registry =
         db.registry("[[view]]\nname = \"m_slow\"\n[[view]]\nname = \"top_bets_today\"\n");
     // History first, so the terminal run knows what to expect.

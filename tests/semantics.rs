@@ -7,14 +7,6 @@ mod common;
 
 use common::{Mvr, TestDb, private_cluster};
 
-/// A view whose refresh takes `seconds` (its query sleeps), with a unique index.
-fn slow_view(db: &TestDb, name: &str, seconds: f64) {
-    db.execute(&format!(
-        "CREATE MATERIALIZED VIEW {name} AS SELECT 1 AS id, pg_sleep({seconds})::text AS slept WITH NO DATA; \
-         CREATE UNIQUE INDEX ON {name} (id);"
-    ));
-}
-
 /// `(status, method, attempt, sqlstate, note, error)` of every attempt at `view`, in order.
 fn history(db: &TestDb, view: &str) -> Vec<Vec<Option<String>>> {
     db.rows(&format!(
@@ -129,7 +121,7 @@ fn duplicate_rows_fail_with_sqlstate_21000_and_the_servers_detail() {
 #[test]
 fn two_refreshers_never_refresh_the_same_view_at_once() {
     let db = TestDb::platform("no_overlap");
-    slow_view(&db, "m_slow", 4.0);
+    db.slow_view("m_slow", 4.0);
     let first = db.mvr().args(["refresh", "m_slow"]).spawn();
     db.wait_for_refresh("m_slow");
 
@@ -206,8 +198,8 @@ fn dependencies_refresh_first_whatever_the_registry_order() {
 #[test]
 fn independent_views_refresh_in_parallel_up_to_jobs() {
     let db = TestDb::platform("parallel");
-    slow_view(&db, "m_one", 2.0);
-    slow_view(&db, "m_two", 2.0);
+    db.slow_view("m_one", 2.0);
+    db.slow_view("m_two", 2.0);
     let registry = db.registry("[[view]]\nname = \"m_one\"\n[[view]]\nname = \"m_two\"\n");
     db.mvr()
         .args(["--jobs", "2", "refresh", "--registry"])
@@ -260,7 +252,7 @@ fn a_view_depending_on_a_failed_view_is_skipped_with_that_reason() {
 #[test]
 fn a_terminated_backend_is_retried_and_every_attempt_recorded() {
     let db = TestDb::platform("retry");
-    slow_view(&db, "m_retry", 3.0);
+    db.slow_view("m_retry", 3.0);
     let registry = db.registry("[[view]]\nname = \"m_retry\"\nretries = 2\n");
     let run = db
         .mvr()
@@ -344,7 +336,7 @@ fn lock_timeout_is_retried_then_fails_naming_the_setting() {
 #[test]
 fn the_deadline_cancels_the_running_refresh_on_the_server() {
     let db = TestDb::platform("deadline");
-    slow_view(&db, "m_endless", 600.0);
+    db.slow_view("m_endless", 600.0);
     let out = db
         .mvr()
         .args(["refresh", "--deadline", "1s", "m_endless"])
@@ -367,7 +359,7 @@ fn the_deadline_cancels_the_running_refresh_on_the_server() {
 
 fn signal_cancels(signal: &str, code: i32) {
     let db = TestDb::platform(&format!("signal_{signal}"));
-    slow_view(&db, "m_endless", 600.0);
+    db.slow_view("m_endless", 600.0);
     db.execute("CREATE MATERIALIZED VIEW m_later AS SELECT id FROM tenants;");
     let registry = db.registry("[[view]]\nname = \"m_endless\"\n[[view]]\nname = \"m_later\"\n");
     let run = db
@@ -494,7 +486,7 @@ fn an_unknown_host_exits_3() {
 fn the_server_going_away_mid_run_fails_the_remaining_views() {
     let cluster = private_cluster("server_goes_away");
     let db = TestDb::platform_on(cluster, "server_goes_away");
-    slow_view(&db, "m_slow", 30.0);
+    db.slow_view("m_slow", 30.0);
     let registry = db.registry(
         "[defaults]\nretries = 1\n[[view]]\nname = \"m_slow\"\n[[view]]\nname = \"top_bets_today\"\n",
     );

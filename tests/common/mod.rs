@@ -224,6 +224,16 @@ impl TestDb {
         self.cluster.connect(&self.name)
     }
 
+    /// A materialized view whose refresh takes `seconds` (its query sleeps),
+    /// unpopulated, with a unique index.
+    pub fn slow_view(&self, name: &str, seconds: f64) {
+        self.execute(&format!(
+            "CREATE MATERIALIZED VIEW {name} AS \
+                 SELECT 1 AS id, pg_sleep({seconds})::text AS slept WITH NO DATA; \
+             CREATE UNIQUE INDEX ON {name} (id);"
+        ));
+    }
+
     /// Waits until a backend runs a REFRESH of `view`, and returns its pid.
     pub fn wait_for_refresh(&self, view: &str) -> i32 {
         let sql = format!(
