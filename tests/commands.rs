@@ -317,7 +317,7 @@ fn status_reports_each_view_in_table_and_json() {
         .stderr_has("do not exist yet");
 
     db.mvr().arg("refresh").run().code(0);
-    db.execute("CREATE MATERIALIZED VIEW broken AS SELECT 1 / (SELECT count(*) FROM tenants WHERE id < 0) AS x WITH NO DATA;");
+    db.failing_view("broken");
     let registry = db.registry(
         "[[view]]\nname = \"tenants_summary_view\"\n[[view]]\nname = \"user_activity_view\"\n\
          [[view]]\nname = \"top_bets_today\"\n[[view]]\nname = \"broken\"\n",

@@ -14,6 +14,23 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `mv-refresher run` on `db` every second, with `registry` (else the embedded
+/// default) and the `extra` options.
+fn run_every_second(
+    db: &TestDb,
+    registry: Option<&std::path::Path>,
+    extra: &[&str],
+) -> common::Running {
+    let mut mvr = db
+        .mvr()
+        .args(["run", "--schedule", "* * * * * *"])
+        .args(extra);
+    if let Some(registry) = registry {
+        mvr = mvr.arg("--registry").arg(registry);
+    }
+    mvr.spawn()
+}
+
 /// GET `path`: `(status code, body)`; `None` while nothing listens.
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -49,16 +66,7 @@ fn refreshes(metrics: &str, view: &str, status: &str) -> f64 {
 fn run_refreshes_on_the_schedule_and_serves_metrics_health_and_readiness() {
     let db = TestDb::platform("run_metrics");
     let port = free_port();
-    let mut run = db
-        .mvr()
-        .args([
-            "run",
-            "--schedule",
-            "* * * * * *",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .spawn();
+    let mut run = run_every_second(&db, None, &["--listen", &format!("127.0.0.1:{port}")]);
 
     // Two cycles at least: the counters move.
     let metrics = run.wait_until("two refreshes of every view", || {
@@ -99,21 +107,14 @@ fn run_refreshes_on_the_schedule_and_serves_metrics_health_and_readiness() {
 fn a_tick_during_a_running_cycle_is_skipped_and_failures_never_stop_the_loop() {
     let db = TestDb::platform("run_overlap");
     db.slow_view("m_slow", 2.5);
-    db.execute("CREATE MATERIALIZED VIEW m_broken AS SELECT 1 / (SELECT count(*) FROM tenants WHERE id < 0) AS x WITH NO DATA;");
+    db.failing_view("m_broken");
     let registry = db.registry("[[view]]\nname = \"m_slow\"\n[[view]]\nname = \"m_broken\"\n");
     let port = free_port();
-    let mut run = db
-        .mvr()
-        .args([
-            "run",
-            "--schedule",
-            "* * * * * *",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--registry",
-        ])
-        .arg(&registry)
-        .spawn();
+    let mut run = run_every_second(
+        &db,
+        Some(&registry),
+        &["--listen", &format!("127.0.0.1:{port}")],
+    );
     run.wait_until("an overlapped tick and two failed cycles", || {
         let (_, body) = get(port, "/metrics")?;
         let overlapped = sample(&body, "mv_refresher_cycles_total{outcome=\"overlapped\"}")?;
@@ -134,18 +135,11 @@ fn the_loop_survives_the_database_going_away_and_recovers_by_itself() {
     let db = TestDb::platform_on(cluster, "run_recovers");
     let port = free_port();
     let registry = db.registry("[[view]]\nname = \"top_bets_today\"\n");
-    let mut run = db
-        .mvr()
-        .args([
-            "run",
-            "--schedule",
-            "* * * * * *",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--registry",
-        ])
-        .arg(&registry)
-        .spawn();
+    let mut run = run_every_second(
+        &db,
+        Some(&registry),
+        &["--listen", &format!("127.0.0.1:{port}")],
+    );
     run.wait_until("the first refresh", || {
         let (_, body) = get(port, "/metrics")?;
         (refreshes(&body, "public.top_bets_today", "success") >= 1.0).then_some(())
@@ -181,7 +175,8 @@ fn the_loop_survives_the_database_going_away_and_recovers_by_itself() {
         (get(port, "/readyz")?.0 == 200).then_some(())
     });
 
-    run.signal("TERM");
+    // Ctrl-C, as a person at the terminal would stop it.
+    run.signal("INT");
     run.wait()
         .code(0)
         .stderr_has("database unreachable; backing off");
@@ -195,18 +190,7 @@ fn sigterm_gives_running_refreshes_the_grace_period_then_cancels_them() {
 
     // Within the grace period: the refresh finishes and is recorded.
     let registry = db.registry("[[view]]\nname = \"m_short\"\n");
-    let run = db
-        .mvr()
-        .args([
-            "run",
-            "--schedule",
-            "* * * * * *",
-            "--shutdown-grace",
-            "60s",
-            "--registry",
-        ])
-        .arg(&registry)
-        .spawn();
+    let run = run_every_second(&db, Some(&registry), &["--shutdown-grace", "60s"]);
     db.wait_for_refresh("m_short");
     run.signal("TERM");
     run.wait().code(0);
@@ -215,18 +199,7 @@ fn sigterm_gives_running_refreshes_the_grace_period_then_cancels_them() {
 
     // Past it: cancelled on the server.
     let registry = db.registry("[[view]]\nname = \"m_endless\"\n");
-    let run = db
-        .mvr()
-        .args([
-            "run",
-            "--schedule",
-            "* * * * * *",
-            "--shutdown-grace",
-            "1s",
-            "--registry",
-        ])
-        .arg(&registry)
-        .spawn();
+    let run = run_every_second(&db, Some(&registry), &["--shutdown-grace", "1s"]);
     db.wait_for_refresh("m_endless");
     run.signal("TERM");
     run.wait().code(0);
@@ -242,18 +215,11 @@ fn min_interval_is_honoured_by_the_loop() {
         "[[view]]\nname = \"top_bets_today\"\nmin_interval = \"1h\"\n[[view]]\nname = \"tenants_summary_view\"\n",
     );
     let port = free_port();
-    let mut run = db
-        .mvr()
-        .args([
-            "run",
-            "--schedule",
-            "* * * * * *",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--registry",
-        ])
-        .arg(&registry)
-        .spawn();
+    let mut run = run_every_second(
+        &db,
+        Some(&registry),
+        &["--listen", &format!("127.0.0.1:{port}")],
+    );
     run.wait_until("three cycles", || {
         let (_, body) = get(port, "/metrics")?;
         (refreshes(&body, "public.tenants_summary_view", "success") >= 3.0).then_some(())

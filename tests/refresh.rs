@@ -222,10 +222,7 @@ fn an_injection_attempt_as_a_view_name_is_only_a_missing_view() {
 #[test]
 fn a_failing_refresh_is_rolled_back_recorded_with_its_sqlstate_and_does_not_stop_others() {
     let db = TestDb::platform("failing_refresh");
-    db.execute(
-        "CREATE MATERIALIZED VIEW fragile AS \
-             SELECT 1 / (SELECT count(*) FROM tenants WHERE id < 0) AS x WITH NO DATA;",
-    );
+    db.failing_view("fragile");
     let registry =
         db.registry("[[view]]\nname = \"fragile\"\n\n[[view]]\nname = \"tenants_summary_view\"\n");
     let out = db

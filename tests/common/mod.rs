@@ -234,6 +234,15 @@ impl TestDb {
         ));
     }
 
+    /// An unpopulated materialized view whose every refresh fails with a
+    /// division by zero (SQLSTATE 22012).
+    pub fn failing_view(&self, name: &str) {
+        self.execute(&format!(
+            "CREATE MATERIALIZED VIEW {name} AS \
+                 SELECT 1 / (SELECT count(*) FROM tenants WHERE id < 0) AS x WITH NO DATA;"
+        ));
+    }
+
     /// Waits until a backend runs a REFRESH of `view`, and returns its pid.
     pub fn wait_for_refresh(&self, view: &str) -> i32 {
         let sql = format!(
