@@ -58,10 +58,7 @@ pub async fn run(cli: Cli) -> Result<Exit, Error> {
             let registry = Registry::load(global.registry.as_deref())?;
             let schedule = schedule::Schedule::new(&args.schedule, &args.timezone)
                 .map_err(|e| Error::Usage(format!("--schedule: {e}")))?;
-            let (stop_handle, stop) = shutdown::channel();
-            stop_handle
-                .on_signals()
-                .map_err(|e| Error::Usage(format!("cannot listen for signals: {e}")))?;
+            let (_stop_handle, stop) = stop_on_signals()?;
             let refresher =
                 Refresher::new(target, log, global.jobs.get(), args.cycle.history_retention);
             let options = runner::RunOptions {
@@ -82,6 +79,16 @@ pub async fn run(cli: Cli) -> Result<Exit, Error> {
             status::run(&registry, &target, &log, args).await
         }
     }
+}
+
+/// A stop that SIGTERM and SIGINT fire, from now on; the handle, to add other
+/// reasons (the deadline).
+fn stop_on_signals() -> Result<(shutdown::StopHandle, shutdown::Stop), Error> {
+    let (handle, stop) = shutdown::channel();
+    handle
+        .on_signals()
+        .map_err(|e| Error::Usage(format!("cannot listen for signals: {e}")))?;
+    Ok((handle, stop))
 }
 
 /// The URL from --database-url, or read from --database-url-file.
@@ -113,10 +120,7 @@ async fn refresh(
     log: RefreshLog,
     specs: Vec<registry::ViewSpec>,
 ) -> Result<Exit, Error> {
-    let (stop_handle, stop) = shutdown::channel();
-    stop_handle
-        .on_signals()
-        .map_err(|e| Error::Usage(format!("cannot listen for signals: {e}")))?;
+    let (stop_handle, stop) = stop_on_signals()?;
     if let Some(deadline) = args.deadline {
         stop_handle.after(deadline.to_std());
     }
