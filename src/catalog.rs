@@ -9,6 +9,7 @@
 use std::fmt;
 
 use tokio_postgres::GenericClient;
+use tokio_postgres::types::Type;
 
 use crate::registry::{ViewName, display_ident, quote_ident};
 
@@ -93,7 +94,7 @@ pub async fn lookup(
     name: &ViewName,
 ) -> Result<Lookup, tokio_postgres::Error> {
     let row = client
-        .query_opt(
+        .query_typed_opt(
             "SELECT c.oid, n.nspname::text, c.relname::text, c.relkind \
              FROM pg_catalog.pg_class c \
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
@@ -103,7 +104,7 @@ pub async fn lookup(
                         ELSE n.nspname = $1 END \
              ORDER BY pg_catalog.array_position(pg_catalog.current_schemas(true), n.nspname) \
              LIMIT 1",
-            &[&name.schema, &name.name],
+            &[(&name.schema, Type::TEXT), (&name.name, Type::TEXT)],
         )
         .await?;
     let Some(row) = row else {
@@ -134,7 +135,7 @@ pub async fn lookup(
 /// The schema an unqualified new relation would go to (first of the search path).
 async fn default_schema(client: &impl GenericClient) -> Result<String, tokio_postgres::Error> {
     let row = client
-        .query_one(
+        .query_typed_one(
             "SELECT coalesce((pg_catalog.current_schemas(false))[1], 'public')::text",
             &[],
         )
@@ -148,13 +149,13 @@ pub async fn view_state(
     oid: u32,
 ) -> Result<Option<ViewState>, tokio_postgres::Error> {
     let row = client
-        .query_opt(
+        .query_typed_opt(
             "SELECT c.relispopulated, EXISTS ( \
                  SELECT FROM pg_catalog.pg_index i \
                  WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid \
                    AND i.indimmediate AND i.indpred IS NULL AND i.indexprs IS NULL) \
              FROM pg_catalog.pg_class c WHERE c.oid = $1 AND c.relkind = 'm'",
-            &[&oid],
+            &[(&oid, Type::OID)],
         )
         .await?;
     Ok(row.map(|r| ViewState {
@@ -172,14 +173,14 @@ pub async fn refresh_denied(
 ) -> Result<Option<String>, tokio_postgres::Error> {
     // CASE, not OR: has_table_privilege(.., 'MAINTAIN') is an error before 17.
     let row = client
-        .query_one(
+        .query_typed_one(
             "SELECT CASE WHEN pg_catalog.pg_has_role(c.relowner, 'USAGE') THEN true \
                          WHEN current_setting('server_version_num')::int >= 170000 \
                          THEN pg_catalog.has_table_privilege(c.oid, 'MAINTAIN') \
                          ELSE false END, \
                     pg_catalog.pg_get_userbyid(c.relowner)::text, current_user::text \
              FROM pg_catalog.pg_class c WHERE c.oid = $1",
-            &[&oid],
+            &[(&oid, Type::OID)],
         )
         .await?;
     let (allowed, owner, user): (bool, String, String) = (row.get(0), row.get(1), row.get(2));
@@ -198,7 +199,7 @@ pub async fn dependencies(
     oids: &[u32],
 ) -> Result<Vec<(u32, u32)>, tokio_postgres::Error> {
     let rows = client
-        .query(
+        .query_typed(
             "WITH RECURSIVE reads(viewer, source) AS ( \
                  SELECT r.ev_class, d.refobjid \
                  FROM pg_catalog.pg_rewrite r \
@@ -216,7 +217,7 @@ pub async fn dependencies(
                   AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> r.ev_class \
              ) \
              SELECT DISTINCT viewer, source FROM reads WHERE source = ANY ($1) AND viewer <> source",
-            &[&oids],
+            &[(&oids, Type::OID_ARRAY)],
         )
         .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
@@ -240,7 +241,7 @@ impl Bloat {
 /// current transaction left (committed statistics arrive only later).
 pub async fn bloat(client: &impl GenericClient, oid: u32) -> Result<Bloat, tokio_postgres::Error> {
     let row = client
-        .query_one(
+        .query_typed_one(
             "SELECT coalesce(x.n_tup_del + x.n_tup_upd, 0)::float8 + coalesce(s.n_dead_tup, 0)::float8, \
                     greatest(c.reltuples::float8, \
                              coalesce(s.n_live_tup + x.n_tup_ins - x.n_tup_del, 0)::float8, 0) \
@@ -248,7 +249,7 @@ pub async fn bloat(client: &impl GenericClient, oid: u32) -> Result<Bloat, tokio
              LEFT JOIN pg_catalog.pg_stat_xact_all_tables x ON x.relid = c.oid \
              LEFT JOIN pg_catalog.pg_stat_all_tables s ON s.relid = c.oid \
              WHERE c.oid = $1",
-            &[&oid],
+            &[(&oid, Type::OID)],
         )
         .await?;
     Ok(Bloat {
@@ -260,7 +261,7 @@ pub async fn bloat(client: &impl GenericClient, oid: u32) -> Result<Bloat, tokio
 /// Whether the `citus` extension is installed in this database.
 pub async fn has_citus(client: &impl GenericClient) -> Result<bool, tokio_postgres::Error> {
     let row = client
-        .query_one(
+        .query_typed_one(
             "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus')",
             &[],
         )

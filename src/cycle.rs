@@ -91,6 +91,7 @@ impl Refresher {
         watcher: Watcher,
     ) -> Result<Cycle, Error> {
         let mut client = self.target.connect(&self.pool).await?;
+        // Planning's connection is closed before the views take theirs.
         let db_err = |context| Error::in_context(context, &self.target);
         let logging = self
             .log
@@ -112,6 +113,7 @@ impl Refresher {
             cancel: stops.cancel.clone(),
             progress: watcher,
             target: self.target.clone(),
+            citus: plan.citus,
         });
         tracing::info!(run_id = %ctx.run_id, views = plan.steps.len(), jobs = self.jobs, "refresh started");
         let outcomes = refresh::execute(ctx.clone(), Arc::new(plan)).await;

@@ -4,23 +4,67 @@
 //! Settings come from `--database-url`/`DATABASE_URL` with libpq's `PG*`
 //! variables filling in what the URL leaves out, as libpq does. Nothing here prints
 //! a password: [`DbTarget`]'s `Debug` and `Display` show host, port, database and
-//! user only. TLS is not negotiated yet (`sslmode=require` fails to connect).
+//! user only.
+//!
+//! A connection is held only while it is in use: dropping a [`Conn`] closes it
+//! instead of keeping it idle, so a session-pooling PgBouncer's server
+//! connections go to whoever needs them. TCP keepalives are on by default, so a
+//! server that vanishes without a word is noticed within about a minute, and a
+//! cancel request waits for the server to act on it, but never for long.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
+use std::io;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::str::FromStr;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use percent_encoding::percent_decode_str;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::task::JoinHandle;
+use tokio_postgres::config::{Config as PgConfig, Host, SslMode as PgSslMode};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{CancelToken, Client};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::tls::{self, SslMode, TlsSettings};
-use tokio_postgres::config::{Config as PgConfig, Host};
-use tokio_postgres::error::SqlState;
 
 /// How long a connection attempt may take when neither the URL nor
 /// `PGCONNECT_TIMEOUT` says.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TCP keepalives unless the URL says otherwise: the first probe after 30 s of
+/// silence, then every 10 s, the connection dropped after 3 unanswered probes,
+/// and unacknowledged data given up on after 60 s (`tcp_user_timeout`). A peer
+/// that vanished is noticed within about a minute; libpq's defaults leave it to
+/// the kernel's two hours.
+const KEEPALIVES_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVES_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVES_COUNT: u32 = 3;
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long one cancel request may take, from connecting to the server closing
+/// the cancel connection.
+pub const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connection parameters read here rather than by tokio-postgres: the TLS ones
+/// it does not know, and the keepalive ones whose names or units differ from
+/// libpq's (`keepalives_count`; `tcp_user_timeout` in milliseconds).
+const OWN_PARAMS: [&str; 7] = [
+    "sslmode",
+    "sslrootcert",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+];
 
 /// The database to connect to. Holds the password but never shows it.
 #[derive(Clone)]
@@ -50,13 +94,14 @@ impl DbTarget {
         url: Option<&str>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, InvalidUrl> {
-        let (url, url_mode, url_root) = match url {
+        let (url, mut own) = match url {
             Some(url) => {
-                let (rest, mode, root) = tls::take_tls_params(url);
-                (Some(rest), mode, root)
+                let (rest, own) = take_params(url, &OWN_PARAMS);
+                (Some(rest), own)
             }
-            None => (None, None, None),
+            None => (None, HashMap::new()),
         };
+        let (url_mode, url_root) = (own.remove("sslmode"), own.remove("sslrootcert"));
         let mut config = match &url {
             Some(url) => PgConfig::from_str(url).map_err(|err| InvalidUrl(error_chain(&err)))?,
             None => PgConfig::new(),
@@ -117,6 +162,7 @@ impl DbTarget {
         if config.get_application_name().is_none() {
             config.application_name(env("PGAPPNAME").as_deref().unwrap_or("mv-refresher"));
         }
+        apply_keepalives(&mut config, &own)?;
         Ok(Self {
             config,
             tls,
@@ -127,9 +173,12 @@ impl DbTarget {
     /// A pool of up to `size` connections; nothing connects until first use, and
     /// no connection attempt outlives the connect timeout.
     pub fn pool(&self, size: usize) -> Pool {
-        let manager = Manager::from_config(
+        let manager = Manager::from_connect(
             self.config.clone(),
-            self.connector.clone(),
+            Connector {
+                tls: self.connector.clone(),
+                mode: self.tls.mode,
+            },
             // Verified: a connection whose backend was terminated is noticed on
             // checkout, not on the next statement (which may be a log write).
             ManagerConfig {
@@ -147,19 +196,280 @@ impl DbTarget {
     }
 
     /// Takes a connection from `pool`, turning a failure into [`ConnectError`].
-    pub async fn connect(&self, pool: &Pool) -> Result<deadpool_postgres::Object, ConnectError> {
-        pool.get().await.map_err(|err| ConnectError {
+    pub async fn connect(&self, pool: &Pool) -> Result<Conn, ConnectError> {
+        Conn::get(pool).await.map_err(|err| ConnectError {
             target: self.to_string(),
             reason: describe_pool_error(&err),
         })
     }
+
+    /// Asks the server to cancel what `client` runs, the way libpq does: on a
+    /// connection of its own, over TLS when the client's is, and waiting until
+    /// the server closes that connection, which it does after acting on the
+    /// request (a pooler such as PgBouncer forwards it first: closing early loses
+    /// it). Never takes longer than [`CANCEL_TIMEOUT`].
+    pub async fn cancel(&self, token: &CancelToken) -> Result<(), String> {
+        let sent = tokio::time::timeout(CANCEL_TIMEOUT, async {
+            let port = self.config.get_ports().first().copied().unwrap_or(5432);
+            let host = self.config.get_hosts().first().cloned();
+            let mut tls = self.connector.clone();
+            match host {
+                Some(Host::Tcp(name)) => {
+                    let stream = tokio::net::TcpStream::connect((name.as_str(), port)).await?;
+                    let tls = pg_io(
+                        MakeTlsConnect::<WaitForClose<tokio::net::TcpStream>>::make_tls_connect(
+                            &mut tls, &name,
+                        ),
+                    )?;
+                    pg_io(token.cancel_query_raw(WaitForClose(stream), tls).await)
+                }
+                Some(Host::Unix(dir)) => {
+                    let path = dir.join(format!(".s.PGSQL.{port}"));
+                    let stream = tokio::net::UnixStream::connect(path).await?;
+                    let tls = pg_io(
+                        MakeTlsConnect::<WaitForClose<tokio::net::UnixStream>>::make_tls_connect(
+                            &mut tls, "",
+                        ),
+                    )?;
+                    pg_io(token.cancel_query_raw(WaitForClose(stream), tls).await)
+                }
+                None => Err(io::Error::other("no host to send the cancel request to")),
+            }
+        })
+        .await;
+        match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(format!("cancel request to {self}: {err}")),
+            Err(_) => Err(format!(
+                "cancel request to {self}: no answer within {}s",
+                CANCEL_TIMEOUT.as_secs()
+            )),
+        }
+    }
 }
 
-impl DbTarget {
-    /// The TLS connector, for cancel requests, which open a connection of their own.
-    pub fn connector(&self) -> MakeRustlsConnect {
-        self.connector.clone()
+fn pg_io<T>(result: Result<T, impl std::error::Error + Send + Sync + 'static>) -> io::Result<T> {
+    result.map_err(io::Error::other)
+}
+
+/// A pooled connection that is closed, not kept idle, when dropped: a process
+/// holds no more server connections than it uses (a session-pooling PgBouncer
+/// gives each client connection a server connection for its whole life, and
+/// idle ones held by one refresher starve another).
+pub struct Conn(Option<Object>);
+
+impl Conn {
+    /// A connection from `pool`: waits for a free slot, then connects.
+    pub async fn get(pool: &Pool) -> Result<Self, deadpool_postgres::PoolError> {
+        pool.get().await.map(|object| Self(Some(object)))
     }
+}
+
+impl Deref for Conn {
+    type Target = ClientWrapper;
+
+    fn deref(&self) -> &ClientWrapper {
+        self.0.as_ref().expect("a connection until dropped")
+    }
+}
+
+impl DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut ClientWrapper {
+        self.0.as_mut().expect("a connection until dropped")
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // Taken out of the pool, the client is dropped and its connection closed.
+        if let Some(object) = self.0.take() {
+            drop(Object::take(object));
+        }
+    }
+}
+
+/// Connects as libpq does for `sslmode=prefer`: when the TLS handshake fails,
+/// again without TLS.
+struct Connector {
+    tls: MakeRustlsConnect,
+    mode: SslMode,
+}
+
+type Connected = Result<(Client, JoinHandle<()>), tokio_postgres::Error>;
+
+impl deadpool_postgres::Connect for Connector {
+    fn connect(&self, config: &PgConfig) -> Pin<Box<dyn Future<Output = Connected> + Send + '_>> {
+        let config = config.clone();
+        Box::pin(async move {
+            let (client, connection) = match config.connect(self.tls.clone()).await {
+                Err(err) if self.mode == SslMode::Prefer && tls_handshake_failed(&err) => {
+                    tracing::debug!(error = %error_chain(&err), "TLS handshake failed; connecting without TLS (sslmode=prefer)");
+                    let mut plain = config.clone();
+                    plain.ssl_mode(PgSslMode::Disable);
+                    plain.connect(self.tls.clone()).await?
+                }
+                connected => connected?,
+            };
+            let task = tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::debug!(error = %error_chain(&err), "connection closed");
+                }
+            });
+            Ok((client, task))
+        })
+    }
+}
+
+/// Whether `err` is a failed TLS handshake (rustls said no), as opposed to a
+/// connection that could not be made at all.
+fn tls_handshake_failed(err: &tokio_postgres::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if cause.is::<rustls::Error>()
+            || cause
+                .downcast_ref::<io::Error>()
+                .and_then(|io| io.get_ref())
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// A stream whose shutdown first waits for the peer to close: what a cancel
+/// request needs, since the server acts on it only after reading it.
+struct WaitForClose<S>(S);
+
+impl<S: AsyncRead + Unpin> AsyncRead for WaitForClose<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WaitForClose<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Read (and drop) whatever comes until the peer closes: end of stream or
+        // a reset both mean it is done with the request.
+        let mut scratch = [0u8; 64];
+        loop {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match ready!(Pin::new(&mut self.0).poll_read(cx, &mut buf)) {
+                Ok(()) if buf.filled().is_empty() => break,
+                Ok(()) => continue,
+                Err(_) => break,
+            }
+        }
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// Takes the parameters `keys` out of a connection string, a URL
+/// (`postgres://...?sslmode=verify-full`) or key=value pairs; returns the rest
+/// and the values taken.
+pub fn take_params(conn: &str, keys: &[&str]) -> (String, HashMap<String, String>) {
+    let mut taken = HashMap::new();
+    let mut keep = |key: &str, value: String| {
+        if keys.contains(&key) {
+            taken.insert(key.to_owned(), value);
+            false
+        } else {
+            true
+        }
+    };
+    let rest = if conn.starts_with("postgres://") || conn.starts_with("postgresql://") {
+        match conn.split_once('?') {
+            None => conn.to_owned(),
+            Some((base, query)) => {
+                let params: Vec<&str> = query
+                    .split('&')
+                    .filter(|param| {
+                        let (key, value) = param.split_once('=').unwrap_or((param, ""));
+                        keep(
+                            key,
+                            percent_decode_str(value).decode_utf8_lossy().into_owned(),
+                        )
+                    })
+                    .collect();
+                if params.is_empty() {
+                    base.to_owned()
+                } else {
+                    format!("{base}?{}", params.join("&"))
+                }
+            }
+        }
+    } else {
+        // key=value pairs: cut the taken ones out and leave every other byte as
+        // it was (quoted values may hold spaces).
+        let mut rest = String::with_capacity(conn.len());
+        let mut copied = 0;
+        for token in conn.split_whitespace() {
+            let start = token.as_ptr() as usize - conn.as_ptr() as usize;
+            let (key, value) = token.split_once('=').unwrap_or((token, ""));
+            if !keep(key, value.trim_matches('\'').to_owned()) {
+                rest.push_str(&conn[copied..start]);
+                copied = start + token.len();
+            }
+        }
+        rest.push_str(&conn[copied..]);
+        rest.trim().to_owned()
+    };
+    (rest, taken)
+}
+
+/// Sets TCP keepalives and `tcp_user_timeout` from libpq's parameters in
+/// `own`, or to defaults that notice a vanished peer within about a minute.
+fn apply_keepalives(
+    config: &mut PgConfig,
+    own: &HashMap<String, String>,
+) -> Result<(), InvalidUrl> {
+    let number = |key: &str| -> Result<Option<u64>, InvalidUrl> {
+        own.get(key)
+            .map(|value| {
+                value
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|_| InvalidUrl(format!("{key} {value:?} is not a whole number")))
+            })
+            .transpose()
+    };
+    config.keepalives(number("keepalives")?.is_none_or(|on| on != 0));
+    config.keepalives_idle(number("keepalives_idle")?.map_or(KEEPALIVES_IDLE, Duration::from_secs));
+    config.keepalives_interval(
+        number("keepalives_interval")?.map_or(KEEPALIVES_INTERVAL, Duration::from_secs),
+    );
+    let count = number("keepalives_count")?.map_or(Ok(KEEPALIVES_COUNT), |n| {
+        u32::try_from(n).map_err(|_| InvalidUrl(format!("keepalives_count {n} is too large")))
+    })?;
+    config.keepalives_retries(count);
+    // libpq: milliseconds, 0 for the system's default.
+    match number("tcp_user_timeout")? {
+        None => {
+            config.tcp_user_timeout(TCP_USER_TIMEOUT);
+        }
+        Some(0) => {}
+        Some(ms) => {
+            config.tcp_user_timeout(Duration::from_millis(ms));
+        }
+    }
+    Ok(())
 }
 
 /// The password for `config`'s first host, port, database and user in a
@@ -364,6 +674,66 @@ mod tests {
             Some("given")
         );
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn own_params_are_taken_out_of_urls_and_key_value_strings() {
+        let (rest, taken) = take_params(
+            "postgres://u@h/d?sslmode=verify-full&application_name=x&sslrootcert=%2Fca.pem&keepalives_count=5",
+            &OWN_PARAMS,
+        );
+        assert_eq!(rest, "postgres://u@h/d?application_name=x");
+        assert_eq!(taken["sslmode"], "verify-full");
+        assert_eq!(taken["sslrootcert"], "/ca.pem");
+        assert_eq!(taken["keepalives_count"], "5");
+
+        let (rest, taken) = take_params("postgres://u@h/d?sslmode=require", &OWN_PARAMS);
+        assert_eq!(rest, "postgres://u@h/d");
+        assert_eq!(taken.len(), 1);
+
+        let (rest, taken) = take_params(
+            "host=h dbname=d sslmode=verify-ca sslrootcert='/ca.pem' tcp_user_timeout=1500",
+            &OWN_PARAMS,
+        );
+        assert_eq!(rest, "host=h dbname=d");
+        assert_eq!(taken["sslmode"], "verify-ca");
+        assert_eq!(taken["sslrootcert"], "/ca.pem");
+        assert_eq!(taken["tcp_user_timeout"], "1500");
+    }
+
+    #[test]
+    fn keepalives_default_to_noticing_a_dead_peer_within_a_minute() {
+        let target = DbTarget::new(Some("postgres://u@h/d"), env(&[])).unwrap();
+        let c = &target.config;
+        assert!(c.get_keepalives());
+        let worst = c.get_keepalives_idle()
+            + c.get_keepalives_interval().unwrap() * c.get_keepalives_retries().unwrap();
+        assert!(worst <= Duration::from_secs(60), "{worst:?}");
+        assert_eq!(c.get_tcp_user_timeout(), Some(&Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn keepalives_follow_libpqs_parameters_and_units() {
+        let url = "postgres://u@h/d?keepalives_idle=7&keepalives_interval=3&keepalives_count=2&tcp_user_timeout=1500";
+        let target = DbTarget::new(Some(url), env(&[])).unwrap();
+        let c = &target.config;
+        assert_eq!(c.get_keepalives_idle(), Duration::from_secs(7));
+        assert_eq!(c.get_keepalives_interval(), Some(Duration::from_secs(3)));
+        assert_eq!(c.get_keepalives_retries(), Some(2));
+        // libpq's tcp_user_timeout is in milliseconds.
+        assert_eq!(c.get_tcp_user_timeout(), Some(&Duration::from_millis(1500)));
+
+        let target =
+            DbTarget::new(Some("host=h keepalives=0 tcp_user_timeout=0"), env(&[])).unwrap();
+        assert!(!target.config.get_keepalives());
+        assert_eq!(target.config.get_tcp_user_timeout(), None);
+
+        let err =
+            DbTarget::new(Some("postgres://u@h/d?keepalives_idle=soon"), env(&[])).unwrap_err();
+        assert!(
+            err.to_string().contains("keepalives_idle \"soon\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -186,7 +186,7 @@ async fn check(registry: &Registry, target: &DbTarget, log: &RefreshLog) -> Resu
     let db_err = |context| Error::in_context(context, target);
 
     let settings = client
-        .query_one(
+        .query_typed_one(
             "SELECT current_setting('server_version'), current_setting('work_mem')",
             &[],
         )

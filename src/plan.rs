@@ -18,6 +18,8 @@ use crate::registry::{Concurrently, ViewSettings, ViewSpec};
 pub struct Plan {
     /// In execution order: every view comes after the views it depends on.
     pub steps: Vec<Step>,
+    /// The database has the `citus` extension.
+    pub citus: bool,
 }
 
 /// One view of the plan.
@@ -123,7 +125,9 @@ impl Plan {
                 steps[v].depends_on.push(s);
             }
         }
-        Ok(Self::ordered(steps))
+        let mut plan = Self::ordered(steps);
+        plan.citus = catalog::has_citus(client).await?;
+        Ok(plan)
     }
 
     /// Reorders `steps` so each follows its dependencies, keeping the registry's
@@ -163,7 +167,10 @@ impl Plan {
             .iter()
             .map(|&i| slots[i].take().expect("each once"))
             .collect();
-        Self { steps }
+        Self {
+            steps,
+            citus: false,
+        }
     }
 }
 

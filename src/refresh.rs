@@ -2,11 +2,16 @@
 //! with up to `--jobs` views at a time.
 //!
 //! Per view: take the view's advisory lock without waiting (another refresher
-//! holding it means `skipped`), `SET LOCAL` its settings, re-read its state, run
-//! `REFRESH MATERIALIZED VIEW [CONCURRENTLY]` on the catalog's quoted name, and
-//! record the success in the same transaction. A failure is recorded after the
-//! rollback. Transient failures are retried with backoff. A failing view never
-//! stops the others; a view that depends on a failed one is skipped.
+//! holding it means `skipped`), `SET LOCAL` its settings (propagated to the
+//! workers on Citus), re-read its state, run `REFRESH MATERIALIZED VIEW
+//! [CONCURRENTLY]` on the catalog's quoted name, and record the success in the
+//! same transaction. A failure is recorded after the rollback. Transient failures
+//! are retried with backoff. A failing view never stops the others; a view that
+//! depends on a failed one is skipped.
+//!
+//! A view holds one connection while it is worked on and none while it waits
+//! for its turn. A statement that must stop is cancelled on the server; when the
+//! server cannot be reached to cancel it, the connection is abandoned.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,18 +21,17 @@ use deadpool_postgres::Pool;
 use tokio::task::JoinSet;
 use tokio_postgres::CancelToken;
 use tokio_postgres::error::SqlState;
-use tokio_postgres_rustls::MakeRustlsConnect;
+use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use crate::catalog::{self, Lookup, Relation};
-use crate::db::{DbTarget, describe_error, describe_pool_error, is_connection_error};
+use crate::db::{Conn, DbTarget, describe_error, describe_pool_error, is_connection_error};
 use crate::output::millis;
 use crate::plan::{Plan, Step, choose_method};
 use crate::progress;
 use crate::refresh_log::{Attempt, Method, RefreshLog, Status};
-use crate::registry::Vacuum;
+use crate::registry::{Vacuum, ViewSettings, quote_literal};
 use crate::shutdown::{Stop, StopReason};
-use crate::units::Memory;
 
 /// Everything the refresh of one run shares.
 #[derive(Debug)]
@@ -47,6 +51,9 @@ pub struct RunContext {
     pub target: DbTarget,
     /// Where live progress goes, when someone watches (`refresh` on a terminal).
     pub progress: Option<progress::Sender>,
+    /// The database has the `citus` extension: settings are sent as `SET LOCAL`
+    /// with `citus.propagate_set_commands`, so they reach the workers.
+    pub citus: bool,
 }
 
 /// How one view's refresh ended.
@@ -86,6 +93,14 @@ impl Outcome {
 /// How often a cancel request is repeated until the statement ends.
 const CANCEL_REPEAT: Duration = Duration::from_secs(1);
 
+/// How long a statement may go on after the first cancel request before its
+/// connection is given up on (the server, or the network to it, is gone).
+const CANCEL_GIVE_UP: Duration = Duration::from_secs(10);
+
+/// How long past its `statement_timeout` a statement may stay unanswered
+/// before the server is taken for gone: the server would have ended it by then.
+const SILENCE_GRACE: Duration = Duration::from_secs(30);
+
 /// Key of the per-view advisory lock: a constant prefix ("mvrf") and the OID.
 fn lock_key(oid: u32) -> i64 {
     (0x6d76_7266_i64 << 32) | i64::from(oid)
@@ -101,6 +116,8 @@ struct Failure {
     transient: bool,
     /// Set when the attempt was cancelled because the run is stopping.
     stopped: Option<StopReason>,
+    /// Set when the connection was given up on.
+    abandoned: bool,
 }
 
 impl Failure {
@@ -132,6 +149,7 @@ impl Failure {
             duration_ms,
             transient: is_transient(err),
             stopped: None,
+            abandoned: false,
         }
     }
 
@@ -143,6 +161,7 @@ impl Failure {
             duration_ms: 0.0,
             transient: false,
             stopped: None,
+            abandoned: false,
         }
     }
 
@@ -229,7 +248,7 @@ pub async fn execute(ctx: Arc<RunContext>, plan: Arc<Plan>) -> Vec<Outcome> {
                 let mut outcome =
                     Outcome::new(step, Status::Cancelled, format!("not started: {reason}"));
                 outcome.blocks_dependents = true;
-                finish(&ctx, step, outcome).await
+                finish(&ctx, &mut None, step, outcome).await
             }
         };
         done.push(outcome);
@@ -237,27 +256,52 @@ pub async fn execute(ctx: Arc<RunContext>, plan: Arc<Plan>) -> Vec<Outcome> {
     done
 }
 
+/// The connection a view is worked on: taken when first needed, closed when
+/// the view is done (or when it broke), never held while the view waits.
+type Slot = Option<Conn>;
+
+/// The slot's connection, connecting when it has none.
+async fn connection<'a>(
+    ctx: &RunContext,
+    slot: &'a mut Slot,
+) -> Result<&'a mut Conn, deadpool_postgres::PoolError> {
+    if slot.as_ref().is_some_and(|conn| conn.is_closed()) {
+        *slot = None;
+    }
+    match slot {
+        Some(conn) => Ok(conn),
+        None => Ok(slot.insert(Conn::get(&ctx.pool).await?)),
+    }
+}
+
 /// One view, with its retries.
 async fn refresh_step(ctx: &RunContext, step: &Step, blocked_by: Option<String>) -> Outcome {
+    let mut slot = None;
     if let Some(dependency) = blocked_by {
         let reason = format!("depends on {dependency}, which was not refreshed");
         let mut outcome = Outcome::new(step, Status::Skipped, reason);
         outcome.blocks_dependents = true;
-        return finish(ctx, step, outcome).await;
+        return finish(ctx, &mut slot, step, outcome).await;
     }
     let relation = match (&step.lookup, &step.problem) {
         (Lookup::MatView(relation), None) => relation,
         (_, problem) => {
             let why = problem.as_deref().unwrap_or("is not a materialized view");
             let failure = Failure::permanent(format!("view {} {why}", step.view_name()));
-            return fail(ctx, step, failure, 1).await;
+            return fail(ctx, &mut slot, step, failure, 1).await;
         }
     };
-    if let Some(reason) = fresh_enough(ctx, step).await {
-        return finish(ctx, step, Outcome::new(step, Status::Skipped, reason)).await;
+    if let Some(reason) = fresh_enough(ctx, &mut slot, step).await {
+        return finish(
+            ctx,
+            &mut slot,
+            step,
+            Outcome::new(step, Status::Skipped, reason),
+        )
+        .await;
     }
     if let Some(progress) = &ctx.progress {
-        let expected_ms = expected_duration(ctx, step).await;
+        let expected_ms = expected_duration(ctx, &mut slot, step).await;
         let _ = progress.send(progress::Event::Started {
             view: step.view_name(),
             expected_ms,
@@ -267,7 +311,7 @@ async fn refresh_step(ctx: &RunContext, step: &Step, blocked_by: Option<String>)
     let retries = step.settings().retries;
     let mut attempt = 1;
     loop {
-        let failure = match attempt_refresh(ctx, step, relation, attempt).await {
+        let failure = match attempt_refresh(ctx, &mut slot, step, relation, attempt).await {
             Ok(Done::Refreshed {
                 method,
                 note,
@@ -289,12 +333,16 @@ async fn refresh_step(ctx: &RunContext, step: &Step, blocked_by: Option<String>)
                 outcome.attempts = attempt;
                 // That refresher refreshes the dependents after it, too.
                 outcome.blocks_dependents = true;
-                return finish(ctx, step, outcome).await;
+                return finish(ctx, &mut slot, step, outcome).await;
             }
             Err(failure) => failure,
         };
+        if failure.abandoned {
+            // The server never answered: its connection is of no further use.
+            slot = None;
+        }
         if !failure.transient || attempt > retries || failure.stopped.is_some() {
-            return fail(ctx, step, failure, attempt).await;
+            return fail(ctx, &mut slot, step, failure, attempt).await;
         }
         let delay = backoff(attempt);
         tracing::warn!(
@@ -304,7 +352,9 @@ async fn refresh_step(ctx: &RunContext, step: &Step, blocked_by: Option<String>)
             retry_in_ms = delay.as_millis() as u64,
             "refresh failed, retrying"
         );
-        record_failure(ctx, step, failure, attempt, true).await;
+        record_failure(ctx, &mut slot, step, failure, attempt, true).await;
+        // Nothing is held while waiting for the next attempt.
+        slot = None;
         tokio::select! {
             _ = tokio::time::sleep(delay) => attempt += 1,
             reason = ctx.drain.stopped() => {
@@ -312,7 +362,7 @@ async fn refresh_step(ctx: &RunContext, step: &Step, blocked_by: Option<String>)
                     stopped: Some(reason),
                     ..Failure::permanent(format!("not retried: {reason}"))
                 };
-                return fail(ctx, step, failure, attempt).await;
+                return fail(ctx, &mut slot, step, failure, attempt).await;
             }
         }
     }
@@ -325,12 +375,12 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 /// The reason to skip a view refreshed more recently than its `min_interval`.
-async fn fresh_enough(ctx: &RunContext, step: &Step) -> Option<String> {
+async fn fresh_enough(ctx: &RunContext, slot: &mut Slot, step: &Step) -> Option<String> {
     let interval = step.settings().min_interval?;
     let log = ctx.log.as_ref()?;
-    let client = ctx.pool.get().await.ok()?;
+    let client = connection(ctx, slot).await.ok()?;
     let age = log
-        .seconds_since_success(&**client, &step.view_name())
+        .seconds_since_success(&***client, &step.view_name())
         .await
         .ok()??;
     (age * 1000.0 < interval.as_millis() as f64)
@@ -338,16 +388,41 @@ async fn fresh_enough(ctx: &RunContext, step: &Step) -> Option<String> {
 }
 
 /// The view's average successful refresh, from the log; `None` without history.
-async fn expected_duration(ctx: &RunContext, step: &Step) -> Option<f64> {
+async fn expected_duration(ctx: &RunContext, slot: &mut Slot, step: &Step) -> Option<f64> {
     let log = ctx.log.as_ref()?;
-    let client = ctx.pool.get().await.ok()?;
-    let rows = log.rows(&**client, &[step.view_name()]).await.ok()?;
+    let client = connection(ctx, slot).await.ok()?;
+    let rows = log.rows(&***client, &[step.view_name()]).await.ok()?;
     rows.first()?.avg_refresh_time_ms
+}
+
+/// The `SET LOCAL` statements for a view's settings. On Citus they are
+/// propagated to the workers, where a distributed view's aggregation runs
+/// (`set_config` would change the coordinator only). The values come from
+/// validated settings (`65536kB`, `600000ms`) and are quoted all the same.
+fn settings_sql(settings: &ViewSettings, citus: bool) -> String {
+    let mut sql = String::new();
+    if citus {
+        sql.push_str("SET LOCAL citus.propagate_set_commands = 'local'; ");
+    }
+    // Without a work_mem of its own the view keeps the server's.
+    if let Some(work_mem) = settings.work_mem {
+        sql.push_str(&format!(
+            "SET LOCAL work_mem = {}; ",
+            quote_literal(&work_mem.setting())
+        ));
+    }
+    sql.push_str(&format!(
+        "SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}",
+        quote_literal(&settings.statement_timeout.setting()),
+        quote_literal(&settings.lock_timeout.setting()),
+    ));
+    sql
 }
 
 /// One attempt in one transaction: lock, settings, `REFRESH`, success log row.
 async fn attempt_refresh(
     ctx: &RunContext,
+    slot: &mut Slot,
     step: &Step,
     relation: &Relation,
     attempt: u32,
@@ -360,16 +435,16 @@ async fn attempt_refresh(
             ..Failure::permanent(format!("not started: {reason}"))
         });
     }
-    let mut client = ctx.pool.get().await.map_err(|err| Failure {
+    let client = connection(ctx, slot).await.map_err(|err| Failure {
         transient: true,
         ..Failure::permanent(format!("could not connect: {}", describe_pool_error(&err)))
     })?;
     let cancel = client.cancel_token();
     let mut tx = client.transaction().await.map_err(pg(None))?;
     let locked: bool = tx
-        .query_one(
+        .query_typed_one(
             "SELECT pg_try_advisory_xact_lock($1)",
-            &[&lock_key(relation.oid)],
+            &[(&lock_key(relation.oid), Type::INT8)],
         )
         .await
         .map_err(pg(None))?
@@ -378,19 +453,9 @@ async fn attempt_refresh(
         return Ok(Done::Locked);
     }
     let settings = step.settings();
-    tx.execute(
-        // Without a work_mem of its own the view keeps the server's.
-        "SELECT set_config('work_mem', coalesce($1, current_setting('work_mem')), true), \
-                set_config('statement_timeout', $2, true), \
-                set_config('lock_timeout', $3, true)",
-        &[
-            &settings.work_mem.map(Memory::setting),
-            &settings.statement_timeout.setting(),
-            &settings.lock_timeout.setting(),
-        ],
-    )
-    .await
-    .map_err(pg(None))?;
+    tx.batch_execute(&settings_sql(settings, ctx.citus))
+        .await
+        .map_err(pg(None))?;
 
     // The state may have changed since planning (another refresher populated it,
     // an index was dropped): decide on what is true now, inside the lock.
@@ -410,9 +475,9 @@ async fn attempt_refresh(
     };
     let started = Instant::now();
     let refreshed = cancellable(
-        &ctx.cancel,
+        ctx,
         &cancel,
-        ctx.target.connector(),
+        silence_limit(settings),
         tx.batch_execute(&sql),
     )
     .await;
@@ -473,14 +538,7 @@ async fn attempt_refresh(
         // and its failure is a warning, not a failed refresh.
         let started = Instant::now();
         let sql = format!("VACUUM (ANALYZE) {}", relation.quoted());
-        match cancellable(
-            &ctx.cancel,
-            &cancel,
-            ctx.target.connector(),
-            client.batch_execute(&sql),
-        )
-        .await
-        {
+        match cancellable(ctx, &cancel, None, client.batch_execute(&sql)).await {
             Ok(()) => {
                 let vacuum_ms = started.elapsed().as_secs_f64() * 1000.0;
                 note = format!(
@@ -490,12 +548,15 @@ async fn attempt_refresh(
                 );
                 tracing::info!(view = %relation, dead_rows = bloat.dead, live_rows = bloat.live, vacuum_ms, "vacuumed after the refresh");
                 if let (Some(log), Some(id)) = (&ctx.log, history_id)
-                    && let Err(err) = log.record_vacuum(&**client, id, vacuum_ms).await
+                    && let Err(err) = log.record_vacuum(&***client, id, vacuum_ms).await
                 {
                     log_error = Some(describe_error(&err));
                 }
             }
             Err(interrupted) => {
+                if matches!(interrupted, Interrupted::Abandoned(..)) {
+                    *slot = None;
+                }
                 let failure = interrupted.into_failure(step, None, 0.0);
                 tracing::warn!(view = %relation, error = %failure.message, "VACUUM after the refresh failed");
             }
@@ -509,10 +570,21 @@ async fn attempt_refresh(
     })
 }
 
+/// How long a statement under `settings` may go unanswered before the server
+/// is taken for gone; `None` without a statement_timeout.
+fn silence_limit(settings: &ViewSettings) -> Option<Duration> {
+    let timeout = settings.statement_timeout.as_millis();
+    (timeout > 0).then(|| Duration::from_millis(timeout) + SILENCE_GRACE)
+}
+
 /// How a statement run by [`cancellable`] did not succeed.
 enum Interrupted {
     Failed(tokio_postgres::Error),
     Stopped(StopReason, Result<(), tokio_postgres::Error>),
+    /// Cancelled, but the statement did not end: the server or the network to it
+    /// is gone, and the connection must be dropped. `None`: the server went
+    /// silent past the statement's own timeout, no stop was asked for.
+    Abandoned(Option<StopReason>),
 }
 
 impl Interrupted {
@@ -528,46 +600,107 @@ impl Interrupted {
                     Err(err) => format!("cancelled ({reason}): {}", describe_error(&err)),
                 })
             },
+            Self::Abandoned(reason) => {
+                let given_up = format!(
+                    "the server did not answer a cancel within {}s: connection abandoned",
+                    CANCEL_GIVE_UP.as_secs()
+                );
+                Failure {
+                    stopped: reason,
+                    method,
+                    duration_ms,
+                    // A silent server is a lost connection: worth another try.
+                    transient: reason.is_none(),
+                    abandoned: true,
+                    ..Failure::permanent(match reason {
+                        Some(reason) => format!("cancelled ({reason}); {given_up}"),
+                        None => format!(
+                            "no answer from the server within statement_timeout = {} + {}s; {given_up}",
+                            step.settings().statement_timeout,
+                            SILENCE_GRACE.as_secs()
+                        ),
+                    })
+                }
+            }
         }
     }
 }
 
-/// Runs `statement`; when `stop` fires first, cancels it on the server and waits
-/// for it to end. Dropping the future instead would leave the backend running.
+/// Runs `statement`; when the run's cancel stop fires first, or the server stays
+/// silent past `silence`, cancels it on the server and waits for it to end, for
+/// [`CANCEL_GIVE_UP`] at most. Dropping the future instead would leave the
+/// backend running.
 async fn cancellable(
-    stop: &Stop,
+    ctx: &RunContext,
     token: &CancelToken,
-    tls: MakeRustlsConnect,
+    silence: Option<Duration>,
     statement: impl Future<Output = Result<(), tokio_postgres::Error>>,
 ) -> Result<(), Interrupted> {
     tokio::pin!(statement);
+    let silent = async {
+        match silence {
+            Some(limit) => tokio::time::sleep(limit).await,
+            None => std::future::pending().await,
+        }
+    };
     let reason = tokio::select! {
         // The statement first: it is sent when first polled.
         biased;
         result = &mut statement => return result.map_err(Interrupted::Failed),
-        reason = stop.stopped() => reason,
+        reason = ctx.cancel.stopped() => Some(reason),
+        () = silent => None,
     };
+    if reason.is_none() {
+        tracing::warn!(
+            silence_s = silence.unwrap_or_default().as_secs(),
+            "no answer from the server past the statement timeout; cancelling"
+        );
+    }
+    let give_up = tokio::time::sleep(CANCEL_GIVE_UP);
+    tokio::pin!(give_up);
     // A cancel that reaches the backend before the statement does is ignored:
     // repeat it until the statement ends.
     loop {
-        if let Err(err) = token.cancel_query(tls.clone()).await {
-            tracing::warn!(error = %describe_error(&err), "could not cancel the statement");
-        }
-        if let Ok(result) = tokio::time::timeout(CANCEL_REPEAT, &mut statement).await {
-            return Err(Interrupted::Stopped(reason, result));
+        let repeat = async {
+            if let Err(error) = ctx.target.cancel(token).await {
+                tracing::warn!(%error, "could not cancel the statement");
+            }
+            tokio::time::sleep(CANCEL_REPEAT).await;
+        };
+        tokio::select! {
+            biased;
+            result = &mut statement => {
+                return Err(match reason {
+                    Some(reason) => Interrupted::Stopped(reason, result),
+                    // The silence ended on its own.
+                    None => match result {
+                        Ok(()) => return Ok(()),
+                        Err(err) => Interrupted::Failed(err),
+                    },
+                });
+            }
+            () = &mut give_up => return Err(Interrupted::Abandoned(reason)),
+            () = repeat => {}
         }
     }
 }
 
 /// Records a failed or cancelled attempt (after its transaction rolled back)
 /// and returns its outcome.
-async fn fail(ctx: &RunContext, step: &Step, failure: Failure, attempt: u32) -> Outcome {
-    record_failure(ctx, step, failure, attempt, false).await
+async fn fail(
+    ctx: &RunContext,
+    slot: &mut Slot,
+    step: &Step,
+    failure: Failure,
+    attempt: u32,
+) -> Outcome {
+    record_failure(ctx, slot, step, failure, attempt, false).await
 }
 
 /// Records a failed attempt; `retried`: another attempt follows.
 async fn record_failure(
     ctx: &RunContext,
+    slot: &mut Slot,
     step: &Step,
     failure: Failure,
     attempt: u32,
@@ -576,6 +709,7 @@ async fn record_failure(
     let sqlstate = failure.sqlstate.clone();
     record(
         ctx,
+        slot,
         step,
         failure.into_outcome(step, attempt),
         sqlstate.as_deref(),
@@ -585,14 +719,16 @@ async fn record_failure(
 }
 
 /// Records a skip and returns its outcome.
-async fn finish(ctx: &RunContext, step: &Step, outcome: Outcome) -> Outcome {
-    record(ctx, step, outcome, None, false).await
+async fn finish(ctx: &RunContext, slot: &mut Slot, step: &Step, outcome: Outcome) -> Outcome {
+    record(ctx, slot, step, outcome, None, false).await
 }
 
-/// Writes `outcome` to the log tables on a fresh connection, then reports it.
-/// `retried`: a failed attempt that another attempt follows.
+/// Writes `outcome` to the log tables (on the view's connection, or a new one
+/// when it has none or it broke), then reports it. `retried`: a failed attempt
+/// that another attempt follows.
 async fn record(
     ctx: &RunContext,
+    slot: &mut Slot,
     step: &Step,
     mut outcome: Outcome,
     sqlstate: Option<&str>,
@@ -617,9 +753,9 @@ async fn record(
             host: &ctx.host,
             retried,
         };
-        let written = match ctx.pool.get().await {
+        let written = match connection(ctx, slot).await {
             Ok(client) => log
-                .record(&**client, &attempt)
+                .record(&***client, &attempt)
                 .await
                 .map_err(|e| describe_error(&e)),
             Err(err) => Err(describe_pool_error(&err)),

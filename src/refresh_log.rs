@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 use tokio_postgres::GenericClient;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use crate::registry::{ViewSettings, quote_ident};
@@ -155,11 +156,14 @@ impl RefreshLog {
     /// The version of the tables: 0 when missing, 1 before versions were noted.
     async fn version(&self, client: &impl GenericClient) -> Result<i32, tokio_postgres::Error> {
         let row = client
-            .query_one(
+            .query_typed_one(
                 "SELECT CASE WHEN to_regclass($1) IS NULL OR to_regclass($2) IS NULL THEN 0 \
                      ELSE coalesce(substring(obj_description(to_regclass($2), 'pg_class') \
                                              FROM 'schema version (\\d+)')::int, 1) END",
-                &[&self.log_table, &self.history_table],
+                &[
+                    (&self.log_table, Type::TEXT),
+                    (&self.history_table, Type::TEXT),
+                ],
             )
             .await?;
         Ok(row.get(0))
@@ -172,8 +176,11 @@ impl RefreshLog {
         client: &mut tokio_postgres::Client,
     ) -> Result<(), tokio_postgres::Error> {
         let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&DDL_LOCK_KEY])
-            .await?;
+        tx.execute_typed(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[(&DDL_LOCK_KEY, Type::INT8)],
+        )
+        .await?;
         tx.batch_execute(&DDL.replace("{schema}", &quote_ident(&self.schema)))
             .await?;
         tx.commit().await
@@ -240,22 +247,22 @@ impl RefreshLog {
         );
         let attempt_no = attempt.attempt as i32;
         let id: i64 = client
-            .query_one(
+            .query_typed_one(
                 &history,
                 &[
-                    &attempt.run_id,
-                    &attempt.view_name,
-                    &attempt.duration_ms,
-                    &attempt.status.as_str(),
-                    &attempt.method.map(Method::as_str),
-                    &attempt_no,
-                    &settings.work_mem.map(|m| m.to_string()),
-                    &settings.statement_timeout.to_string(),
-                    &settings.lock_timeout.to_string(),
-                    &attempt.sqlstate,
-                    &attempt.error,
-                    &attempt.note,
-                    &attempt.host,
+                    (&attempt.run_id, Type::UUID),
+                    (&attempt.view_name, Type::TEXT),
+                    (&attempt.duration_ms, Type::FLOAT8),
+                    (&attempt.status.as_str(), Type::TEXT),
+                    (&attempt.method.map(Method::as_str), Type::TEXT),
+                    (&attempt_no, Type::INT4),
+                    (&settings.work_mem.map(|m| m.to_string()), Type::TEXT),
+                    (&settings.statement_timeout.to_string(), Type::TEXT),
+                    (&settings.lock_timeout.to_string(), Type::TEXT),
+                    (&attempt.sqlstate, Type::TEXT),
+                    (&attempt.error, Type::TEXT),
+                    (&attempt.note, Type::TEXT),
+                    (&attempt.host, Type::TEXT),
                 ],
             )
             .await?
@@ -289,17 +296,17 @@ impl RefreshLog {
             table = self.log_table
         );
         client
-            .execute(
+            .execute_typed(
                 &summary,
                 &[
-                    &attempt.view_name,
-                    &success,
-                    &failed,
-                    &attempt.duration_ms,
-                    &attempt.status.as_str(),
-                    &attempt.method.map(Method::as_str),
-                    &attempt.error,
-                    &attempt.host,
+                    (&attempt.view_name, Type::TEXT),
+                    (&success, Type::BOOL),
+                    (&failed, Type::BOOL),
+                    (&attempt.duration_ms, Type::FLOAT8),
+                    (&attempt.status.as_str(), Type::TEXT),
+                    (&attempt.method.map(Method::as_str), Type::TEXT),
+                    (&attempt.error, Type::TEXT),
+                    (&attempt.host, Type::TEXT),
                 ],
             )
             .await?;
@@ -318,7 +325,10 @@ impl RefreshLog {
             "UPDATE {} SET vacuum_ms = $2 WHERE id = $1",
             self.history_table
         );
-        client.execute(&sql, &[&id, &vacuum_ms]).await.map(drop)
+        client
+            .execute_typed(&sql, &[(&id, Type::INT8), (&vacuum_ms, Type::FLOAT8)])
+            .await
+            .map(drop)
     }
 
     /// Deletes history rows that started more than `retention` ago, in batches;
@@ -338,7 +348,9 @@ impl RefreshLog {
         let seconds = retention.as_millis() as f64 / 1000.0;
         let mut total = 0;
         loop {
-            let deleted = client.execute(&sql, &[&seconds]).await?;
+            let deleted = client
+                .execute_typed(&sql, &[(&seconds, Type::FLOAT8)])
+                .await?;
             total += deleted;
             if deleted < PRUNE_BATCH {
                 return Ok(total);
@@ -357,7 +369,9 @@ impl RefreshLog {
              FROM {} WHERE view_name = $1",
             self.log_table
         );
-        let row = client.query_opt(&sql, &[&view_name]).await?;
+        let row = client
+            .query_typed_opt(&sql, &[(&view_name, Type::TEXT)])
+            .await?;
         Ok(row.and_then(|r| r.get(0)))
     }
 
@@ -376,7 +390,12 @@ impl RefreshLog {
              WHERE n <= $2 GROUP BY view_name",
             self.history_table
         );
-        let rows = client.query(&sql, &[&view_names, &count]).await?;
+        let rows = client
+            .query_typed(
+                &sql,
+                &[(&view_names, Type::TEXT_ARRAY), (&count, Type::INT8)],
+            )
+            .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
@@ -401,7 +420,9 @@ impl RefreshLog {
             ),
             self.log_table
         );
-        let rows = client.query(&sql, &[&view_names]).await?;
+        let rows = client
+            .query_typed(&sql, &[(&view_names, Type::TEXT_ARRAY)])
+            .await?;
         Ok(rows
             .iter()
             .map(|r| LogRow {

@@ -241,6 +241,17 @@ pub fn quote_ident(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
+/// Quotes a string literal for SQL text, where no parameter can be bound
+/// (`SET`): doubled quotes, and `E''` with doubled backslashes when it has any.
+pub fn quote_literal(text: &str) -> String {
+    let quoted = text.replace('\'', "''");
+    if quoted.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    }
+}
+
 /// An identifier as people read it: quoted only when PostgreSQL would need it.
 pub fn display_ident(ident: &str) -> String {
     let plain = ident

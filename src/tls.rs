@@ -2,32 +2,34 @@
 //! following libpq's `sslmode`:
 //!
 //! * `disable`: plain TCP;
-//! * `prefer` (the default) and `require`: TLS (`prefer` falls back to plain TCP
-//!   when the server has no TLS), the certificate not checked; `require` with an
-//!   `sslrootcert` checks it as `verify-ca` does, as libpq does;
+//! * `prefer` (the default) and `require`: TLS, the certificate not judged at
+//!   all (any version, any dates: Citus's own is X.509 version 1); `prefer` falls
+//!   back to plain TCP when the server has no TLS or the handshake fails (see
+//!   `db`); `require` with an `sslrootcert` checks it as `verify-ca` does, as
+//!   libpq does;
 //! * `verify-ca`: the certificate chains to `sslrootcert`;
 //! * `verify-full`: that, and it names the host connected to.
 //!
 //! tokio-postgres reads only `disable`, `prefer` and `require`, so `sslmode` and
-//! `sslrootcert` are taken out of the connection string here and the rest is left
-//! to it. `sslrootcert=system` uses the system's certificate store.
+//! `sslrootcert` are taken out of the connection string (`db::take_params`) and
+//! the rest is left to it. `sslrootcert=system` uses the system's certificate store.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use percent_encoding::percent_decode_str;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::crypto::{CryptoProvider, verify_tls13_signature_with_raw_key};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, SubjectPublicKeyInfoDer, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 use tokio_postgres::config::SslMode as PgSslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
+use x509_cert::der::{Decode, Encode};
 
 /// libpq's `sslmode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,62 +76,6 @@ impl SslMode {
             Self::Require | Self::VerifyCa | Self::VerifyFull => PgSslMode::Require,
         }
     }
-}
-
-/// Takes `sslmode` and `sslrootcert` out of a connection string, a URL
-/// (`postgres://...?sslmode=verify-full`) or key=value pairs; returns the rest
-/// and the two values.
-pub fn take_tls_params(conn: &str) -> (String, Option<String>, Option<String>) {
-    let (mut mode, mut root) = (None, None);
-    let mut keep = |key: &str, value: String| match key {
-        "sslmode" => {
-            mode = Some(value);
-            false
-        }
-        "sslrootcert" => {
-            root = Some(value);
-            false
-        }
-        _ => true,
-    };
-    let rest = if conn.starts_with("postgres://") || conn.starts_with("postgresql://") {
-        match conn.split_once('?') {
-            None => conn.to_owned(),
-            Some((base, query)) => {
-                let params: Vec<&str> = query
-                    .split('&')
-                    .filter(|param| {
-                        let (key, value) = param.split_once('=').unwrap_or((param, ""));
-                        keep(
-                            key,
-                            percent_decode_str(value).decode_utf8_lossy().into_owned(),
-                        )
-                    })
-                    .collect();
-                if params.is_empty() {
-                    base.to_owned()
-                } else {
-                    format!("{base}?{}", params.join("&"))
-                }
-            }
-        }
-    } else {
-        // key=value pairs: cut the two out and leave every other byte as it was
-        // (quoted values may hold spaces).
-        let mut rest = String::with_capacity(conn.len());
-        let mut copied = 0;
-        for token in conn.split_whitespace() {
-            let start = token.as_ptr() as usize - conn.as_ptr() as usize;
-            let (key, value) = token.split_once('=').unwrap_or((token, ""));
-            if !keep(key, value.trim_matches('\'').to_owned()) {
-                rest.push_str(&conn[copied..start]);
-                copied = start + token.len();
-            }
-        }
-        rest.push_str(&conn[copied..]);
-        rest.trim().to_owned()
-    };
-    (rest, mode, root)
 }
 
 /// A connector for `settings`; an error names what is missing or unreadable.
@@ -202,13 +148,30 @@ fn load_roots(source: &str) -> Result<RootCertStore, String> {
 }
 
 /// `prefer` and `require` without a root certificate: encrypted, unverified,
-/// like libpq. The handshake's signatures are still checked.
+/// like libpq: any certificate is taken, whatever its version, dates or name.
+/// Citus's coordinators serve a self-signed X.509 version 1 certificate whose
+/// validity ends when it starts, which webpki refuses even to parse; the
+/// handshake's signatures are still checked, with the certificate's public key.
 #[derive(Debug)]
 struct AcceptAnyCertificate(Arc<CryptoProvider>);
 
 /// `verify-ca`: the chain must lead to a trusted root; the name is not checked.
 #[derive(Debug)]
 struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+/// The public key of a certificate of any X.509 version.
+fn public_key(
+    cert: &CertificateDer<'_>,
+) -> Result<SubjectPublicKeyInfoDer<'static>, rustls::Error> {
+    let bad = |_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding);
+    let cert = x509_cert::Certificate::from_der(cert.as_ref()).map_err(bad)?;
+    let spki = cert
+        .tbs_certificate
+        .subject_public_key_info
+        .to_der()
+        .map_err(bad)?;
+    Ok(SubjectPublicKeyInfoDer::from(spki))
+}
 
 impl ServerCertVerifier for AcceptAnyCertificate {
     fn verify_server_cert(
@@ -228,12 +191,29 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        // TLS 1.2 names the signature scheme loosely: try each algorithm it may
+        // mean, as rustls does for a parsed certificate.
+        let spki = public_key(cert)?;
+        let key = webpki::RawPublicKeyEntity::try_from(&spki)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        let algorithms = self
+            .0
+            .signature_verification_algorithms
+            .mapping
+            .iter()
+            .find(|(scheme, _)| *scheme == dss.scheme)
+            .map(|(_, algorithms)| *algorithms)
+            .ok_or(rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme)?;
+        for algorithm in algorithms {
+            match key.verify_signature(*algorithm, message, dss.signature()) {
+                Ok(()) => return Ok(HandshakeSignatureValid::assertion()),
+                Err(webpki::Error::UnsupportedSignatureAlgorithmForPublicKeyContext(_)) => continue,
+                Err(_) => break,
+            }
+        }
+        Err(rustls::Error::InvalidCertificate(
+            CertificateError::BadSignature,
+        ))
     }
 
     fn verify_tls13_signature(
@@ -242,9 +222,9 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
+        verify_tls13_signature_with_raw_key(
             message,
-            cert,
+            &public_key(cert)?,
             dss,
             &self.0.signature_verification_algorithms,
         )
@@ -313,28 +293,6 @@ impl fmt::Display for SslMode {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tls_params_are_taken_out_of_urls_and_key_value_strings() {
-        let (rest, mode, root) = take_tls_params(
-            "postgres://u@h/d?sslmode=verify-full&application_name=x&sslrootcert=%2Fca.pem",
-        );
-        assert_eq!(rest, "postgres://u@h/d?application_name=x");
-        assert_eq!(mode.as_deref(), Some("verify-full"));
-        assert_eq!(root.as_deref(), Some("/ca.pem"));
-
-        let (rest, mode, root) = take_tls_params("postgres://u@h/d?sslmode=require");
-        assert_eq!(
-            (rest.as_str(), mode.as_deref(), root),
-            ("postgres://u@h/d", Some("require"), None)
-        );
-
-        let (rest, mode, root) =
-            take_tls_params("host=h dbname=d sslmode=verify-ca sslrootcert='/ca.pem'");
-        assert_eq!(rest, "host=h dbname=d");
-        assert_eq!(mode.as_deref(), Some("verify-ca"));
-        assert_eq!(root.as_deref(), Some("/ca.pem"));
-    }
 
     #[test]
     fn verify_modes_need_a_root_certificate() {
