@@ -193,30 +193,37 @@ pub async fn refresh_denied(
 }
 
 /// The pairs `(view, dependency)` among `oids`: `view` reads `dependency`,
-/// directly or through plain views.
+/// directly, through plain views, or through SQL functions whose bodies the
+/// catalog knows (`BEGIN ATOMIC`, PostgreSQL 14+), to any depth.
 pub async fn dependencies(
     client: &impl GenericClient,
     oids: &[u32],
 ) -> Result<Vec<(u32, u32)>, tokio_postgres::Error> {
+    // `reads` holds every object a view reaches: its rule's dependencies, then
+    // those of each plain view (its rule) and each function (its body) reached.
     let rows = client
         .query_typed(
-            "WITH RECURSIVE reads(viewer, source) AS ( \
-                 SELECT r.ev_class, d.refobjid \
+            "WITH RECURSIVE reads(viewer, classid, objid) AS ( \
+                 SELECT r.ev_class, d.refclassid, d.refobjid \
                  FROM pg_catalog.pg_rewrite r \
                  JOIN pg_catalog.pg_depend d \
                    ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid \
-                  AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> r.ev_class \
                  WHERE r.ev_class = ANY ($1) \
                UNION \
-                 SELECT reads.viewer, d.refobjid \
+                 SELECT reads.viewer, d.refclassid, d.refobjid \
                  FROM reads \
-                 JOIN pg_catalog.pg_class c ON c.oid = reads.source AND c.relkind = 'v' \
-                 JOIN pg_catalog.pg_rewrite r ON r.ev_class = c.oid \
+                 LEFT JOIN pg_catalog.pg_class c \
+                   ON reads.classid = 'pg_catalog.pg_class'::regclass AND c.oid = reads.objid \
+                  AND c.relkind = 'v' \
+                 LEFT JOIN pg_catalog.pg_rewrite r ON r.ev_class = c.oid \
                  JOIN pg_catalog.pg_depend d \
-                   ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid \
-                  AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> r.ev_class \
+                   ON (d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid) \
+                   OR (reads.classid = 'pg_catalog.pg_proc'::regclass \
+                       AND d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = reads.objid) \
              ) \
-             SELECT DISTINCT viewer, source FROM reads WHERE source = ANY ($1) AND viewer <> source",
+             SELECT DISTINCT viewer, objid FROM reads \
+             WHERE classid = 'pg_catalog.pg_class'::regclass AND objid = ANY ($1) \
+               AND viewer <> objid",
             &[(&oids, Type::OID_ARRAY)],
         )
         .await?;
@@ -256,6 +263,20 @@ pub async fn bloat(client: &impl GenericClient, oid: u32) -> Result<Bloat, tokio
         dead: row.get(0),
         live: row.get(1),
     })
+}
+
+/// Whether this database is a Citus coordinator (`Some(true)`), another Citus
+/// node (`Some(false)`), or has no `citus` extension (`None`).
+pub async fn citus_coordinator(
+    client: &impl GenericClient,
+) -> Result<Option<bool>, tokio_postgres::Error> {
+    if !has_citus(client).await? {
+        return Ok(None);
+    }
+    let row = client
+        .query_typed_one("SELECT citus_is_coordinator()", &[])
+        .await?;
+    Ok(Some(row.get(0)))
 }
 
 /// Whether the `citus` extension is installed in this database.

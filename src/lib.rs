@@ -193,7 +193,7 @@ async fn check(registry: &Registry, target: &DbTarget, log: &RefreshLog) -> Resu
         .await
         .map_err(db_err("reading the server's settings"))?;
     let (version, server_work_mem): (String, String) = (settings.get(0), settings.get(1));
-    let citus = catalog::has_citus(&**client)
+    let citus = catalog::citus_coordinator(&**client)
         .await
         .map_err(db_err("looking for citus"))?;
     let log_exists = log
@@ -211,12 +211,18 @@ async fn check(registry: &Registry, target: &DbTarget, log: &RefreshLog) -> Resu
     );
     println!(
         "database:   {target}, PostgreSQL {version}{}",
-        if citus {
-            ", citus extension present (materialized views refresh on the coordinator)"
-        } else {
-            ""
+        match citus {
+            Some(true) => ", Citus coordinator (per-view settings are propagated to the workers)",
+            Some(false) => ", a Citus node that is NOT the coordinator",
+            None => "",
         }
     );
+    if citus == Some(false) {
+        println!(
+            "warning:    citus_is_coordinator() is false here: connect to the coordinator, \
+             where distributed tables are whole and materialized views live"
+        );
+    }
     println!(
         "log tables: {}",
         if log_exists {

@@ -189,6 +189,9 @@ impl fmt::Display for ViewName {
     }
 }
 
+/// The longest identifier PostgreSQL keeps, in bytes (`NAMEDATALEN - 1`).
+const MAX_IDENTIFIER_BYTES: usize = 63;
+
 /// Splits `schema."View"` into identifiers, applying SQL's case folding.
 fn split_identifiers(text: &str) -> Result<Vec<String>, String> {
     let invalid = |why: &str| format!("invalid view name {text:?}: {why}");
@@ -226,6 +229,14 @@ fn split_identifiers(text: &str) -> Result<Vec<String>, String> {
         }
         if part.is_empty() {
             return Err(invalid("empty identifier"));
+        }
+        if part.len() > MAX_IDENTIFIER_BYTES {
+            return Err(invalid(&format!(
+                "{:?} is {} bytes long, and PostgreSQL keeps {MAX_IDENTIFIER_BYTES} at most \
+                 (it would be truncated, so no relation can have this name)",
+                part,
+                part.len()
+            )));
         }
         parts.push(part);
         match chars.next() {
@@ -502,6 +513,10 @@ mod tests {
         Registry::parse(text, "r.toml").expect_err("registry should be rejected")
     }
 
+    fn error_free(text: &str) -> bool {
+        Registry::parse(text, "r.toml").is_ok()
+    }
+
     #[test]
     fn embedded_default_lists_the_three_seed_views() {
         let registry = Registry::load(None).unwrap();
@@ -555,6 +570,20 @@ mod tests {
 
         let e = error("[defaults]\nwork_mem = \"64MB\"\n");
         assert!(e.message.contains("no views"), "{e}");
+
+        let long = "v".repeat(64);
+        let e = error(&format!(
+            "[[view]]\nname = \"a\"\n[[view]]\nname = \"s.{long}\"\n"
+        ));
+        assert_eq!(e.line, 4);
+        assert!(e.message.contains("64 bytes long"), "{e}");
+        // 63 bytes is the limit; in UTF-8 a name reaches it in fewer characters.
+        assert!(error_free(&format!(
+            "[[view]]\nname = \"{}\"\n",
+            "v".repeat(63)
+        )));
+        let e = error(&format!("[[view]]\nname = \"{}\"\n", "ж".repeat(32)));
+        assert!(e.message.contains("64 bytes long"), "{e}");
     }
 
     #[test]

@@ -81,6 +81,17 @@ fn bad_registries_exit_2_naming_file_line_and_key_before_connecting() {
     registry_error("no_name", "[[view]]\nwork_mem = \"1MB\"\n").stderr_has("no key \"name\"");
     registry_error("syntax", "[[view]\nname = \"a\"\n").stderr_has(":1:");
     registry_error("wrong_type", "[[view]]\nname = \"a\"\nretries = \"two\"\n").stderr_has(":3:");
+    // Longer than PostgreSQL's 63 bytes: once an error from the server that
+    // stopped the whole run, valid views beside it included.
+    registry_error(
+        "too_long",
+        &format!(
+            "[[view]]\nname = \"top_bets_today\"\n\n[[view]]\nname = \"{}\"\n",
+            "x".repeat(64)
+        ),
+    )
+    .stderr_has(":5:")
+    .stderr_has("64 bytes long");
 }
 
 #[test]

@@ -196,6 +196,92 @@ fn dependencies_refresh_first_whatever_the_registry_order() {
 }
 
 #[test]
+fn a_dependency_through_a_begin_atomic_function_orders_views() {
+    let db = TestDb::platform("atomic_dependency");
+    // m_sum reads m_base only through f(), whose body the catalog records
+    // (pg_depend) because it is BEGIN ATOMIC; g() adds a second hop.
+    db.execute(
+        "CREATE MATERIALIZED VIEW m_base AS SELECT id FROM tenants; \
+         CREATE UNIQUE INDEX ON m_base (id); \
+         CREATE FUNCTION f() RETURNS bigint LANGUAGE sql STABLE \
+             BEGIN ATOMIC SELECT count(*) FROM m_base; END; \
+         CREATE FUNCTION g() RETURNS bigint LANGUAGE sql STABLE BEGIN ATOMIC SELECT f(); END; \
+         CREATE MATERIALIZED VIEW m_sum AS SELECT 1 AS id, g() AS n; \
+         CREATE UNIQUE INDEX ON m_sum (id);",
+    );
+    let registry = db.registry("[[view]]\nname = \"m_sum\"\n[[view]]\nname = \"m_base\"\n");
+    let check = db.mvr().args(["check", "--registry"]).arg(&registry).run();
+    check.code(0);
+    let sum_line = check
+        .stdout
+        .lines()
+        .find(|l| l.contains("public.m_sum "))
+        .unwrap_or_else(|| panic!("no m_sum line\n{check}"));
+    assert!(
+        sum_line.trim_end().ends_with('1'),
+        "m_sum must come after view 1, m_base\n{check}"
+    );
+
+    db.execute("INSERT INTO tenants (id, name, slug) VALUES (30002, 'Late', 'late2')");
+    db.mvr()
+        .args(["refresh", "--registry"])
+        .arg(&registry)
+        .run()
+        .code(0);
+    let (n, tenants): (i64, i64) = (
+        db.scalar("SELECT n FROM m_sum"),
+        db.scalar("SELECT count(*) FROM tenants"),
+    );
+    assert_eq!(n, tenants, "m_sum must be refreshed after m_base");
+}
+
+#[test]
+fn a_view_dropped_after_planning_fails_alone() {
+    let db = TestDb::platform("dropped_after_planning");
+    db.slow_view("slow_first", 2.0);
+    db.execute(
+        "CREATE MATERIALIZED VIEW doomed AS SELECT id FROM tenants; \
+         CREATE UNIQUE INDEX ON doomed (id);",
+    );
+    let registry = db.registry(
+        "[[view]]\nname = \"slow_first\"\n[[view]]\nname = \"doomed\"\n\
+         [[view]]\nname = \"top_bets_today\"\n",
+    );
+    let mut running = db
+        .mvr()
+        .args(["refresh", "--registry"])
+        .arg(&registry)
+        .spawn();
+    running.wait_until("the first view's refresh", || {
+        (db.running_refreshes() > 0).then_some(())
+    });
+    db.execute("DROP MATERIALIZED VIEW doomed");
+    let out = running.wait();
+    out.code(1).stdout_has("doomed");
+    let statuses = db.rows(
+        "SELECT view_name, status, error FROM materialized_views_refresh_history ORDER BY id",
+    );
+    let status = |view: &str| {
+        statuses
+            .iter()
+            .find(|r| r[0].as_deref() == Some(view))
+            .unwrap_or_else(|| panic!("no history row for {view}\n{out}"))
+            .clone()
+    };
+    assert_eq!(status("public.slow_first")[1].as_deref(), Some("success"));
+    let doomed = status("public.doomed");
+    assert_eq!(doomed[1].as_deref(), Some("failed"), "{out}");
+    assert!(
+        doomed[2].as_deref().unwrap_or("").contains("dropped"),
+        "{doomed:?}"
+    );
+    assert_eq!(
+        status("public.top_bets_today")[1].as_deref(),
+        Some("success")
+    );
+}
+
+#[test]
 fn independent_views_refresh_in_parallel_up_to_jobs() {
     let db = TestDb::platform("parallel");
     db.slow_view("m_one", 2.0);
