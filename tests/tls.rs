@@ -1,6 +1,8 @@
 //! TLS to PostgreSQL against a throwaway server with `ssl = on` and a CA and
 //! server certificate made here: every `sslmode`, a wrong host name, an
-//! unknown CA. The role used is refused without TLS (see `scripts/pg-throwaway`).
+//! unknown CA; the certificate Citus makes (X.509 version 1, valid for no
+//! time at all); a handshake that fails, which `prefer` survives. The role used
+//! is refused without TLS (see `scripts/pg-throwaway`).
 
 mod common;
 
@@ -31,8 +33,18 @@ fn serve_tls(cluster: &Cluster) -> Pki {
         .unwrap()
         .signed_by(&key, &issuer)
         .unwrap();
-    cluster.install_file("server.crt", &server.pem());
-    cluster.install_file("server.key", &key.serialize_pem());
+    turn_tls_on(cluster, &server.pem(), &key.serialize_pem());
+    Pki {
+        ca_pem,
+        other_ca_pem,
+    }
+}
+
+/// Gives the server `cert_pem` and `key_pem`, turns TLS on and makes the role
+/// `tls_user`, which is refused without TLS.
+fn turn_tls_on(cluster: &Cluster, cert_pem: &str, key_pem: &str) {
+    cluster.install_file("server.crt", cert_pem);
+    cluster.install_file("server.key", key_pem);
     let mut admin = cluster.connect("postgres");
     for statement in [
         "ALTER SYSTEM SET ssl_cert_file = 'server.crt'",
@@ -53,10 +65,67 @@ fn serve_tls(cluster: &Cluster) -> Pki {
     admin
         .batch_execute("CREATE ROLE ssl_login NOLOGIN; CREATE ROLE tls_user LOGIN SUPERUSER IN ROLE ssl_login;")
         .unwrap();
-    Pki {
-        ca_pem,
-        other_ca_pem,
-    }
+}
+
+/// A self-signed certificate as Citus makes one when `CREATE EXTENSION citus`
+/// turns TLS on: X.509 version 1 (no extensions), valid from now until now
+/// (`-days 0`). rcgen cannot make version 1, so openssl does, as the issue
+/// that found this did. Returns (certificate, key) in PEM.
+fn citus_style_certificate(dir: &std::path::Path) -> (String, String) {
+    let (key, csr, crt) = (dir.join("v1.key"), dir.join("v1.csr"), dir.join("v1.crt"));
+    let openssl = |args: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl runs (apt-get install openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    openssl(&[
+        "req".as_ref(),
+        "-new".as_ref(),
+        "-newkey".as_ref(),
+        "rsa:2048".as_ref(),
+        "-nodes".as_ref(),
+        "-subj".as_ref(),
+        "/CN=citus-auto-ssl".as_ref(),
+        "-keyout".as_ref(),
+        key.as_os_str(),
+        "-out".as_ref(),
+        csr.as_os_str(),
+    ]);
+    openssl(&[
+        "x509".as_ref(),
+        "-req".as_ref(),
+        "-in".as_ref(),
+        csr.as_os_str(),
+        "-signkey".as_ref(),
+        key.as_os_str(),
+        "-days".as_ref(),
+        "0".as_ref(),
+        "-out".as_ref(),
+        crt.as_os_str(),
+    ]);
+    let text = String::from_utf8(openssl(&[
+        "x509".as_ref(),
+        "-in".as_ref(),
+        crt.as_os_str(),
+        "-noout".as_ref(),
+        "-text".as_ref(),
+    ]))
+    .unwrap();
+    assert!(
+        text.contains("Version: 1 (0x0)"),
+        "not a version 1 certificate:\n{text}"
+    );
+    (
+        std::fs::read_to_string(&crt).unwrap(),
+        std::fs::read_to_string(&key).unwrap(),
+    )
 }
 
 fn url(db: &TestDb, host: &str, query: &str) -> String {
@@ -150,4 +219,70 @@ fn every_sslmode_behaves_as_libpq_does() {
     let tls_connections: i64 = db
         .scalar("SELECT count(*) FROM materialized_views_refresh_history WHERE status = 'success'");
     assert_eq!(tls_connections, 5);
+}
+
+#[test]
+fn citus_style_certificates_are_accepted_and_prefer_survives_a_failed_handshake() {
+    let cluster = private_cluster("tls_citus");
+    let (cert, key) = citus_style_certificate(&cluster.dir);
+    turn_tls_on(cluster, &cert, &key);
+    let db = TestDb::platform_on(cluster, "tls_citus");
+    let refresh = |url: String| {
+        Mvr::new()
+            .env("DATABASE_URL", &url)
+            .args(["refresh", "top_bets_today"])
+            .run()
+    };
+
+    // tls_user is refused without TLS: these succeed encrypted. The default
+    // sslmode is prefer.
+    refresh(url(&db, "127.0.0.1", "")).code(0);
+    refresh(url(&db, "127.0.0.1", "sslmode=prefer")).code(0);
+    refresh(url(&db, "127.0.0.1", "sslmode=require")).code(0);
+    // verify-ca stays strict: this certificate cannot be checked.
+    let root = cluster.dir.join("v1-root.pem");
+    std::fs::write(&root, &cert).unwrap();
+    refresh(url(
+        &db,
+        "127.0.0.1",
+        &format!("sslmode=verify-ca&sslrootcert={}", root.display()),
+    ))
+    .code(3)
+    .stderr_has("certificate");
+    let successes: i64 = db
+        .scalar("SELECT count(*) FROM materialized_views_refresh_history WHERE status = 'success'");
+    assert_eq!(successes, 3);
+
+    // A server whose only cipher suite rustls does not offer (RSA key exchange,
+    // TLS 1.2 at most): the handshake fails, and prefer connects without TLS as
+    // libpq does, while require gives up.
+    let mut admin = cluster.connect("postgres");
+    for statement in [
+        "ALTER SYSTEM SET ssl_max_protocol_version = 'TLSv1.2'",
+        "ALTER SYSTEM SET ssl_ciphers = 'AES128-SHA'",
+        "SELECT pg_reload_conf()",
+    ] {
+        admin.batch_execute(statement).unwrap();
+    }
+    common::wait_until("the cipher change to apply", || {
+        let ciphers: String = cluster
+            .connect("postgres")
+            .query_one("SHOW ssl_ciphers", &[])
+            .unwrap()
+            .get(0);
+        (ciphers == "AES128-SHA").then_some(())
+    });
+    let plain_url = |mode: &str| {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{}?sslmode={mode}",
+            cluster.port, db.name
+        )
+    };
+    refresh(plain_url("require"))
+        .code(3)
+        .stderr_has("TLS handshake");
+    refresh(plain_url("prefer")).code(0);
+    let successes: i64 = db
+        .scalar("SELECT count(*) FROM materialized_views_refresh_history WHERE status = 'success'");
+    assert_eq!(successes, 4);
 }
