@@ -15,7 +15,7 @@ use axum::routing::get;
 use deadpool_postgres::Pool;
 use tokio::net::TcpListener;
 
-use crate::db::{describe_error, describe_pool_error};
+use crate::db::{Conn, describe_error, describe_pool_error};
 use crate::metrics::Metrics;
 
 /// How long `/readyz` waits for the database before saying no.
@@ -64,9 +64,8 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
         );
     }
     let ping = async {
-        let client = shared
-            .pool
-            .get()
+        // Closed after the ping: no idle connection held between probes.
+        let client = Conn::get(&shared.pool)
             .await
             .map_err(|e| describe_pool_error(&e))?;
         client

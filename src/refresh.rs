@@ -337,8 +337,9 @@ async fn refresh_step(ctx: &RunContext, step: &Step, blocked_by: Option<String>)
             }
             Err(failure) => failure,
         };
-        if failure.abandoned {
-            // The server never answered: its connection is of no further use.
+        if failure.abandoned || failure.transient {
+            // The server never answered, or the connection may have broken (a
+            // terminated backend): record on a fresh one.
             slot = None;
         }
         if !failure.transient || attempt > retries || failure.stopped.is_some() {
