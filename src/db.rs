@@ -597,8 +597,38 @@ pub fn describe_error(err: &tokio_postgres::Error) -> String {
             }
             text
         }
+        None if certificate_is_version_1(err) => format!(
+            "{}; hint: the server's certificate is X.509 version 1 (as Citus makes them), \
+             which sslmode verify-ca and verify-full cannot check: give the server a version 3 \
+             certificate, or use sslmode=require (encrypted, not verified)",
+            error_chain(err)
+        ),
         None => error_chain(err),
     }
+}
+
+/// Whether a handshake failed because the certificate is X.509 version 1,
+/// which webpki does not verify.
+fn certificate_is_version_1(err: &tokio_postgres::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        let rustls_error = cause.downcast_ref::<rustls::Error>().or_else(|| {
+            cause
+                .downcast_ref::<io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) =
+            rustls_error
+        {
+            return matches!(
+                other.0.downcast_ref::<webpki::Error>(),
+                Some(webpki::Error::UnsupportedCertVersion)
+            );
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// `err` and its sources, joined by ": ".

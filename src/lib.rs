@@ -155,7 +155,14 @@ async fn refresh(
 fn print_outcomes(cycle: &Cycle) {
     let mut t = table(["VIEW", "STATUS", "METHOD", "DURATION", "ATTEMPTS", "NOTE"]);
     for o in &cycle.outcomes {
-        let mut note = o.message.clone().unwrap_or_default();
+        // One line per view: server messages may hold line breaks and tabs.
+        let mut note = o
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
         if let Some(err) = &o.log_error {
             note.push_str(&format!(" (not recorded: {err})"));
         }
