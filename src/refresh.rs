@@ -660,30 +660,44 @@ async fn cancellable(
     let give_up = tokio::time::sleep(CANCEL_GIVE_UP);
     tokio::pin!(give_up);
     // A cancel that reaches the backend before the statement does is ignored:
-    // repeat it until the statement ends.
-    loop {
-        let repeat = async {
-            if let Err(error) = ctx.target.cancel(token).await {
+    // repeat it until the statement ends. Each request runs as a task of its
+    // own and is waited for before returning: closing a cancel connection
+    // before the server (or PgBouncer) is done with it can lose the request,
+    // and makes PgBouncer 1.18 exit ("bad client state").
+    let mut sent: Option<tokio::task::JoinHandle<()>>;
+    let interrupted = loop {
+        let (target, token) = (ctx.target.clone(), token.clone());
+        let request = tokio::spawn(async move {
+            if let Err(error) = target.cancel(&token).await {
                 tracing::warn!(%error, "could not cancel the statement");
             }
+        });
+        sent = Some(request);
+        let repeat = async {
+            if let Some(request) = sent.as_mut() {
+                let _ = request.await;
+            }
+            sent = None;
             tokio::time::sleep(CANCEL_REPEAT).await;
         };
         tokio::select! {
             biased;
             result = &mut statement => {
-                return Err(match reason {
-                    Some(reason) => Interrupted::Stopped(reason, result),
+                break match reason {
+                    Some(reason) => Err(Interrupted::Stopped(reason, result)),
                     // The silence ended on its own.
-                    None => match result {
-                        Ok(()) => return Ok(()),
-                        Err(err) => Interrupted::Failed(err),
-                    },
-                });
+                    None => result.map_err(Interrupted::Failed),
+                };
             }
-            () = &mut give_up => return Err(Interrupted::Abandoned(reason)),
+            () = &mut give_up => break Err(Interrupted::Abandoned(reason)),
             () = repeat => {}
         }
+    };
+    if let Some(request) = sent {
+        // Bounded by the cancel's own timeout.
+        let _ = request.await;
     }
+    interrupted
 }
 
 /// Records a failed or cancelled attempt (after its transaction rolled back)

@@ -8,6 +8,7 @@
 
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
+pub mod middlebox;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -1,0 +1,321 @@
+//! The refresher as it is really deployed: behind PgBouncer in transaction and
+//! session pooling (prepared statements, advisory locks, cancel requests and
+//! pools that make clients wait), and behind a network that goes silent
+//! mid-refresh (the run must still end by itself).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::middlebox::{PgBouncer, StallingProxy};
+use common::{Running, TestDb};
+
+const VIEWS: [&str; 3] = [
+    "public.tenants_summary_view",
+    "public.user_activity_view",
+    "public.top_bets_today",
+];
+
+/// `(view_name, status, error)` of the history rows after `after_id`.
+fn history_since(db: &TestDb, after_id: i64) -> Vec<(String, String, Option<String>)> {
+    db.rows(&format!(
+        "SELECT view_name, status, error FROM materialized_views_refresh_history \
+         WHERE id > {after_id} ORDER BY id"
+    ))
+    .into_iter()
+    .map(|r| (r[0].clone().unwrap(), r[1].clone().unwrap(), r[2].clone()))
+    .collect()
+}
+
+/// The highest history id so far (0 before the log tables exist).
+fn last_id(db: &TestDb) -> i64 {
+    let exists: bool =
+        db.scalar("SELECT to_regclass('materialized_views_refresh_history') IS NOT NULL");
+    if !exists {
+        return 0;
+    }
+    db.scalar("SELECT coalesce(max(id), 0)::bigint FROM materialized_views_refresh_history")
+}
+
+/// `status` of the history rows of `view`, in order.
+fn statuses(db: &TestDb, view: &str) -> Vec<String> {
+    db.rows(&format!(
+        "SELECT status FROM materialized_views_refresh_history \
+         WHERE view_name = 'public.{view}' ORDER BY id"
+    ))
+    .into_iter()
+    .map(|r| r[0].clone().unwrap())
+    .collect()
+}
+
+/// Waits until a backend runs a REFRESH of `view` for `run`, and returns its
+/// pid; fails at once, with the output, when `run` ends first.
+fn refresh_backend(run: &mut Running, db: &TestDb, view: &str) -> i32 {
+    let sql = format!(
+        "SELECT pid FROM pg_stat_activity WHERE state = 'active' \
+         AND datname = current_database() AND query ILIKE 'REFRESH MATERIALIZED VIEW%\"{view}\"%' LIMIT 1"
+    );
+    let mut client = db.client();
+    run.wait_until(&format!("a REFRESH of {view} running"), || {
+        client.query_opt(&sql, &[]).unwrap().map(|row| row.get(0))
+    })
+}
+
+/// Everything a deployment does, through a PgBouncer in `mode`: check,
+/// refresh one at a time and three at a time, three refreshers at once,
+/// status, and the run loop.
+fn the_whole_tool_works_through(mode: &str) {
+    let db = TestDb::platform(&format!("bouncer_{mode}"));
+    let bouncer = PgBouncer::start(db.cluster, mode, 20);
+    let url = bouncer.url(&db.name);
+    let mvr = || db.mvr().env("DATABASE_URL", &url);
+
+    mvr().arg("check").run().code(0);
+
+    let out = mvr().arg("refresh").run();
+    out.code(0).stdout_has("3 refreshed, 0 skipped, 0 failed");
+    let rows = history_since(&db, 0);
+    let mut refreshed: Vec<_> = rows
+        .iter()
+        .map(|(view, status, error)| {
+            assert_eq!(status, "success", "{view}: {error:?}\n{out}");
+            view.as_str()
+        })
+        .collect();
+    refreshed.sort();
+    let mut expected = VIEWS.to_vec();
+    expected.sort();
+    assert_eq!(refreshed, expected, "{out}");
+
+    let before = last_id(&db);
+    let out = mvr().args(["--jobs", "3", "refresh"]).run();
+    out.code(0).stdout_has("3 refreshed, 0 skipped, 0 failed");
+    let rows = history_since(&db, before);
+    assert_eq!(rows.len(), 3, "{rows:?}\n{out}");
+    assert!(rows.iter().all(|r| r.1 == "success"), "{rows:?}\n{out}");
+
+    // Three refreshers at once: each view refreshed or skipped, never failed.
+    let before = last_id(&db);
+    let runs: Vec<Running> = (0..3)
+        .map(|_| mvr().args(["--jobs", "3", "refresh"]).spawn())
+        .collect();
+    let outs: Vec<_> = runs.into_iter().map(Running::wait).collect();
+    for out in &outs {
+        out.code(0).stdout_has("0 failed");
+    }
+    let rows = history_since(&db, before);
+    assert_eq!(rows.len(), 9, "{rows:?}");
+    for (view, status, error) in &rows {
+        assert!(
+            status == "success" || status == "skipped",
+            "{view}: {status} {error:?}"
+        );
+    }
+
+    mvr()
+        .arg("status")
+        .run()
+        .code(0)
+        .stdout_has("public.top_bets_today");
+
+    // The loop: at least one cycle refreshes, SIGTERM ends it with 0.
+    let before = last_id(&db);
+    let mut run = mvr().args(["run", "--schedule", "*/1 * * * * *"]).spawn();
+    run.wait_until("a cycle of the run loop through PgBouncer", || {
+        let rows = history_since(&db, before);
+        rows.iter()
+            .any(|r| r.1 == "success")
+            .then_some(())
+            .or_else(|| {
+                let failed = rows.iter().find(|r| r.1 == "failed");
+                assert!(failed.is_none(), "the loop failed a view: {failed:?}");
+                None
+            })
+    });
+    run.signal("TERM");
+    run.wait().code(0);
+    bouncer.assert_running("at the end");
+}
+
+#[test]
+fn the_whole_tool_works_through_pgbouncer_in_transaction_pooling() {
+    the_whole_tool_works_through("transaction");
+}
+
+#[test]
+fn the_whole_tool_works_through_pgbouncer_in_session_pooling() {
+    the_whole_tool_works_through("session");
+}
+
+#[test]
+fn the_advisory_lock_holds_through_transaction_pooling_and_is_not_leaked() {
+    let db = TestDb::platform("bouncer_lock");
+    db.slow_view("m_slow", 3.0);
+    let bouncer = PgBouncer::start(db.cluster, "transaction", 5);
+    let url = bouncer.url(&db.name);
+    let mvr = || db.mvr().env("DATABASE_URL", &url);
+
+    let mut first = mvr().args(["refresh", "m_slow"]).spawn();
+    refresh_backend(&mut first, &db, "m_slow");
+    mvr()
+        .args(["refresh", "m_slow"])
+        .run()
+        .code(0)
+        .stdout_has("skipped")
+        .stdout_has("another refresher is refreshing this view");
+    first.wait().code(0).stdout_has("1 refreshed");
+
+    // The lock went with the transaction: nothing is left on a pooled server
+    // connection to make the next refresher skip.
+    mvr()
+        .args(["refresh", "m_slow"])
+        .run()
+        .code(0)
+        .stdout_has("1 refreshed");
+    assert_eq!(
+        statuses(&db, "m_slow"),
+        ["skipped", "success", "success"],
+        "{}",
+        bouncer.log()
+    );
+}
+
+/// SIGTERM during a REFRESH through a PgBouncer in `mode`, ten times (a cancel
+/// connection closed before PgBouncer is done with it crashes 1.18, a race
+/// lost about one time in five): the cancel must reach the server, which ends
+/// the REFRESH at once rather than after its 30 s, and PgBouncer must live on.
+fn sigterm_cancels_on_the_server_through(mode: &str) {
+    let db = TestDb::platform(&format!("bouncer_cancel_{mode}"));
+    db.slow_view("m_slow", 30.0);
+    let bouncer = PgBouncer::start(db.cluster, mode, 5);
+    let url = bouncer.url(&db.name);
+
+    for round in 1..=10 {
+        let mut run = db
+            .mvr()
+            .env("DATABASE_URL", &url)
+            .args(["refresh", "m_slow"])
+            .spawn();
+        refresh_backend(&mut run, &db, "m_slow");
+        run.signal("TERM");
+        let out = run.wait();
+        bouncer.assert_running(&format!("after the cancel of round {round}\n{out}"));
+        out.code(143).stdout_has("cancelled");
+
+        // Bounded by the view's own 30 s (plus margin): a lost cancel shows as
+        // the REFRESH running on to its end; a delivered one ends it at once.
+        let exited = Instant::now();
+        while db.running_refreshes() > 0 && exited.elapsed() < Duration::from_secs(40) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let lingered = exited.elapsed();
+        assert_eq!(
+            db.running_refreshes(),
+            0,
+            "round {round}: the REFRESH still runs\n{out}"
+        );
+        assert!(
+            lingered < Duration::from_secs(10),
+            "round {round}: the REFRESH ran on for {lingered:?} after the process exited: \
+             the cancel request was lost in PgBouncer ({mode})\n{out}\n{}",
+            bouncer.log()
+        );
+        assert_eq!(
+            statuses(&db, "m_slow").last().map(String::as_str),
+            Some("cancelled"),
+            "round {round}\n{out}"
+        );
+    }
+}
+
+#[test]
+fn sigterm_cancels_on_the_server_through_pgbouncer_in_transaction_pooling() {
+    sigterm_cancels_on_the_server_through("transaction");
+}
+
+#[test]
+fn sigterm_cancels_on_the_server_through_pgbouncer_in_session_pooling() {
+    sigterm_cancels_on_the_server_through("session");
+}
+
+#[test]
+fn refreshers_sharing_a_small_session_pool_wait_their_turn_and_never_starve() {
+    let db = TestDb::platform("bouncer_small_pool");
+    for view in ["m_slow_a", "m_slow_b", "m_slow_c"] {
+        db.slow_view(view, 1.0);
+    }
+    let registry = db.registry(
+        "[[view]]\nname = \"tenants_summary_view\"\n[[view]]\nname = \"user_activity_view\"\n\
+         [[view]]\nname = \"top_bets_today\"\n[[view]]\nname = \"m_slow_a\"\n\
+         [[view]]\nname = \"m_slow_b\"\n[[view]]\nname = \"m_slow_c\"\n",
+    );
+    // Three server connections for three refreshers of three jobs each: a
+    // client that waits 15 s for one gets an error instead.
+    let bouncer = PgBouncer::start_with(db.cluster, "session", 3, &[("query_wait_timeout", "15")]);
+    let url = bouncer.url(&db.name);
+
+    let runs: Vec<Running> = (0..3)
+        .map(|_| {
+            db.mvr()
+                .env("DATABASE_URL", &url)
+                .args(["--jobs", "3", "refresh", "--registry"])
+                .arg(&registry)
+                .spawn()
+        })
+        .collect();
+    let outs: Vec<_> = runs.into_iter().map(Running::wait).collect();
+    bouncer.assert_running("after the three refreshers");
+    for out in &outs {
+        out.code(0).stdout_has("0 failed");
+    }
+    let rows = history_since(&db, 0);
+    for (view, status, error) in &rows {
+        assert!(
+            status == "success" || status == "skipped",
+            "{view}: {status} {error:?}"
+        );
+    }
+    for view in ["m_slow_a", "m_slow_b", "m_slow_c"] {
+        assert!(
+            statuses(&db, view).iter().any(|s| s == "success"),
+            "{view} refreshed by someone: {rows:?}"
+        );
+    }
+}
+
+#[test]
+fn a_network_gone_silent_mid_refresh_does_not_outlast_the_deadline() {
+    let db = TestDb::platform("silent_network");
+    db.slow_view("m_slow", 60.0);
+    let proxy = StallingProxy::start(db.cluster.port);
+
+    let started = Instant::now();
+    let mut run = db
+        .mvr()
+        .env("DATABASE_URL", &proxy.url(&db.name))
+        .args(["refresh", "--deadline", "5s", "m_slow"])
+        .spawn();
+    let pid = refresh_backend(&mut run, &db, "m_slow");
+    proxy.stall();
+
+    // The run's own guard kills it after 180 s; a hang would be hours.
+    let out = run.wait();
+    let took = started.elapsed();
+    let ended: bool = db.scalar(&format!("SELECT pg_terminate_backend({pid})"));
+    out.code(1);
+    assert!(
+        took < Duration::from_secs(5 + 60),
+        "the run took {took:?} with a 5 s deadline\n{out}\n{proxy:?}"
+    );
+    // Its log write may be lost with the network: no row, or a failed or
+    // cancelled one, never a success.
+    let rows = statuses(&db, "m_slow");
+    assert!(
+        rows.iter().all(|s| s == "failed" || s == "cancelled"),
+        "{rows:?}\n{out}"
+    );
+    assert!(ended, "the REFRESH backend was still there to end");
+    common::wait_until("the REFRESH backend gone", || {
+        (db.running_refreshes() == 0).then_some(())
+    });
+}
