@@ -166,14 +166,15 @@ pub async fn view_state(
 
 /// Why the connected role may not refresh the view `oid`, if it may not. Up to
 /// PostgreSQL 16 only the owner or a member of the owning role may; 17 adds the
-/// MAINTAIN privilege.
+/// MAINTAIN privilege. A view dropped since it was looked up is no concern of
+/// this function (`view_state` says it is gone).
 pub async fn refresh_denied(
     client: &impl GenericClient,
     oid: u32,
 ) -> Result<Option<String>, tokio_postgres::Error> {
     // CASE, not OR: has_table_privilege(.., 'MAINTAIN') is an error before 17.
     let row = client
-        .query_typed_one(
+        .query_typed_opt(
             "SELECT CASE WHEN pg_catalog.pg_has_role(c.relowner, 'USAGE') THEN true \
                          WHEN current_setting('server_version_num')::int >= 170000 \
                          THEN pg_catalog.has_table_privilege(c.oid, 'MAINTAIN') \
@@ -183,6 +184,9 @@ pub async fn refresh_denied(
             &[(&oid, Type::OID)],
         )
         .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
     let (allowed, owner, user): (bool, String, String) = (row.get(0), row.get(1), row.get(2));
     Ok((!allowed).then(|| {
         format!(
