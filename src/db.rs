@@ -49,6 +49,10 @@ const KEEPALIVES_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVES_COUNT: u32 = 3;
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a connection whose client was dropped may take to close
+/// politely before it is cut.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
 /// How long one cancel request may take, from connecting to the server closing
 /// the cancel connection.
 pub const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -310,12 +314,31 @@ impl deadpool_postgres::Connect for Connector {
                 }
                 connected => connected?,
             };
-            let task = tokio::spawn(async move {
-                if let Err(err) = connection.await {
-                    tracing::debug!(error = %error_chain(&err), "connection closed");
+            // deadpool aborts the task it is given when the client is dropped,
+            // which would close the socket without a word (PgBouncer logs every
+            // such close as "client unexpected eof"). So the connection runs in
+            // a task of its own, which says goodbye (Terminate) once the client
+            // is gone, and deadpool is given a task that only holds `closing`:
+            // its abort gives the connection CLOSE_GRACE to finish, then ends
+            // it (a server that stopped answering is not waited for).
+            let (closing, closed) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(async move {
+                let abandoned = async {
+                    let _ = closed.await;
+                    tokio::time::sleep(CLOSE_GRACE).await;
+                };
+                tokio::select! {
+                    result = connection => if let Err(err) = result {
+                        tracing::debug!(error = %error_chain(&err), "connection closed");
+                    },
+                    () = abandoned => {}
                 }
             });
-            Ok((client, task))
+            let held = tokio::spawn(async move {
+                let _closing = closing;
+                std::future::pending::<()>().await
+            });
+            Ok((client, held))
         })
     }
 }
