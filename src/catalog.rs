@@ -203,8 +203,10 @@ pub async fn dependencies(
     client: &impl GenericClient,
     oids: &[u32],
 ) -> Result<Vec<(u32, u32)>, tokio_postgres::Error> {
-    // `reads` holds every object a view reaches: its rule's dependencies, then
-    // those of each plain view (its rule) and each function (its body) reached.
+    // `reads` holds every relation and function a view reaches: its rule's
+    // dependencies, then those of each plain view (its rule) and each function
+    // (its body) reached. Types, operators and the like are never followed.
+    // Functions with a string body (`AS '...'`, PL/pgSQL) record nothing.
     let rows = client
         .query_typed(
             "WITH RECURSIVE reads(viewer, classid, objid) AS ( \
@@ -213,6 +215,7 @@ pub async fn dependencies(
                  JOIN pg_catalog.pg_depend d \
                    ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid \
                  WHERE r.ev_class = ANY ($1) \
+                   AND d.refclassid IN ('pg_catalog.pg_class'::regclass, 'pg_catalog.pg_proc'::regclass) \
                UNION \
                  SELECT reads.viewer, d.refclassid, d.refobjid \
                  FROM reads \
@@ -221,9 +224,11 @@ pub async fn dependencies(
                   AND c.relkind = 'v' \
                  LEFT JOIN pg_catalog.pg_rewrite r ON r.ev_class = c.oid \
                  JOIN pg_catalog.pg_depend d \
-                   ON (d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid) \
-                   OR (reads.classid = 'pg_catalog.pg_proc'::regclass \
-                       AND d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = reads.objid) \
+                   ON d.classid = CASE WHEN r.oid IS NULL THEN reads.classid \
+                                       ELSE 'pg_catalog.pg_rewrite'::regclass END \
+                  AND d.objid = coalesce(r.oid, reads.objid) \
+                 WHERE (r.oid IS NOT NULL OR reads.classid = 'pg_catalog.pg_proc'::regclass) \
+                   AND d.refclassid IN ('pg_catalog.pg_class'::regclass, 'pg_catalog.pg_proc'::regclass) \
              ) \
              SELECT DISTINCT viewer, objid FROM reads \
              WHERE classid = 'pg_catalog.pg_class'::regclass AND objid = ANY ($1) \

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use deadpool_postgres::Pool;
 use uuid::Uuid;
 
-use crate::db::{DbTarget, describe_error, describe_pool_error};
+use crate::db::{Conn, DbTarget, describe_error, describe_pool_error};
 use crate::error::Error;
 use crate::plan::Plan;
 use crate::refresh::{self, Outcome, RunContext};
@@ -130,7 +130,7 @@ impl Refresher {
     /// Prunes the history; a failure is worth a warning, not a failed cycle.
     async fn prune_history(&self) {
         let retention = self.history_retention;
-        let pruned = match self.pool.get().await {
+        let pruned = match Conn::get(&self.pool).await {
             Ok(client) => self
                 .log
                 .prune(&**client, retention)

@@ -15,7 +15,7 @@ use axum::routing::get;
 use deadpool_postgres::Pool;
 use tokio::net::TcpListener;
 
-use crate::db::{Conn, describe_error, describe_pool_error};
+use crate::db::{describe_error, describe_pool_error};
 use crate::metrics::Metrics;
 
 /// How long `/readyz` waits for the database before saying no.
@@ -64,8 +64,12 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
         );
     }
     let ping = async {
-        // Closed after the ping: no idle connection held between probes.
-        let client = Conn::get(&shared.pool)
+        // The probe's own pool of one keeps its connection between probes:
+        // a new TLS connection every few seconds would flood the server's
+        // and PgBouncer's logs. The sidecar holds this one idle connection.
+        let client = shared
+            .pool
+            .get()
             .await
             .map_err(|e| describe_pool_error(&e))?;
         client

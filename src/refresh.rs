@@ -97,6 +97,15 @@ const CANCEL_REPEAT: Duration = Duration::from_secs(1);
 /// connection is given up on (the server, or the network to it, is gone).
 const CANCEL_GIVE_UP: Duration = Duration::from_secs(10);
 
+/// How long a refresh's transaction may sit idle on the server: never, while
+/// the refresher works (its statements follow each other at once), but a
+/// connection it abandoned must not keep the view locked.
+const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(15);
+
+/// How often a server running a refresh's statement checks that the client is
+/// still there (PostgreSQL 14+, direct connections).
+const CLIENT_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
 /// How long past its `statement_timeout` a statement may stay unanswered
 /// before the server is taken for gone: the server would have ended it by then.
 const SILENCE_GRACE: Duration = Duration::from_secs(30);
@@ -236,6 +245,11 @@ pub async fn execute(ctx: Arc<RunContext>, plan: Arc<Plan>) -> Vec<Outcome> {
         }
     }
 
+    // The views never started are recorded on one connection; once it cannot
+    // be had, no other is tried (a stop with the server gone must not wait a
+    // connect timeout per view).
+    let mut slot = None;
+    let mut unreachable: Option<String> = None;
     let mut done = Vec::with_capacity(n);
     for (step, outcome) in plan.steps.iter().zip(outcomes) {
         let outcome = match outcome {
@@ -248,7 +262,20 @@ pub async fn execute(ctx: Arc<RunContext>, plan: Arc<Plan>) -> Vec<Outcome> {
                 let mut outcome =
                     Outcome::new(step, Status::Cancelled, format!("not started: {reason}"));
                 outcome.blocks_dependents = true;
-                finish(&ctx, &mut None, step, outcome).await
+                match &unreachable {
+                    Some(error) => {
+                        outcome.log_error = Some(error.clone());
+                        report(&ctx, &outcome);
+                        outcome
+                    }
+                    None => {
+                        let outcome = finish(&ctx, &mut slot, step, outcome).await;
+                        if slot.is_none() {
+                            unreachable.clone_from(&outcome.log_error);
+                        }
+                        outcome
+                    }
+                }
             }
         };
         done.push(outcome);
@@ -401,7 +428,17 @@ async fn expected_duration(ctx: &RunContext, slot: &mut Slot, step: &Step) -> Op
 /// (`set_config` would change the coordinator only). The values come from
 /// validated settings (`65536kB`, `600000ms`) and are quoted all the same.
 fn settings_sql(settings: &ViewSettings, citus: bool) -> String {
-    let mut sql = String::new();
+    // First, for this coordinator session only (before Citus propagation, as
+    // a worker's connection may idle while the coordinator works): a
+    // transaction whose client went away (an abandoned connection behind a
+    // pooler or a silent network) must not sit idle holding the view's locks,
+    // and a direct connection whose client closed ends its statement.
+    let mut sql = format!(
+        "SET LOCAL idle_in_transaction_session_timeout = {}; \
+         SET LOCAL client_connection_check_interval = {}; ",
+        quote_literal(&format!("{}ms", IDLE_IN_TRANSACTION.as_millis())),
+        quote_literal(&format!("{}ms", CLIENT_CHECK_INTERVAL.as_millis())),
+    );
     if citus {
         sql.push_str("SET LOCAL citus.propagate_set_commands = 'local'; ");
     }
@@ -474,6 +511,14 @@ async fn attempt_refresh(
         ),
         Method::Full => format!("REFRESH MATERIALIZED VIEW {}", relation.quoted()),
     };
+    // A stop that came while the transaction was being set up: no REFRESH is
+    // sent only to be cancelled at once.
+    if let Some(reason) = ctx.cancel.reason() {
+        return Err(Failure {
+            stopped: Some(reason),
+            ..Failure::permanent(format!("not started: {reason}"))
+        });
+    }
     let started = Instant::now();
     let refreshed = cancellable(
         ctx,
@@ -610,8 +655,9 @@ impl Interrupted {
                     stopped: reason,
                     method,
                     duration_ms,
-                    // A silent server is a lost connection: worth another try.
-                    transient: reason.is_none(),
+                    // Not retried: the abandoned transaction may hold the view's
+                    // advisory lock until the server gives up on it.
+                    transient: false,
                     abandoned: true,
                     ..Failure::permanent(match reason {
                         Some(reason) => format!("cancelled ({reason}); {given_up}"),
