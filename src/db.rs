@@ -622,8 +622,9 @@ pub fn describe_error(err: &tokio_postgres::Error) -> String {
         }
         None if certificate_is_version_1(err) => format!(
             "{}; hint: the server's certificate is X.509 version 1 (as Citus makes them), \
-             which sslmode verify-ca and verify-full cannot check: give the server a version 3 \
-             certificate, or use sslmode=require (encrypted, not verified)",
+             which cannot be checked against sslrootcert (verify-ca, verify-full, or require \
+             with sslrootcert): give the server a version 3 certificate, or use \
+             sslmode=require without sslrootcert (encrypted, not verified)",
             error_chain(err)
         ),
         None => error_chain(err),

@@ -522,6 +522,7 @@ async fn attempt_refresh(
     let started = Instant::now();
     let refreshed = cancellable(
         ctx,
+        relation,
         &cancel,
         silence_limit(settings),
         tx.batch_execute(&sql),
@@ -584,7 +585,7 @@ async fn attempt_refresh(
         // and its failure is a warning, not a failed refresh.
         let started = Instant::now();
         let sql = format!("VACUUM (ANALYZE) {}", relation.quoted());
-        match cancellable(ctx, &cancel, None, client.batch_execute(&sql)).await {
+        match cancellable(ctx, relation, &cancel, None, client.batch_execute(&sql)).await {
             Ok(()) => {
                 let vacuum_ms = started.elapsed().as_secs_f64() * 1000.0;
                 note = format!(
@@ -679,6 +680,7 @@ impl Interrupted {
 /// backend running.
 async fn cancellable(
     ctx: &RunContext,
+    relation: &Relation,
     token: &CancelToken,
     silence: Option<Duration>,
     statement: impl Future<Output = Result<(), tokio_postgres::Error>>,
@@ -699,6 +701,7 @@ async fn cancellable(
     };
     if reason.is_none() {
         tracing::warn!(
+            view = %relation,
             silence_s = silence.unwrap_or_default().as_secs(),
             "no answer from the server past the statement timeout; cancelling"
         );
@@ -712,10 +715,10 @@ async fn cancellable(
     // and makes PgBouncer 1.18 exit ("bad client state").
     let mut sent: Option<tokio::task::JoinHandle<()>>;
     let interrupted = loop {
-        let (target, token) = (ctx.target.clone(), token.clone());
+        let (target, token, view) = (ctx.target.clone(), token.clone(), relation.to_string());
         let request = tokio::spawn(async move {
             if let Err(error) = target.cancel(&token).await {
-                tracing::warn!(%error, "could not cancel the statement");
+                tracing::warn!(%view, %error, "could not cancel the statement");
             }
         });
         sent = Some(request);
