@@ -274,18 +274,15 @@ pub async fn bloat(client: &impl GenericClient, oid: u32) -> Result<Bloat, tokio
     })
 }
 
-/// Whether this database is a Citus coordinator (`Some(true)`), another Citus
-/// node (`Some(false)`), or has no `citus` extension (`None`).
-pub async fn citus_coordinator(
+/// Whether this database, which has the `citus` extension, is the Citus
+/// coordinator.
+pub async fn is_citus_coordinator(
     client: &impl GenericClient,
-) -> Result<Option<bool>, tokio_postgres::Error> {
-    if !has_citus(client).await? {
-        return Ok(None);
-    }
+) -> Result<bool, tokio_postgres::Error> {
     let row = client
         .query_typed_one("SELECT citus_is_coordinator()", &[])
         .await?;
-    Ok(Some(row.get(0)))
+    Ok(row.get(0))
 }
 
 /// Whether the `citus` extension is installed in this database.

@@ -98,7 +98,7 @@ impl Refresher {
             .ensure(&mut client)
             .await
             .map_err(db_err("preparing the log tables"))?;
-        let plan = Plan::build(&**client, specs)
+        let plan = Plan::build(&*client, specs)
             .await
             .map_err(db_err("planning the refresh"))?;
         drop(client);
@@ -133,7 +133,7 @@ impl Refresher {
         let pruned = match Conn::get(&self.pool).await {
             Ok(client) => self
                 .log
-                .prune(&**client, retention)
+                .prune(&*client, retention)
                 .await
                 .map_err(|e| describe_error(&e)),
             Err(err) => Err(describe_pool_error(&err)),

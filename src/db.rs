@@ -23,7 +23,7 @@ use std::str::FromStr;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use percent_encoding::percent_decode_str;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::task::JoinHandle;
@@ -55,7 +55,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// How long one cancel request may take, from connecting to the server closing
 /// the cancel connection.
-pub const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connection parameters read here rather than by tokio-postgres: the TLS ones
 /// it does not know, and the keepalive ones whose names or units differ from
@@ -215,27 +215,15 @@ impl DbTarget {
     pub async fn cancel(&self, token: &CancelToken) -> Result<(), String> {
         let sent = tokio::time::timeout(CANCEL_TIMEOUT, async {
             let port = self.config.get_ports().first().copied().unwrap_or(5432);
-            let host = self.config.get_hosts().first().cloned();
-            let mut tls = self.connector.clone();
-            match host {
+            match self.config.get_hosts().first() {
                 Some(Host::Tcp(name)) => {
                     let stream = tokio::net::TcpStream::connect((name.as_str(), port)).await?;
-                    let tls = pg_io(
-                        MakeTlsConnect::<WaitForClose<tokio::net::TcpStream>>::make_tls_connect(
-                            &mut tls, &name,
-                        ),
-                    )?;
-                    pg_io(token.cancel_query_raw(WaitForClose(stream), tls).await)
+                    self.send_cancel(token, stream, name).await
                 }
                 Some(Host::Unix(dir)) => {
                     let path = dir.join(format!(".s.PGSQL.{port}"));
                     let stream = tokio::net::UnixStream::connect(path).await?;
-                    let tls = pg_io(
-                        MakeTlsConnect::<WaitForClose<tokio::net::UnixStream>>::make_tls_connect(
-                            &mut tls, "",
-                        ),
-                    )?;
-                    pg_io(token.cancel_query_raw(WaitForClose(stream), tls).await)
+                    self.send_cancel(token, stream, "").await
                 }
                 None => Err(io::Error::other("no host to send the cancel request to")),
             }
@@ -252,8 +240,21 @@ impl DbTarget {
     }
 }
 
-fn pg_io<T>(result: Result<T, impl std::error::Error + Send + Sync + 'static>) -> io::Result<T> {
-    result.map_err(io::Error::other)
+impl DbTarget {
+    /// Sends `token`'s cancel request on `stream`, with TLS when the
+    /// connection being cancelled has it, and waits for the server to close.
+    async fn send_cancel<S>(&self, token: &CancelToken, stream: S, host: &str) -> io::Result<()>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut tls = self.connector.clone();
+        let tls = MakeTlsConnect::<WaitForClose<S>>::make_tls_connect(&mut tls, host)
+            .map_err(io::Error::other)?;
+        token
+            .cancel_query_raw(WaitForClose(stream), tls)
+            .await
+            .map_err(io::Error::other)
+    }
 }
 
 /// A pooled connection that is closed, not kept idle, when dropped: a process
@@ -270,15 +271,15 @@ impl Conn {
 }
 
 impl Deref for Conn {
-    type Target = ClientWrapper;
+    type Target = Client;
 
-    fn deref(&self) -> &ClientWrapper {
+    fn deref(&self) -> &Client {
         self.0.as_ref().expect("a connection until dropped")
     }
 }
 
 impl DerefMut for Conn {
-    fn deref_mut(&mut self) -> &mut ClientWrapper {
+    fn deref_mut(&mut self) -> &mut Client {
         self.0.as_mut().expect("a connection until dropped")
     }
 }
@@ -306,7 +307,7 @@ impl deadpool_postgres::Connect for Connector {
         let config = config.clone();
         Box::pin(async move {
             let (client, connection) = match config.connect(self.tls.clone()).await {
-                Err(err) if self.mode == SslMode::Prefer && tls_handshake_failed(&err) => {
+                Err(err) if self.mode == SslMode::Prefer && rustls_error(&err).is_some() => {
                     tracing::debug!(error = %error_chain(&err), "TLS handshake failed; connecting without TLS (sslmode=prefer)");
                     let mut plain = config.clone();
                     plain.ssl_mode(PgSslMode::Disable);
@@ -343,22 +344,24 @@ impl deadpool_postgres::Connect for Connector {
     }
 }
 
-/// Whether `err` is a failed TLS handshake (rustls said no), as opposed to a
-/// connection that could not be made at all.
-fn tls_handshake_failed(err: &tokio_postgres::Error) -> bool {
+/// The rustls error behind `err`, when a TLS handshake failed (as opposed to
+/// a connection that could not be made at all). tokio-rustls wraps it in an
+/// `io::Error`, whose `source()` skips it, so each cause is unwrapped too.
+fn rustls_error(err: &tokio_postgres::Error) -> Option<&rustls::Error> {
     let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
-        if cause.is::<rustls::Error>()
-            || cause
+        let found = cause.downcast_ref::<rustls::Error>().or_else(|| {
+            cause
                 .downcast_ref::<io::Error>()
-                .and_then(|io| io.get_ref())
-                .is_some_and(|inner| inner.is::<rustls::Error>())
-        {
-            return true;
+                .and_then(io::Error::get_ref)
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if found.is_some() {
+            return found;
         }
         source = cause.source();
     }
-    false
+    None
 }
 
 /// A stream whose shutdown first waits for the peer to close: what a cancel
@@ -407,7 +410,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WaitForClose<S> {
 /// Takes the parameters `keys` out of a connection string, a URL
 /// (`postgres://...?sslmode=verify-full`) or key=value pairs; returns the rest
 /// and the values taken.
-pub fn take_params(conn: &str, keys: &[&str]) -> (String, HashMap<String, String>) {
+fn take_params(conn: &str, keys: &[&str]) -> (String, HashMap<String, String>) {
     let mut taken = HashMap::new();
     let mut keep = |key: &str, value: String| {
         if keys.contains(&key) {
@@ -463,7 +466,7 @@ fn apply_keepalives(
     config: &mut PgConfig,
     own: &HashMap<String, String>,
 ) -> Result<(), InvalidUrl> {
-    let number = |key: &str| -> Result<Option<u64>, InvalidUrl> {
+    let number = |key: &str| {
         own.get(key)
             .map(|value| {
                 value
@@ -634,25 +637,15 @@ pub fn describe_error(err: &tokio_postgres::Error) -> String {
 /// Whether a handshake failed because the certificate is X.509 version 1,
 /// which webpki does not verify.
 fn certificate_is_version_1(err: &tokio_postgres::Error) -> bool {
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        let rustls_error = cause.downcast_ref::<rustls::Error>().or_else(|| {
-            cause
-                .downcast_ref::<io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) =
-            rustls_error
-        {
-            return matches!(
+    match rustls_error(err) {
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) => {
+            matches!(
                 other.0.downcast_ref::<webpki::Error>(),
                 Some(webpki::Error::UnsupportedCertVersion)
-            );
+            )
         }
-        source = cause.source();
+        _ => false,
     }
-    false
 }
 
 /// `err` and its sources, joined by ": ".

@@ -200,16 +200,22 @@ async fn check(registry: &Registry, target: &DbTarget, log: &RefreshLog) -> Resu
         .await
         .map_err(db_err("reading the server's settings"))?;
     let (version, server_work_mem): (String, String) = (settings.get(0), settings.get(1));
-    let citus = catalog::citus_coordinator(&**client)
-        .await
-        .map_err(db_err("looking for citus"))?;
     let log_exists = log
-        .exists(&**client)
+        .exists(&*client)
         .await
         .map_err(db_err("looking for the log tables"))?;
-    let plan = Plan::build(&**client, registry.views.clone())
+    let plan = Plan::build(&*client, registry.views.clone())
         .await
         .map_err(db_err("planning the refresh"))?;
+    // Some(coordinator?) on Citus, None without it.
+    let citus = if plan.citus {
+        let coordinator = catalog::is_citus_coordinator(&*client)
+            .await
+            .map_err(db_err("asking citus_is_coordinator()"))?;
+        Some(coordinator)
+    } else {
+        None
+    };
 
     println!(
         "registry:   {} ({} views)",

@@ -125,53 +125,48 @@ impl Plan {
                 steps[v].depends_on.push(s);
             }
         }
-        let mut plan = Self::ordered(steps);
-        plan.citus = catalog::has_citus(client).await?;
-        Ok(plan)
+        Ok(Self {
+            steps: ordered(steps),
+            citus: catalog::has_citus(client).await?,
+        })
     }
+}
 
-    /// Reorders `steps` so each follows its dependencies, keeping the registry's
-    /// order otherwise; views caught in a cycle keep their place with a problem.
-    fn ordered(mut steps: Vec<Step>) -> Self {
-        let n = steps.len();
-        let mut placed = vec![false; n];
-        let mut order = Vec::with_capacity(n);
-        while order.len() < n {
-            let next =
-                (0..n).find(|&i| !placed[i] && steps[i].depends_on.iter().all(|&d| placed[d]));
-            let i = next.unwrap_or_else(|| {
-                // Only a cycle leaves nothing ready; break it at the first view left.
-                let i = (0..n).find(|&i| !placed[i]).expect("a view is left");
-                steps[i].problem =
-                    Some("is part of a dependency cycle among registry views".into());
-                // Its remaining edges point forward: drop them, or the views of
-                // the cycle would wait for each other forever.
-                steps[i].depends_on.retain(|&d| placed[d]);
-                i
-            });
-            placed[i] = true;
-            order.push(i);
-        }
-        let mut position = vec![0; n];
-        for (pos, &i) in order.iter().enumerate() {
-            position[i] = pos;
-        }
-        for step in &mut steps {
-            for d in &mut step.depends_on {
-                *d = position[*d];
-            }
-            step.depends_on.sort_unstable();
-        }
-        let mut slots: Vec<Option<Step>> = steps.into_iter().map(Some).collect();
-        let steps = order
-            .iter()
-            .map(|&i| slots[i].take().expect("each once"))
-            .collect();
-        Self {
-            steps,
-            citus: false,
-        }
+/// Reorders `steps` so each follows its dependencies, keeping the registry's
+/// order otherwise; views caught in a cycle keep their place with a problem.
+fn ordered(mut steps: Vec<Step>) -> Vec<Step> {
+    let n = steps.len();
+    let mut placed = vec![false; n];
+    let mut order = Vec::with_capacity(n);
+    while order.len() < n {
+        let next = (0..n).find(|&i| !placed[i] && steps[i].depends_on.iter().all(|&d| placed[d]));
+        let i = next.unwrap_or_else(|| {
+            // Only a cycle leaves nothing ready; break it at the first view left.
+            let i = (0..n).find(|&i| !placed[i]).expect("a view is left");
+            steps[i].problem = Some("is part of a dependency cycle among registry views".into());
+            // Its remaining edges point forward: drop them, or the views of
+            // the cycle would wait for each other forever.
+            steps[i].depends_on.retain(|&d| placed[d]);
+            i
+        });
+        placed[i] = true;
+        order.push(i);
     }
+    let mut position = vec![0; n];
+    for (pos, &i) in order.iter().enumerate() {
+        position[i] = pos;
+    }
+    for step in &mut steps {
+        for d in &mut step.depends_on {
+            *d = position[*d];
+        }
+        step.depends_on.sort_unstable();
+    }
+    let mut slots: Vec<Option<Step>> = steps.into_iter().map(Some).collect();
+    order
+        .iter()
+        .map(|&i| slots[i].take().expect("each once"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -226,18 +221,18 @@ mod tests {
     #[test]
     fn dependencies_come_first_and_cycles_are_reported() {
         // c reads b, b reads a; listed in reverse.
-        let plan = Plan::ordered(vec![
+        let steps = ordered(vec![
             step("c", vec![1]),
             step("b", vec![2]),
             step("a", vec![]),
         ]);
-        let names: Vec<_> = plan.steps.iter().map(Step::view_name).collect();
+        let names: Vec<_> = steps.iter().map(Step::view_name).collect();
         assert_eq!(names, ["public.a", "public.b", "public.c"]);
-        assert_eq!(plan.steps[2].depends_on, [1]);
+        assert_eq!(steps[2].depends_on, [1]);
 
-        let plan = Plan::ordered(vec![step("x", vec![1]), step("y", vec![0])]);
-        assert!(plan.steps[0].problem.is_some());
-        assert!(plan.steps[0].depends_on.is_empty(), "the cycle is broken");
-        assert_eq!(plan.steps[1].depends_on, [0]);
+        let steps = ordered(vec![step("x", vec![1]), step("y", vec![0])]);
+        assert!(steps[0].problem.is_some());
+        assert!(steps[0].depends_on.is_empty(), "the cycle is broken");
+        assert_eq!(steps[1].depends_on, [0]);
     }
 }

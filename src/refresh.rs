@@ -408,7 +408,7 @@ async fn fresh_enough(ctx: &RunContext, slot: &mut Slot, step: &Step) -> Option<
     let log = ctx.log.as_ref()?;
     let client = connection(ctx, slot).await.ok()?;
     let age = log
-        .seconds_since_success(&***client, &step.view_name())
+        .seconds_since_success(&**client, &step.view_name())
         .await
         .ok()??;
     (age * 1000.0 < interval.as_millis() as f64)
@@ -419,7 +419,7 @@ async fn fresh_enough(ctx: &RunContext, slot: &mut Slot, step: &Step) -> Option<
 async fn expected_duration(ctx: &RunContext, slot: &mut Slot, step: &Step) -> Option<f64> {
     let log = ctx.log.as_ref()?;
     let client = connection(ctx, slot).await.ok()?;
-    let rows = log.rows(&***client, &[step.view_name()]).await.ok()?;
+    let rows = log.rows(&**client, &[step.view_name()]).await.ok()?;
     rows.first()?.avg_refresh_time_ms
 }
 
@@ -434,10 +434,10 @@ fn settings_sql(settings: &ViewSettings, citus: bool) -> String {
     // pooler or a silent network) must not sit idle holding the view's locks,
     // and a direct connection whose client closed ends its statement.
     let mut sql = format!(
-        "SET LOCAL idle_in_transaction_session_timeout = {}; \
-         SET LOCAL client_connection_check_interval = {}; ",
-        quote_literal(&format!("{}ms", IDLE_IN_TRANSACTION.as_millis())),
-        quote_literal(&format!("{}ms", CLIENT_CHECK_INTERVAL.as_millis())),
+        "SET LOCAL idle_in_transaction_session_timeout = '{}ms'; \
+         SET LOCAL client_connection_check_interval = '{}ms'; ",
+        IDLE_IN_TRANSACTION.as_millis(),
+        CLIENT_CHECK_INTERVAL.as_millis(),
     );
     if citus {
         sql.push_str("SET LOCAL citus.propagate_set_commands = 'local'; ");
@@ -497,7 +497,7 @@ async fn attempt_refresh(
 
     // The state may have changed since planning (another refresher populated it,
     // an index was dropped): decide on what is true now, inside the lock.
-    let state = catalog::view_state(&*tx, relation.oid)
+    let state = catalog::view_state(&tx, relation.oid)
         .await
         .map_err(pg(None))?
         .ok_or_else(|| Failure::permanent(format!("view {relation} was dropped")))?;
@@ -535,7 +535,7 @@ async fn attempt_refresh(
     // committed transactions arrive later.
     let bloat = match (method, settings.vacuum) {
         (Method::Concurrently, Vacuum::Auto) => Some(
-            catalog::bloat(&*tx, relation.oid)
+            catalog::bloat(&tx, relation.oid)
                 .await
                 .map_err(pg(Some(method)))?,
         ),
@@ -566,7 +566,7 @@ async fn attempt_refresh(
             host: &ctx.host,
             retried: false,
         };
-        match log.record(&*savepoint, &record).await {
+        match log.record(&savepoint, &record).await {
             Ok(id) => {
                 savepoint.commit().await.map_err(pg(Some(method)))?;
                 history_id = Some(id);
@@ -595,7 +595,7 @@ async fn attempt_refresh(
                 );
                 tracing::info!(view = %relation, dead_rows = bloat.dead, live_rows = bloat.live, vacuum_ms, "vacuumed after the refresh");
                 if let (Some(log), Some(id)) = (&ctx.log, history_id)
-                    && let Err(err) = log.record_vacuum(&***client, id, vacuum_ms).await
+                    && let Err(err) = log.record_vacuum(&**client, id, vacuum_ms).await
                 {
                     log_error = Some(describe_error(&err));
                 }
@@ -706,46 +706,38 @@ async fn cancellable(
             "no answer from the server past the statement timeout; cancelling"
         );
     }
-    let give_up = tokio::time::sleep(CANCEL_GIVE_UP);
-    tokio::pin!(give_up);
     // A cancel that reaches the backend before the statement does is ignored:
-    // repeat it until the statement ends. Each request runs as a task of its
-    // own and is waited for before returning: closing a cancel connection
-    // before the server (or PgBouncer) is done with it can lose the request,
-    // and makes PgBouncer 1.18 exit ("bad client state").
-    let mut sent: Option<tokio::task::JoinHandle<()>>;
-    let interrupted = loop {
+    // it is repeated until the statement ends. A request in flight is never cut
+    // short (closing a cancel connection before the server, or PgBouncer, is
+    // done with it loses the request, and makes PgBouncer 1.18 exit with "bad
+    // client state"): the repeater stops only between requests, and is waited
+    // for, at most one request's CANCEL_TIMEOUT.
+    let (done, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let repeater = tokio::spawn({
         let (target, token, view) = (ctx.target.clone(), token.clone(), relation.to_string());
-        let request = tokio::spawn(async move {
-            if let Err(error) = target.cancel(&token).await {
-                tracing::warn!(%view, %error, "could not cancel the statement");
+        async move {
+            loop {
+                if let Err(error) = target.cancel(&token).await {
+                    tracing::warn!(%view, %error, "could not cancel the statement");
+                }
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    () = tokio::time::sleep(CANCEL_REPEAT) => {}
+                }
             }
-        });
-        sent = Some(request);
-        let repeat = async {
-            if let Some(request) = sent.as_mut() {
-                let _ = request.await;
-            }
-            sent = None;
-            tokio::time::sleep(CANCEL_REPEAT).await;
-        };
-        tokio::select! {
-            biased;
-            result = &mut statement => {
-                break match reason {
-                    Some(reason) => Err(Interrupted::Stopped(reason, result)),
-                    // The silence ended on its own.
-                    None => result.map_err(Interrupted::Failed),
-                };
-            }
-            () = &mut give_up => break Err(Interrupted::Abandoned(reason)),
-            () = repeat => {}
         }
+    });
+    let interrupted = tokio::select! {
+        biased;
+        result = &mut statement => match reason {
+            Some(reason) => Err(Interrupted::Stopped(reason, result)),
+            // The silence ended on its own.
+            None => result.map_err(Interrupted::Failed),
+        },
+        () = tokio::time::sleep(CANCEL_GIVE_UP) => Err(Interrupted::Abandoned(reason)),
     };
-    if let Some(request) = sent {
-        // Bounded by the cancel's own timeout.
-        let _ = request.await;
-    }
+    drop(done);
+    let _ = repeater.await;
     interrupted
 }
 
@@ -819,7 +811,7 @@ async fn record(
         };
         let written = match connection(ctx, slot).await {
             Ok(client) => log
-                .record(&***client, &attempt)
+                .record(&**client, &attempt)
                 .await
                 .map_err(|e| describe_error(&e)),
             Err(err) => Err(describe_pool_error(&err)),

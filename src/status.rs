@@ -53,22 +53,22 @@ pub async fn run(
 
     let mut names = Vec::with_capacity(registry.views.len());
     for view in &registry.views {
-        let lookup = catalog::lookup(&**client, &view.name)
+        let lookup = catalog::lookup(&*client, &view.name)
             .await
             .map_err(db_err("looking up the registry views"))?;
         names.push(lookup.qualified_name());
     }
     let exists = log
-        .exists(&**client)
+        .exists(&*client)
         .await
         .map_err(db_err("looking for the log tables"))?;
     let (mut rows, mut recent) = if exists {
         let rows = log
-            .rows(&**client, &names)
+            .rows(&*client, &names)
             .await
             .map_err(db_err("reading the refresh log"))?;
         let recent = log
-            .recent_durations(&**client, &names, SPARK_POINTS)
+            .recent_durations(&*client, &names, SPARK_POINTS)
             .await
             .map_err(db_err("reading the refresh history"))?;
         (rows, recent)
