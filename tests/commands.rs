@@ -245,11 +245,7 @@ fn check_prints_the_plan_and_exits_0_when_all_is_well() {
         "public.user_activity_view",
         "public.top_bets_today",
     ] {
-        let line = out
-            .stdout
-            .lines()
-            .find(|l| l.contains(view))
-            .unwrap_or_else(|| panic!("{view}\n{out}"));
+        let line = out.line_with(view);
         assert!(line.contains("concurrently"), "{line}");
         assert!(
             line.contains("4MB (server)") && line.contains("10min") && line.contains("30s"),
@@ -287,11 +283,7 @@ fn check_reports_every_view_that_cannot_be_refreshed_as_configured() {
         .stdout_has("public.unpopulated is not populated")
         .stdout_has("public.missing does not exist")
         .stdout_has("public.bets_view is a table, not a materialized view");
-    let fine = out
-        .stdout
-        .lines()
-        .find(|l| l.contains("public.fine_without_index"))
-        .unwrap();
+    let fine = out.line_with("public.fine_without_index");
     assert!(
         fine.contains("full (no unique index usable by CONCURRENTLY)"),
         "{fine}"
@@ -342,20 +334,12 @@ fn status_reports_each_view_in_table_and_json() {
 
     let table = db.mvr().args(["status", "--registry"]).arg(&registry).run();
     table.code(0);
-    let line = table
-        .stdout
-        .lines()
-        .find(|l| l.contains("public.broken"))
-        .unwrap();
+    let line = table.line_with("public.broken");
     assert!(
         line.contains("never") && line.contains("failed") && line.contains("division by zero"),
         "{line}"
     );
-    let line = table
-        .stdout
-        .lines()
-        .find(|l| l.contains("public.top_bets_today"))
-        .unwrap();
+    let line = table.line_with("public.top_bets_today");
     assert!(line.contains("success"), "{line}");
 
     let json = db

@@ -354,11 +354,7 @@ fn status_shows_next_due_time_and_recent_durations() {
 
     let table = db.mvr().args(["status", "--registry"]).arg(&registry).run();
     table.code(0);
-    let line = table
-        .stdout
-        .lines()
-        .find(|l| l.contains("public.tenants_summary_view"))
-        .unwrap();
+    let line = table.line_with("public.tenants_summary_view");
     assert!(line.contains("every run"), "{line}");
     let spark: String = line.chars().filter(|c| ('▁'..='█').contains(c)).collect();
     assert_eq!(

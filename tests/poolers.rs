@@ -39,25 +39,17 @@ fn last_id(db: &TestDb) -> i64 {
 
 /// `status` of the history rows of `view`, in order.
 fn statuses(db: &TestDb, view: &str) -> Vec<String> {
-    db.rows(&format!(
-        "SELECT status FROM materialized_views_refresh_history \
-         WHERE view_name = 'public.{view}' ORDER BY id"
-    ))
-    .into_iter()
-    .map(|r| r[0].clone().unwrap())
-    .collect()
+    db.history(view)
+        .into_iter()
+        .map(|row| row[0].clone().unwrap())
+        .collect()
 }
 
 /// Waits until a backend runs a REFRESH of `view` for `run`, and returns its
 /// pid; fails at once, with the output, when `run` ends first.
 fn refresh_backend(run: &mut Running, db: &TestDb, view: &str) -> i32 {
-    let sql = format!(
-        "SELECT pid FROM pg_stat_activity WHERE state = 'active' \
-         AND datname = current_database() AND query ILIKE 'REFRESH MATERIALIZED VIEW%\"{view}\"%' LIMIT 1"
-    );
-    let mut client = db.client();
     run.wait_until(&format!("a REFRESH of {view} running"), || {
-        client.query_opt(&sql, &[]).unwrap().map(|row| row.get(0))
+        db.refresh_pid(view)
     })
 }
 

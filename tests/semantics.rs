@@ -7,14 +7,6 @@ mod common;
 
 use common::{Mvr, TestDb, private_cluster};
 
-/// `(status, method, attempt, sqlstate, note, error)` of every attempt at `view`, in order.
-fn history(db: &TestDb, view: &str) -> Vec<Vec<Option<String>>> {
-    db.rows(&format!(
-        "SELECT status, method, attempt::text, sqlstate, note, error \
-         FROM materialized_views_refresh_history WHERE view_name = 'public.{view}' ORDER BY id"
-    ))
-}
-
 #[test]
 fn auto_decides_from_the_catalog_and_records_the_reason() {
     let db = TestDb::platform("auto_method");
@@ -43,7 +35,7 @@ fn auto_decides_from_the_catalog_and_records_the_reason() {
         .code(0);
 
     let method = |view: &str| {
-        let rows = history(&db, view);
+        let rows = db.history(view);
         (rows[0][1].clone().unwrap(), rows[0][4].clone().unwrap())
     };
     assert_eq!(method("m_good").0, "concurrently");
@@ -74,7 +66,7 @@ fn auto_decides_from_the_catalog_and_records_the_reason() {
         .run()
         .code(0);
     assert_eq!(
-        history(&db, "m_unpopulated")[1][1].as_deref(),
+        db.history("m_unpopulated")[1][1].as_deref(),
         Some("concurrently")
     );
 }
@@ -91,7 +83,7 @@ fn always_refuses_a_view_that_cannot_be_refreshed_concurrently_without_running_a
         .run();
     out.code(1)
         .stdout_has("has no unique index usable by CONCURRENTLY");
-    let rows = history(&db, "m_plain");
+    let rows = db.history("m_plain");
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0][0].as_deref(), Some("failed"));
     assert_eq!(rows[0][1], None, "no REFRESH ran");
@@ -108,7 +100,7 @@ fn duplicate_rows_fail_with_sqlstate_21000_and_the_servers_detail() {
     );
     let out = db.mvr().args(["refresh", "m_dup"]).run();
     out.code(1).stderr_has("duplicate rows");
-    let rows = history(&db, "m_dup");
+    let rows = db.history("m_dup");
     assert_eq!(rows.len(), 1, "not retried: {rows:?}");
     assert_eq!(rows[0][3].as_deref(), Some("21000"));
     let error = rows[0][5].as_deref().unwrap();
@@ -132,7 +124,7 @@ fn two_refreshers_never_refresh_the_same_view_at_once() {
         .stdout_has("another refresher is refreshing this view");
     first.wait().code(0).stdout_has("1 refreshed");
 
-    let rows = history(&db, "m_slow");
+    let rows = db.history("m_slow");
     let statuses: Vec<_> = rows.iter().map(|r| r[0].clone().unwrap()).collect();
     assert_eq!(statuses, ["skipped", "success"]);
     assert_eq!(
@@ -212,11 +204,7 @@ fn a_dependency_through_a_begin_atomic_function_orders_views() {
     let registry = db.registry("[[view]]\nname = \"m_sum\"\n[[view]]\nname = \"m_base\"\n");
     let check = db.mvr().args(["check", "--registry"]).arg(&registry).run();
     check.code(0);
-    let sum_line = check
-        .stdout
-        .lines()
-        .find(|l| l.contains("public.m_sum "))
-        .unwrap_or_else(|| panic!("no m_sum line\n{check}"));
+    let sum_line = check.line_with("public.m_sum ");
     assert!(
         sum_line.trim_end().ends_with('1'),
         "m_sum must come after view 1, m_base\n{check}"
@@ -258,27 +246,20 @@ fn a_view_dropped_after_planning_fails_alone() {
     db.execute("DROP MATERIALIZED VIEW doomed");
     let out = running.wait();
     out.code(1).stdout_has("doomed");
-    let statuses = db.rows(
-        "SELECT view_name, status, error FROM materialized_views_refresh_history ORDER BY id",
-    );
-    let status = |view: &str| {
-        statuses
-            .iter()
-            .find(|r| r[0].as_deref() == Some(view))
+    let first = |view: &str| {
+        db.history(view)
+            .into_iter()
+            .next()
             .unwrap_or_else(|| panic!("no history row for {view}\n{out}"))
-            .clone()
     };
-    assert_eq!(status("public.slow_first")[1].as_deref(), Some("success"));
-    let doomed = status("public.doomed");
-    assert_eq!(doomed[1].as_deref(), Some("failed"), "{out}");
+    assert_eq!(first("slow_first")[0].as_deref(), Some("success"));
+    let doomed = first("doomed");
+    assert_eq!(doomed[0].as_deref(), Some("failed"), "{out}");
     assert!(
-        doomed[2].as_deref().unwrap_or("").contains("dropped"),
+        doomed[5].as_deref().unwrap_or("").contains("dropped"),
         "{doomed:?}"
     );
-    assert_eq!(
-        status("public.top_bets_today")[1].as_deref(),
-        Some("success")
-    );
+    assert_eq!(first("top_bets_today")[0].as_deref(), Some("success"));
 }
 
 #[test]
@@ -325,7 +306,7 @@ fn a_view_depending_on_a_failed_view_is_skipped_with_that_reason() {
         .arg(&registry)
         .run();
     out.code(1).stdout_has("0 refreshed, 1 skipped, 1 failed");
-    let y = history(&db, "m_y");
+    let y = db.history("m_y");
     assert_eq!(y[0][0].as_deref(), Some("skipped"));
     assert_eq!(
         y[0][4].as_deref(),
@@ -349,7 +330,7 @@ fn a_terminated_backend_is_retried_and_every_attempt_recorded() {
     let out = run.wait();
     out.code(0).stdout_has("1 refreshed").stderr_has("retrying");
 
-    let rows = history(&db, "m_retry");
+    let rows = db.history("m_retry");
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert_eq!(
         rows[0][0..4],
@@ -397,7 +378,7 @@ fn lock_timeout_is_retried_then_fails_naming_the_setting() {
     out.code(1).stderr_has("lock_timeout = 200ms");
     holder.batch_execute("ROLLBACK").unwrap();
 
-    let rows = history(&db, "m_locked");
+    let rows = db.history("m_locked");
     let got: Vec<_> = rows
         .iter()
         .map(|r| {
@@ -431,7 +412,7 @@ fn the_deadline_cancels_the_running_refresh_on_the_server() {
         0,
         "no backend may be left running the REFRESH"
     );
-    let rows = history(&db, "m_endless");
+    let rows = db.history("m_endless");
     assert_eq!(rows[0][0].as_deref(), Some("cancelled"));
     assert!(
         rows[0][5]
@@ -462,12 +443,9 @@ fn signal_cancels(signal: &str, code: i32) {
         0,
         "no backend may be left running the REFRESH\n{out}"
     );
-    assert_eq!(
-        history(&db, "m_endless")[0][0].as_deref(),
-        Some("cancelled")
-    );
-    assert_eq!(history(&db, "m_later")[0][0].as_deref(), Some("cancelled"));
-    assert_eq!(history(&db, "m_later")[0][1], None, "it never ran");
+    assert_eq!(db.history("m_endless")[0][0].as_deref(), Some("cancelled"));
+    assert_eq!(db.history("m_later")[0][0].as_deref(), Some("cancelled"));
+    assert_eq!(db.history("m_later")[0][1], None, "it never ran");
     let status: String = db.scalar("SELECT last_status FROM materialized_views_refresh_log WHERE view_name = 'public.m_endless'");
     assert_eq!(status, "cancelled");
 }
@@ -499,7 +477,7 @@ fn min_interval_skips_a_view_refreshed_recently() {
         .code(0)
         .stdout_has("0 refreshed, 1 skipped")
         .stdout_has("fresh: refreshed");
-    let rows = history(&db, "top_bets_today");
+    let rows = db.history("top_bets_today");
     assert_eq!(rows.len(), 2);
     assert!(rows[1][4].as_deref().unwrap().starts_with("fresh"));
 }
@@ -583,11 +561,7 @@ fn the_server_going_away_mid_run_fails_the_remaining_views() {
     cluster.halt();
     let out = run.wait();
     out.code(1).stdout_has("0 refreshed, 0 skipped, 2 failed");
-    let line = out
-        .stdout
-        .lines()
-        .find(|l| l.contains("public.top_bets_today"))
-        .unwrap();
+    let line = out.line_with("public.top_bets_today");
     assert!(
         line.contains("failed") && line.contains("could not connect"),
         "{line}"

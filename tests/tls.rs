@@ -40,29 +40,46 @@ fn serve_tls(cluster: &Cluster) -> Pki {
     }
 }
 
+/// Sets `settings` with ALTER SYSTEM, reloads, and waits until the server
+/// reports every one of them.
+fn reconfigure(cluster: &Cluster, settings: &[(&str, &str)]) {
+    let mut admin = cluster.connect("postgres");
+    for (name, value) in settings {
+        admin
+            .batch_execute(&format!("ALTER SYSTEM SET {name} = '{value}'"))
+            .unwrap();
+    }
+    admin.batch_execute("SELECT pg_reload_conf()").unwrap();
+    common::wait_until("the new settings to apply", || {
+        let mut admin = cluster.connect("postgres");
+        settings
+            .iter()
+            .all(|(name, value)| {
+                let now: String = admin
+                    .query_one(&format!("SHOW {name}"), &[])
+                    .unwrap()
+                    .get(0);
+                now == *value
+            })
+            .then_some(())
+    });
+}
+
 /// Gives the server `cert_pem` and `key_pem`, turns TLS on and makes the role
 /// `tls_user`, which is refused without TLS.
 fn turn_tls_on(cluster: &Cluster, cert_pem: &str, key_pem: &str) {
     cluster.install_file("server.crt", cert_pem);
     cluster.install_file("server.key", key_pem);
-    let mut admin = cluster.connect("postgres");
-    for statement in [
-        "ALTER SYSTEM SET ssl_cert_file = 'server.crt'",
-        "ALTER SYSTEM SET ssl_key_file = 'server.key'",
-        "ALTER SYSTEM SET ssl = on",
-        "SELECT pg_reload_conf()",
-    ] {
-        admin.batch_execute(statement).unwrap();
-    }
-    common::wait_until("ssl to be on", || {
-        let on: String = cluster
-            .connect("postgres")
-            .query_one("SHOW ssl", &[])
-            .unwrap()
-            .get(0);
-        (on == "on").then_some(())
-    });
-    admin
+    reconfigure(
+        cluster,
+        &[
+            ("ssl_cert_file", "server.crt"),
+            ("ssl_key_file", "server.key"),
+            ("ssl", "on"),
+        ],
+    );
+    cluster
+        .connect("postgres")
         .batch_execute("CREATE ROLE ssl_login NOLOGIN; CREATE ROLE tls_user LOGIN SUPERUSER IN ROLE ssl_login;")
         .unwrap();
 }
@@ -72,60 +89,29 @@ fn turn_tls_on(cluster: &Cluster, cert_pem: &str, key_pem: &str) {
 /// (`-days 0`). rcgen cannot make version 1, so openssl does, as the issue
 /// that found this did. Returns (certificate, key) in PEM.
 fn citus_style_certificate(dir: &std::path::Path) -> (String, String) {
-    let (key, csr, crt) = (dir.join("v1.key"), dir.join("v1.csr"), dir.join("v1.crt"));
-    let openssl = |args: &[&std::ffi::OsStr]| {
+    // Run in `dir`, on the files v1.key, v1.csr and v1.crt there.
+    let openssl = |args: &str| {
         let out = std::process::Command::new("openssl")
-            .args(args)
+            .args(args.split(' '))
+            .current_dir(dir)
             .output()
             .expect("openssl runs (apt-get install openssl)");
         assert!(
             out.status.success(),
-            "openssl {args:?}: {}",
+            "openssl {args}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        out.stdout
+        String::from_utf8(out.stdout).unwrap()
     };
-    openssl(&[
-        "req".as_ref(),
-        "-new".as_ref(),
-        "-newkey".as_ref(),
-        "rsa:2048".as_ref(),
-        "-nodes".as_ref(),
-        "-subj".as_ref(),
-        "/CN=citus-auto-ssl".as_ref(),
-        "-keyout".as_ref(),
-        key.as_os_str(),
-        "-out".as_ref(),
-        csr.as_os_str(),
-    ]);
-    openssl(&[
-        "x509".as_ref(),
-        "-req".as_ref(),
-        "-in".as_ref(),
-        csr.as_os_str(),
-        "-signkey".as_ref(),
-        key.as_os_str(),
-        "-days".as_ref(),
-        "0".as_ref(),
-        "-out".as_ref(),
-        crt.as_os_str(),
-    ]);
-    let text = String::from_utf8(openssl(&[
-        "x509".as_ref(),
-        "-in".as_ref(),
-        crt.as_os_str(),
-        "-noout".as_ref(),
-        "-text".as_ref(),
-    ]))
-    .unwrap();
+    openssl("req -new -newkey rsa:2048 -nodes -subj /CN=citus-auto-ssl -keyout v1.key -out v1.csr");
+    openssl("x509 -req -in v1.csr -signkey v1.key -days 0 -out v1.crt");
+    let text = openssl("x509 -in v1.crt -noout -text");
     assert!(
         text.contains("Version: 1 (0x0)"),
         "not a version 1 certificate:\n{text}"
     );
-    (
-        std::fs::read_to_string(&crt).unwrap(),
-        std::fs::read_to_string(&key).unwrap(),
-    )
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+    (read("v1.crt"), read("v1.key"))
 }
 
 fn url(db: &TestDb, host: &str, query: &str) -> String {
@@ -256,22 +242,13 @@ fn citus_style_certificates_are_accepted_and_prefer_survives_a_failed_handshake(
     // A server whose only cipher suite rustls does not offer (RSA key exchange,
     // TLS 1.2 at most): the handshake fails, and prefer connects without TLS as
     // libpq does, while require gives up.
-    let mut admin = cluster.connect("postgres");
-    for statement in [
-        "ALTER SYSTEM SET ssl_max_protocol_version = 'TLSv1.2'",
-        "ALTER SYSTEM SET ssl_ciphers = 'AES128-SHA'",
-        "SELECT pg_reload_conf()",
-    ] {
-        admin.batch_execute(statement).unwrap();
-    }
-    common::wait_until("the cipher change to apply", || {
-        let ciphers: String = cluster
-            .connect("postgres")
-            .query_one("SHOW ssl_ciphers", &[])
-            .unwrap()
-            .get(0);
-        (ciphers == "AES128-SHA").then_some(())
-    });
+    reconfigure(
+        cluster,
+        &[
+            ("ssl_max_protocol_version", "TLSv1.2"),
+            ("ssl_ciphers", "AES128-SHA"),
+        ],
+    );
     let plain_url = |mode: &str| {
         format!(
             "postgres://postgres@127.0.0.1:{}/{}?sslmode={mode}",

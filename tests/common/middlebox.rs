@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{Cluster, free_port};
+use super::{Cluster, free_port, is_root, spawn_watchdog, text_rows};
 
 /// How long a PgBouncer may take to accept connections.
 const BOUNCER_START_LIMIT: Duration = Duration::from_secs(30);
@@ -128,22 +128,13 @@ impl PgBouncer {
 
         // Kills it when this process is gone, even after a panic or a kill;
         // Drop removes the directory, which tells the watchdog to leave.
-        #[allow(clippy::zombie_processes)]
-        let _watchdog = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "while kill -0 {pid} 2>/dev/null && [ -d '{dir}' ]; do sleep 0.5; done; \
-                 if [ -d '{dir}' ]; then kill -9 {child} 2>/dev/null; rm -rf '{dir}'; fi",
-                pid = std::process::id(),
-                child = child.id(),
-                dir = dir.display()
-            ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("the watchdog starts");
+        spawn_watchdog(&format!(
+            "while kill -0 {pid} 2>/dev/null && [ -d '{dir}' ]; do sleep 0.5; done; \
+             if [ -d '{dir}' ]; then kill -9 {child} 2>/dev/null; rm -rf '{dir}'; fi",
+            pid = std::process::id(),
+            child = child.id(),
+            dir = dir.display()
+        ));
 
         let bouncer = Self {
             port,
@@ -175,12 +166,6 @@ impl PgBouncer {
         }
     }
 
-    /// Whether the process still runs (PgBouncer exits on a FATAL).
-    pub fn running(&self) -> bool {
-        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
-        matches!(child.try_wait(), Ok(None))
-    }
-
     /// Panics with the log when PgBouncer is no longer running (`when` says
     /// at which point of the test).
     #[track_caller]
@@ -201,13 +186,7 @@ impl PgBouncer {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
 
-    /// Runs `command` on the admin console (`SHOW POOLS`, `SHOW CLIENTS`,
-    /// ...): the rows as text.
-    pub fn admin(&self, command: &str) -> Vec<Vec<Option<String>>> {
-        self.try_admin(command)
-            .unwrap_or_else(|e| panic!("pgbouncer admin {command}: {e}\n{}", self.log()))
-    }
-
+    /// Runs `command` on the admin console: the rows as text.
     fn try_admin(&self, command: &str) -> Result<Vec<Vec<Option<String>>>, postgres::Error> {
         let mut admin = postgres::Config::new()
             .host("127.0.0.1")
@@ -216,18 +195,7 @@ impl PgBouncer {
             .dbname("pgbouncer")
             .connect_timeout(Duration::from_secs(5))
             .connect(postgres::NoTls)?;
-        Ok(admin
-            .simple_query(command)?
-            .into_iter()
-            .filter_map(|m| match m {
-                postgres::SimpleQueryMessage::Row(row) => Some(
-                    (0..row.len())
-                        .map(|i| row.get(i).map(str::to_owned))
-                        .collect(),
-                ),
-                _ => None,
-            })
-            .collect())
+        Ok(text_rows(admin.simple_query(command)?))
     }
 
     /// Its log so far.
@@ -261,10 +229,6 @@ fn pgbouncer_program() -> PathBuf {
             sbin.is_file().then(|| sbin.to_owned())
         })
         .expect("pgbouncer is not installed (Debian/Ubuntu: apt-get install pgbouncer)")
-}
-
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().unwrap().stdout == b"0\n"
 }
 
 /// `id -u postgres` or `id -g postgres`.
@@ -315,10 +279,6 @@ impl StallingProxy {
             shared,
             acceptor: Some(acceptor),
         }
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
     }
 
     /// A `postgres://` URL for `database` through the proxy.

@@ -57,6 +57,43 @@ pub fn private_cluster(test: &str) -> &'static Cluster {
     Box::leak(Box::new(Cluster::start(test)))
 }
 
+/// Runs the shell `script` in the background, in a process group of its own
+/// (a Ctrl-C to `cargo test` does not end it first), never waited for: it
+/// cleans up after this process, however this process ends.
+pub fn spawn_watchdog(script: &str) {
+    use std::os::unix::process::CommandExt;
+    #[allow(clippy::zombie_processes)]
+    let _watchdog = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("the watchdog starts");
+}
+
+/// Whether the tests run as root (servers then run as the postgres OS user).
+pub fn is_root() -> bool {
+    Command::new("id").arg("-u").output().unwrap().stdout == b"0\n"
+}
+
+/// The rows of a simple-protocol result, every column as the server's text.
+pub fn text_rows(messages: Vec<postgres::SimpleQueryMessage>) -> Vec<Vec<Option<String>>> {
+    messages
+        .into_iter()
+        .filter_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).map(str::to_owned))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -79,24 +116,12 @@ impl Cluster {
         assert!(status.success(), "scripts/pg-throwaway start failed");
 
         // Stops the cluster when this process is gone, even after a panic or a kill.
-        // Its own process group keeps a Ctrl-C to `cargo test` from ending it first.
-        use std::os::unix::process::CommandExt;
-        // Never waited for: it outlives this process on purpose.
-        #[allow(clippy::zombie_processes)]
-        let _watchdog = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; exec '{script}' stop '{dir}'",
-                pid = std::process::id(),
-                script = script().display(),
-                dir = dir.display()
-            ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("the watchdog starts");
+        spawn_watchdog(&format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; exec '{script}' stop '{dir}'",
+            pid = std::process::id(),
+            script = script().display(),
+            dir = dir.display()
+        ));
 
         let cluster = Self { dir, port };
         cluster.load_template();
@@ -120,8 +145,7 @@ impl Cluster {
         let path = self.dir.join("data").join(name);
         std::fs::write(&path, contents).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
-        if root {
+        if is_root() {
             let status = Command::new("chown")
                 .arg("postgres:")
                 .arg(&path)
@@ -246,14 +270,30 @@ impl TestDb {
 
     /// Waits until a backend runs a REFRESH of `view`, and returns its pid.
     pub fn wait_for_refresh(&self, view: &str) -> i32 {
+        wait_until(&format!("a REFRESH of {view} running"), || {
+            self.refresh_pid(view)
+        })
+    }
+
+    /// The pid of a backend running a REFRESH of `view`, if one does.
+    pub fn refresh_pid(&self, view: &str) -> Option<i32> {
         let sql = format!(
             "SELECT pid FROM pg_stat_activity WHERE state = 'active' \
              AND datname = current_database() AND query ILIKE 'REFRESH MATERIALIZED VIEW%\"{view}\"%' LIMIT 1"
         );
-        let mut client = self.client();
-        wait_until(&format!("a REFRESH of {view} running"), || {
-            client.query_opt(&sql, &[]).unwrap().map(|row| row.get(0))
-        })
+        self.client()
+            .query_opt(&sql, &[])
+            .unwrap()
+            .map(|row| row.get(0))
+    }
+
+    /// `(status, method, attempt, sqlstate, note, error)` of every attempt at
+    /// `public.{view}`, in order.
+    pub fn history(&self, view: &str) -> Vec<Vec<Option<String>>> {
+        self.rows(&format!(
+            "SELECT status, method, attempt::text, sqlstate, note, error \
+             FROM materialized_views_refresh_history WHERE view_name = 'public.{view}' ORDER BY id"
+        ))
     }
 
     /// How many backends are running a REFRESH right now.
@@ -282,19 +322,11 @@ impl TestDb {
 
     /// The rows of `sql`, every column rendered as text by the server.
     pub fn rows(&self, sql: &str) -> Vec<Vec<Option<String>>> {
-        self.client()
-            .simple_query(sql)
-            .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
-            .into_iter()
-            .filter_map(|m| match m {
-                postgres::SimpleQueryMessage::Row(row) => Some(
-                    (0..row.len())
-                        .map(|i| row.get(i).map(str::to_owned))
-                        .collect(),
-                ),
-                _ => None,
-            })
-            .collect()
+        text_rows(
+            self.client()
+                .simple_query(sql)
+                .unwrap_or_else(|e| panic!("{sql}: {e:?}")),
+        )
     }
 
     /// A registry file in a temporary directory, removed with the database.
@@ -533,6 +565,16 @@ impl Output {
             "stderr lacks {needle:?}\n{self}"
         );
         self
+    }
+
+    /// The first line of stdout holding `needle`; fails with the whole run
+    /// when none does.
+    #[track_caller]
+    pub fn line_with(&self, needle: &str) -> &str {
+        self.stdout
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line of stdout holds {needle:?}\n{self}"))
     }
 
     /// Asserts `needle` appears nowhere in the output.
