@@ -1,7 +1,8 @@
 //! The refresher as it is really deployed: behind PgBouncer in transaction and
 //! session pooling (prepared statements, advisory locks, cancel requests and
 //! pools that make clients wait), and behind a network that goes silent
-//! mid-refresh (the run must still end by itself).
+//! mid-refresh (the run must still end by itself; the kernel must probe a
+//! silent server within a minute).
 
 mod common;
 
@@ -336,4 +337,58 @@ fn a_network_gone_silent_mid_refresh_does_not_outlast_the_deadline() {
         );
         (locks == 0 && db.running_refreshes() == 0).then_some(())
     });
+}
+
+/// The keepalive timer (`ss -o`) of `pid`'s TCP connections to `port`, in
+/// seconds: how long until the kernel probes a silent peer.
+fn keepalive_timers(pid: u32, port: u16) -> Vec<f64> {
+    let out = std::process::Command::new("ss")
+        .args(["-tnopH", "state", "established"])
+        .arg(format!("( dport = :{port} )"))
+        .output()
+        .expect("ss runs (apt-get install iproute2)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|line| line.contains(&format!("pid={pid},")))
+        .filter_map(|line| {
+            // timer:(keepalive,29sec,0), timer:(keepalive,1min59sec,0), ...(ms)
+            let rest = line.split("timer:(keepalive,").nth(1)?;
+            let mut text = rest.split(',').next()?;
+            let mut seconds = 0.0;
+            for (unit, factor) in [("min", 60.0), ("sec", 1.0), ("ms", 0.001)] {
+                if let Some((number, after)) = text.split_once(unit) {
+                    seconds += number.parse::<f64>().ok()? * factor;
+                    text = after;
+                }
+            }
+            Some(seconds)
+        })
+        .collect()
+}
+
+#[test]
+fn the_refreshers_connections_probe_a_silent_server_within_a_minute() {
+    let db = TestDb::platform("keepalives");
+    db.slow_view("m_slow", 2.0);
+    // The default, then libpq's parameter in the URL. Without keepalives set,
+    // the kernel's default first probe comes after two hours.
+    for (params, first_probe) in [("", 30.0), ("?keepalives_idle=7", 7.0)] {
+        let mut run = db
+            .mvr()
+            .env("DATABASE_URL", &format!("{}{params}", db.url()))
+            .args(["refresh", "m_slow"])
+            .spawn();
+        refresh_backend(&mut run, &db, "m_slow");
+        // While data is in flight the socket shows its retransmission timer.
+        let pid = run.pid();
+        let timers = run.wait_until("the connection's keepalive timer", || {
+            Some(keepalive_timers(pid, db.cluster.port)).filter(|t| !t.is_empty())
+        });
+        let out = run.wait();
+        out.code(0);
+        assert!(
+            timers.iter().all(|&t| t <= first_probe),
+            "keepalive timers {timers:?} with {params:?}: the first probe must come within {first_probe} s\n{out}"
+        );
+    }
 }
