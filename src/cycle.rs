@@ -5,6 +5,7 @@
 //! A cycle prints nothing; its caller reports the outcomes.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
 use deadpool_postgres::Pool;
 use uuid::Uuid;
@@ -29,6 +30,8 @@ pub struct Refresher {
     pub host: String,
     /// History older than this is pruned after each cycle; zero keeps it all.
     pub history_retention: PgDuration,
+    /// `REFRESH` statements running now, across cycles (for the metrics).
+    pub in_progress: Arc<AtomicUsize>,
 }
 
 /// When a cycle must wind down.
@@ -80,6 +83,7 @@ impl Refresher {
             jobs,
             host: gethostname::gethostname().to_string_lossy().into_owned(),
             history_retention,
+            in_progress: Arc::default(),
         }
     }
 
@@ -114,6 +118,7 @@ impl Refresher {
             progress: watcher,
             target: self.target.clone(),
             citus: plan.citus,
+            in_progress: self.in_progress.clone(),
         });
         tracing::info!(run_id = %ctx.run_id, views = plan.steps.len(), jobs = self.jobs, "refresh started");
         let outcomes = refresh::execute(ctx.clone(), Arc::new(plan)).await;

@@ -15,6 +15,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
@@ -54,6 +55,24 @@ pub struct RunContext {
     /// The database has the `citus` extension: settings are sent as `SET LOCAL`
     /// with `citus.propagate_set_commands`, so they reach the workers.
     pub citus: bool,
+    /// `REFRESH` statements running now, for the metrics.
+    pub in_progress: Arc<AtomicUsize>,
+}
+
+/// Counts one running statement in `RunContext::in_progress` while it lives.
+struct Running<'a>(&'a AtomicUsize);
+
+impl<'a> Running<'a> {
+    fn start(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// How one view's refresh ended.
@@ -71,6 +90,8 @@ pub struct Outcome {
     pub log_error: Option<String>,
     /// Whether views depending on this one must be skipped.
     pub blocks_dependents: bool,
+    /// Skipped because another refresher held the view's advisory lock.
+    pub lock_skipped: bool,
 }
 
 impl Outcome {
@@ -86,6 +107,7 @@ impl Outcome {
             message: Some(message),
             log_error: None,
             blocks_dependents: matches!(status, Status::Failed | Status::Cancelled),
+            lock_skipped: false,
         }
     }
 }
@@ -358,6 +380,7 @@ async fn refresh_step(ctx: &RunContext, step: &Step, blocked_by: Option<String>)
                 let reason = "another refresher is refreshing this view".to_owned();
                 let mut outcome = Outcome::new(step, Status::Skipped, reason);
                 outcome.attempts = attempt;
+                outcome.lock_skipped = true;
                 // That refresher refreshes the dependents after it, too.
                 outcome.blocks_dependents = true;
                 return finish(ctx, &mut slot, step, outcome).await;
@@ -520,6 +543,7 @@ async fn attempt_refresh(
         });
     }
     let started = Instant::now();
+    let running = Running::start(&ctx.in_progress);
     let refreshed = cancellable(
         ctx,
         relation,
@@ -529,6 +553,7 @@ async fn attempt_refresh(
     )
     .await;
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    drop(running);
     refreshed.map_err(|interrupted| interrupted.into_failure(step, Some(method), duration_ms))?;
 
     // Dead rows this refresh left, read inside its transaction: statistics of
