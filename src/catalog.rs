@@ -73,6 +73,48 @@ impl Lookup {
     }
 }
 
+/// Every materialized view the session can see, schema-qualified: the
+/// candidates for "did you mean".
+pub async fn materialized_views(
+    client: &impl GenericClient,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = client
+        .query_typed(
+            "SELECT n.nspname::text, c.relname::text \
+             FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'm' ORDER BY 1, 2",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| format!("{}.{}", display_ident(r.get(0)), display_ident(r.get(1))))
+        .collect())
+}
+
+/// The one of `candidates` closest to `name` (qualified or not), when it is
+/// close enough to be a likely typo.
+pub fn closest<'a>(name: &str, candidates: &'a [String]) -> Option<&'a str> {
+    let unqualified = |n: &'a str| n.rsplit_once('.').map_or(n, |(_, rest)| rest);
+    let wanted = name.rsplit_once('.').map_or(name, |(_, rest)| rest);
+    candidates
+        .iter()
+        .map(|c| {
+            // The whole names when both are qualified, the view names otherwise.
+            let score = if name.contains('.') {
+                strsim::jaro_winkler(name, c)
+                    .max(strsim::jaro_winkler(wanted, unqualified(c)) - 0.05)
+            } else {
+                strsim::jaro_winkler(wanted, unqualified(c))
+            };
+            (score, c.as_str())
+        })
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
 fn relkind_name(kind: i8) -> &'static str {
     match kind as u8 {
         b'r' => "a table",

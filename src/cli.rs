@@ -59,10 +59,6 @@ pub struct GlobalArgs {
     )]
     pub log_format: LogFormat,
 
-    /// Views refreshed in parallel; dependency order always holds.
-    #[arg(long, env = "MV_REFRESHER_JOBS", global = true, default_value = "1")]
-    pub jobs: NonZeroUsize,
-
     /// Schema of the log tables materialized_views_refresh_log and
     /// materialized_views_refresh_history.
     #[arg(
@@ -108,9 +104,11 @@ pub enum Command {
     /// Freshness report from the log tables.
     Status(StatusArgs),
     /// Validate the registry against the database and print the plan.
-    Check,
+    Check(CheckArgs),
     /// Create or upgrade the log tables (idempotent).
     Init,
+    /// Remove views' rows from the log tables (views dropped or renamed).
+    Forget(ForgetArgs),
 }
 
 #[derive(Debug, Args)]
@@ -125,13 +123,48 @@ pub struct RefreshArgs {
     #[arg(long, env = "MV_REFRESHER_DEADLINE", value_name = "DURATION")]
     pub deadline: Option<PgDuration>,
 
+    /// Results on stdout: a table for people, or one JSON object for scripts
+    /// (default: json with --log-format json, else table).
+    #[arg(long, value_enum)]
+    pub format: Option<OutputFormat>,
+
+    /// After the run, PUT its metrics to this Prometheus Pushgateway (job
+    /// "mv-refresher"), like http://pushgateway.monitoring:9091.
+    #[arg(long, env = "MV_REFRESHER_PUSHGATEWAY", value_name = "URL")]
+    pub pushgateway: Option<String>,
+
+    /// A grouping label of the push, NAME=VALUE (repeatable; in the environment
+    /// comma-separated), so several refreshers share one Pushgateway.
+    #[arg(
+        long = "pushgateway-label",
+        env = "MV_REFRESHER_PUSHGATEWAY_LABELS",
+        value_name = "NAME=VALUE",
+        value_delimiter = ','
+    )]
+    pub pushgateway_labels: Vec<String>,
+
     #[command(flatten)]
     pub cycle: CycleArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
 }
 
 /// Options of every refresh cycle, `refresh` and `run` alike.
 #[derive(Debug, Args)]
 pub struct CycleArgs {
+    /// Views refreshed in parallel; dependency order always holds.
+    #[arg(
+        long,
+        env = "MV_REFRESHER_JOBS",
+        default_value = "1",
+        value_parser = parse_jobs
+    )]
+    pub jobs: NonZeroUsize,
+
     /// Delete history rows older than this after each run ("0" keeps them all).
     #[arg(
         long,
@@ -169,6 +202,34 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub cycle: CycleArgs,
+}
+
+/// `--jobs`: a count of at least one.
+fn parse_jobs(text: &str) -> Result<NonZeroUsize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(NonZeroUsize::new(n).expect("not zero")),
+        Err(_) => Err(format!("{text:?} is not a whole number")),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Also print the next run times of this cron schedule, as `run` reads it.
+    #[arg(long, env = "MV_REFRESHER_SCHEDULE", value_name = "EXPR")]
+    pub schedule: Option<String>,
+
+    /// Time zone of --schedule (IANA name).
+    #[arg(long, env = "MV_REFRESHER_TIMEZONE", default_value = "UTC")]
+    pub timezone: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    /// Views to forget, as the log tables name them (schema-qualified) or as
+    /// the registry does.
+    #[arg(value_name = "VIEW", required = true)]
+    pub views: Vec<String>,
 }
 
 #[derive(Debug, Args)]

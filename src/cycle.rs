@@ -6,8 +6,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
+use std::time::{Duration, Instant, SystemTime};
 
 use deadpool_postgres::Pool;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::db::{Conn, DbTarget, describe_error, describe_pool_error};
@@ -52,12 +54,56 @@ pub struct Cycle {
     pub run_id: Uuid,
     /// One per view, in plan order.
     pub outcomes: Vec<Outcome>,
+    pub started_at: SystemTime,
+    /// From the first connection to the last outcome (and the pruning).
+    pub duration: Duration,
 }
 
 impl Cycle {
     /// How many views ended with `status`.
     pub fn count(&self, status: Status) -> usize {
         self.outcomes.iter().filter(|o| o.status == status).count()
+    }
+
+    /// Outcomes that could not be written to the log tables.
+    pub fn unrecorded(&self) -> usize {
+        self.outcomes
+            .iter()
+            .filter(|o| o.log_error.is_some())
+            .count()
+    }
+
+    /// The run's last event: counts per status and how long it took.
+    fn summarize(&self) {
+        let (success, skipped, failed, cancelled) = (
+            self.count(Status::Success),
+            self.count(Status::Skipped),
+            self.count(Status::Failed),
+            self.count(Status::Cancelled),
+        );
+        let duration_ms = self.duration.as_millis() as u64;
+        let unrecorded = self.unrecorded();
+        if self.failed() {
+            tracing::warn!(
+                success,
+                skipped,
+                failed,
+                cancelled,
+                unrecorded,
+                duration_ms,
+                "run finished"
+            );
+        } else {
+            tracing::info!(
+                success,
+                skipped,
+                failed,
+                cancelled,
+                unrecorded,
+                duration_ms,
+                "run finished"
+            );
+        }
     }
 
     /// Whether anything failed, was cancelled, or went unrecorded (exit code 1).
@@ -87,13 +133,39 @@ impl Refresher {
         }
     }
 
-    /// Refreshes `specs` once.
+    /// Refreshes `specs` once, every event of it in a `run` span that carries
+    /// its `run_id`, and ends with one summary event.
     pub async fn cycle(
         &self,
         specs: Vec<ViewSpec>,
         stops: &Stops,
         watcher: Watcher,
     ) -> Result<Cycle, Error> {
+        let run_id = Uuid::new_v4();
+        let started = Instant::now();
+        let started_at = SystemTime::now();
+        let span = tracing::info_span!("run", %run_id);
+        let outcomes = self
+            .refresh(run_id, specs, stops, watcher)
+            .instrument(span.clone())
+            .await?;
+        let cycle = Cycle {
+            run_id,
+            outcomes,
+            started_at,
+            duration: started.elapsed(),
+        };
+        span.in_scope(|| cycle.summarize());
+        Ok(cycle)
+    }
+
+    async fn refresh(
+        &self,
+        run_id: Uuid,
+        specs: Vec<ViewSpec>,
+        stops: &Stops,
+        watcher: Watcher,
+    ) -> Result<Vec<Outcome>, Error> {
         let mut client = self.target.connect(&self.pool).await?;
         // Planning's connection is closed before the views take theirs.
         let db_err = |context| Error::in_context(context, &self.target);
@@ -110,7 +182,7 @@ impl Refresher {
         let ctx = Arc::new(RunContext {
             pool: self.pool.clone(),
             log: logging.then(|| self.log.clone()),
-            run_id: Uuid::new_v4(),
+            run_id,
             host: self.host.clone(),
             jobs: self.jobs,
             drain: stops.drain.clone(),
@@ -120,16 +192,17 @@ impl Refresher {
             citus: plan.citus,
             in_progress: self.in_progress.clone(),
         });
-        tracing::info!(run_id = %ctx.run_id, views = plan.steps.len(), jobs = self.jobs, "refresh started");
-        let outcomes = refresh::execute(ctx.clone(), Arc::new(plan)).await;
+        tracing::info!(
+            views = plan.steps.len(),
+            jobs = self.jobs,
+            "refresh started"
+        );
+        let outcomes = refresh::execute(ctx, Arc::new(plan)).await;
 
         if logging && stops.drain.reason().is_none() && self.history_retention.as_millis() > 0 {
             self.prune_history().await;
         }
-        Ok(Cycle {
-            run_id: ctx.run_id,
-            outcomes,
-        })
+        Ok(outcomes)
     }
 
     /// Prunes the history; a failure is worth a warning, not a failed cycle.

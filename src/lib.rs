@@ -32,7 +32,7 @@ pub mod units;
 use std::io::IsTerminal;
 use std::sync::Arc;
 
-use crate::cli::{Cli, Command, GlobalArgs, RefreshArgs};
+use crate::cli::{Cli, Command, GlobalArgs, LogFormat, OutputFormat, RefreshArgs};
 use crate::cycle::{Cycle, Refresher, Stops};
 use crate::db::DbTarget;
 use crate::error::{Error, Exit};
@@ -52,15 +52,32 @@ pub async fn run(cli: Cli) -> Result<Exit, Error> {
         Command::Refresh(args) => {
             let registry = Registry::load(global.registry.as_deref())?;
             let specs = registry.select(&args.views).map_err(Error::Usage)?;
+            preflight(
+                &target,
+                &specs,
+                !args.views.is_empty(),
+                registry.is_embedded(),
+            )
+            .await?;
             refresh(global, args, target, log, specs).await
         }
         Command::Run(args) => {
             let registry = Registry::load(global.registry.as_deref())?;
             let schedule = schedule::Schedule::new(&args.schedule, &args.timezone)
                 .map_err(|e| Error::Usage(format!("--schedule: {e}")))?;
+            // A sidecar starts before its database may: unreachable is no
+            // reason not to start.
+            match preflight(&target, &registry.views, false, registry.is_embedded()).await {
+                Err(Error::Connect(_)) | Ok(()) => {}
+                Err(err) => return Err(err),
+            }
             let (_stop_handle, stop) = stop_on_signals()?;
-            let refresher =
-                Refresher::new(target, log, global.jobs.get(), args.cycle.history_retention);
+            let refresher = Refresher::new(
+                target,
+                log,
+                args.cycle.jobs.get(),
+                args.cycle.history_retention,
+            );
             let options = runner::RunOptions {
                 schedule,
                 listen: args.listen,
@@ -69,11 +86,19 @@ pub async fn run(cli: Cli) -> Result<Exit, Error> {
             let shutdown = async move { stop.stopped().await };
             runner::run(Arc::new(refresher), registry.views, options, shutdown).await
         }
-        Command::Check => {
+        Command::Check(args) => {
             let registry = Registry::load(global.registry.as_deref())?;
-            check(&registry, &target, &log).await
+            let schedule = match &args.schedule {
+                Some(expression) => Some(
+                    schedule::Schedule::new(expression, &args.timezone)
+                        .map_err(|e| Error::Usage(format!("--schedule: {e}")))?,
+                ),
+                None => None,
+            };
+            check(&registry, &target, &log, schedule.as_ref()).await
         }
         Command::Init => init(&target, &log).await,
+        Command::Forget(args) => forget(&target, &log, &args.views).await,
         Command::Status(args) => {
             let registry = Registry::load(global.registry.as_deref())?;
             status::run(&registry, &target, &log, args).await
@@ -112,6 +137,66 @@ fn database_url(global: &GlobalArgs) -> Result<Option<String>, Error> {
     }
 }
 
+/// Before anything is written: names given on the command line (`explicit`)
+/// must be materialized views, a typo is a bad invocation; and the embedded
+/// default registry must name at least one view here, or it is surely not the
+/// registry meant.
+async fn preflight(
+    target: &DbTarget,
+    specs: &[registry::ViewSpec],
+    explicit: bool,
+    embedded: bool,
+) -> Result<(), Error> {
+    if !explicit && !embedded {
+        return Ok(());
+    }
+    let pool = target.pool(1);
+    let client = target.connect(&pool).await?;
+    let db_err = |context| Error::in_context(context, target);
+    let mut missing = Vec::new();
+    for spec in specs {
+        let lookup = catalog::lookup(&*client, &spec.name)
+            .await
+            .map_err(db_err("looking up the views"))?;
+        if !matches!(lookup, catalog::Lookup::MatView(_)) {
+            missing.push((spec.name.to_string(), lookup));
+        }
+    }
+    if explicit && !missing.is_empty() {
+        let known = catalog::materialized_views(&*client)
+            .await
+            .map_err(db_err("listing the materialized views"))?;
+        let lines: Vec<String> = missing
+            .iter()
+            .map(|(name, lookup)| {
+                let what = match lookup {
+                    catalog::Lookup::Other { kind, .. } => {
+                        format!("{name} is {kind}, not a materialized view")
+                    }
+                    _ => format!("there is no materialized view {name}"),
+                };
+                match catalog::closest(name, &known) {
+                    Some(like) => format!("{what}; did you mean {like}?"),
+                    None => what,
+                }
+            })
+            .collect();
+        return Err(Error::Usage(format!(
+            "{} (nothing was refreshed)",
+            lines.join("; ")
+        )));
+    }
+    if embedded && missing.len() == specs.len() {
+        let names: Vec<String> = specs.iter().map(|s| s.name.to_string()).collect();
+        return Err(Error::Usage(format!(
+            "none of the embedded default registry's views ({}) exist in {target}: give your \
+             registry with --registry FILE or MV_REFRESHER_REGISTRY (nothing was written)",
+            names.join(", ")
+        )));
+    }
+    Ok(())
+}
+
 /// `refresh`: refreshes the views once, prints one line per view.
 async fn refresh(
     global: &GlobalArgs,
@@ -124,26 +209,42 @@ async fn refresh(
     if let Some(deadline) = args.deadline {
         stop_handle.after(deadline.to_std());
     }
-    let refresher = Refresher::new(target, log, global.jobs.get(), args.cycle.history_retention);
+    let refresher = Refresher::new(
+        target,
+        log,
+        args.cycle.jobs.get(),
+        args.cycle.history_retention,
+    );
     // Once: stopping means cancelling at once, no grace.
     let stops = Stops {
         drain: stop.clone(),
         cancel: stop.clone(),
     };
-    let (watcher, drawing) = match std::io::stdout().is_terminal() {
-        true => {
-            let (sender, task) = progress::start();
-            (Some(sender), Some(task))
-        }
-        false => (None, None),
-    };
+    // Without --format, the results follow the logs: a table beside text logs,
+    // nothing beside JSON logs, whose events (one per view, then the summary)
+    // are the results.
+    let format = args.format.or(match global.log_format {
+        LogFormat::Text => Some(OutputFormat::Table),
+        LogFormat::Json => None,
+    });
+    let (watcher, drawing) =
+        match format == Some(OutputFormat::Table) && std::io::stdout().is_terminal() {
+            true => {
+                let (sender, task) = progress::start();
+                (Some(sender), Some(task))
+            }
+            false => (None, None),
+        };
     let cycle = refresher.cycle(specs, &stops, watcher).await?;
     if let Some(task) = drawing {
         // The cycle dropped its sender: the drawing ends with the last line.
         let _ = task.await;
-        println!();
     }
-    print_outcomes(&cycle);
+    match format {
+        Some(OutputFormat::Table) => print_outcomes(&cycle),
+        Some(OutputFormat::Json) => println!("{}", output::cycle_json(&cycle)),
+        None => {}
+    }
 
     Ok(match stop.reason() {
         Some(StopReason::Signal(signal)) => Exit::Signal(signal),
@@ -178,16 +279,22 @@ fn print_outcomes(cycle: &Cycle) {
     }
     print_table(&t);
     println!(
-        "\nrun {}: {} refreshed, {} skipped, {} failed",
+        "\nrun {}: {} refreshed, {} skipped, {} failed in {}",
         cycle.run_id,
         cycle.count(Status::Success),
         cycle.count(Status::Skipped),
         cycle.count(Status::Failed) + cycle.count(Status::Cancelled),
+        millis(cycle.duration.as_secs_f64() * 1000.0),
     );
 }
 
 /// `check`: the plan and its problems, without refreshing or creating anything.
-async fn check(registry: &Registry, target: &DbTarget, log: &RefreshLog) -> Result<Exit, Error> {
+async fn check(
+    registry: &Registry,
+    target: &DbTarget,
+    log: &RefreshLog,
+    schedule: Option<&schedule::Schedule>,
+) -> Result<Exit, Error> {
     let pool = target.pool(1);
     let client = target.connect(&pool).await?;
     let db_err = |context| Error::in_context(context, target);
@@ -218,9 +325,9 @@ async fn check(registry: &Registry, target: &DbTarget, log: &RefreshLog) -> Resu
     };
 
     println!(
-        "registry:   {} ({} views)",
+        "registry:   {} ({})",
         registry.source,
-        registry.views.len()
+        output::count(registry.views.len(), "view", "views")
     );
     println!(
         "database:   {target}, PostgreSQL {version}{}",
@@ -247,6 +354,14 @@ async fn check(registry: &Registry, target: &DbTarget, log: &RefreshLog) -> Resu
             )
         }
     );
+    if let Some(schedule) = schedule {
+        let next: Vec<String> = schedule
+            .upcoming(chrono::Utc::now(), 3)
+            .iter()
+            .map(|at| at.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+            .collect();
+        println!("schedule:   {schedule}, next runs {}", next.join(", "));
+    }
     println!();
 
     let mut t = table([
@@ -304,6 +419,72 @@ async fn check(registry: &Registry, target: &DbTarget, log: &RefreshLog) -> Resu
         );
     }
     Ok(Exit::ViewsFailed)
+}
+
+/// `forget`: deletes views' summary rows and history, all or none.
+async fn forget(target: &DbTarget, log: &RefreshLog, names: &[String]) -> Result<Exit, Error> {
+    let pool = target.pool(1);
+    let mut client = target.connect(&pool).await?;
+    let db_err = |context| Error::in_context(context, target);
+    let exists = log
+        .exists(&*client)
+        .await
+        .map_err(db_err("looking for the log tables"))?;
+    if !exists {
+        return Err(Error::Usage(format!(
+            "there are no log tables in schema {} to forget views in",
+            registry::display_ident(log.schema())
+        )));
+    }
+    let known = log
+        .known_views(&*client)
+        .await
+        .map_err(db_err("reading the log tables"))?;
+    let views = names
+        .iter()
+        .map(|name| logged_name(name, &known))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Error::Usage)?;
+    let (summary, history) = log
+        .forget(&mut client, &views)
+        .await
+        .map_err(db_err("deleting from the log tables"))?;
+    println!(
+        "forgot {}: {} and {}",
+        views.join(", "),
+        output::count(summary as usize, "summary row", "summary rows"),
+        output::count(history as usize, "history row", "history rows"),
+    );
+    Ok(Exit::Success)
+}
+
+/// The name the log tables know `name` by: itself, or the one schema-qualified
+/// name ending in it.
+fn logged_name(name: &str, known: &[String]) -> Result<String, String> {
+    if known.iter().any(|k| k == name) {
+        return Ok(name.to_owned());
+    }
+    let suffix = format!(".{name}");
+    let matching: Vec<&String> = match name.contains('.') {
+        true => Vec::new(),
+        false => known.iter().filter(|k| k.ends_with(&suffix)).collect(),
+    };
+    match matching[..] {
+        [one] => Ok(one.clone()),
+        [] => Err(format!(
+            "the log tables have no rows for {name}{} (nothing was deleted)",
+            catalog::closest(name, known)
+                .map_or(String::new(), |like| format!("; did you mean {like}?"))
+        )),
+        _ => Err(format!(
+            "{name} is ambiguous in the log tables ({}): give the schema (nothing was deleted)",
+            matching
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
 }
 
 /// `init`: creates or upgrades the log tables.

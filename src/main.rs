@@ -6,11 +6,16 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use clap::error::ErrorKind;
 use mv_refresher::cli::{Cli, LogFormat};
+use mv_refresher::error::Exit;
 use mv_refresher::{run, telemetry};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return bad_command_line(err),
+    };
     let log_format = cli.global.log_format;
     telemetry::init(log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -28,4 +33,31 @@ fn main() -> ExitCode {
             err.exit().into()
         }
     }
+}
+
+/// Help and version as clap prints them; a usage error as clap prints it, or
+/// as one JSON event when JSON logs were asked for, with exit code 2.
+fn bad_command_line(err: clap::Error) -> ExitCode {
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) || telemetry::format_from_environment() == LogFormat::Text
+    {
+        let _ = err.print();
+        return match err.use_stderr() {
+            true => Exit::Usage.into(),
+            false => Exit::Success.into(),
+        };
+    }
+    telemetry::init(LogFormat::Json);
+    // clap's rendering without its styling, on one line: the usage hint is for
+    // people at a terminal.
+    let text = err.render().to_string();
+    let message = text
+        .lines()
+        .take_while(|line| !line.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    tracing::error!("{}", message.trim_start_matches("error: "));
+    Exit::Usage.into()
 }

@@ -3,6 +3,10 @@
 //! `serde_json` where it is produced; nothing here writes to stderr.
 
 use comfy_table::{Table, TableStyle};
+use serde_json::{Value, json};
+
+use crate::cycle::Cycle;
+use crate::refresh_log::Status;
 
 /// A borderless, left-aligned table with `header`, like `kubectl get`.
 pub fn table<const N: usize>(header: [&str; N]) -> Table {
@@ -27,6 +31,50 @@ pub fn millis(ms: f64) -> String {
     } else {
         format!("{:.1} s", ms / 1000.0)
     }
+}
+
+/// `1 view`, `3 views`.
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// Milliseconds for machines: at most three decimals.
+pub fn round_ms(ms: f64) -> f64 {
+    (ms * 1000.0).round() / 1000.0
+}
+
+/// A cycle's results as one JSON object on one line, for scripts: the run,
+/// counts per status, and one entry per view in plan order.
+pub fn cycle_json(cycle: &Cycle) -> String {
+    let views: Vec<Value> = cycle
+        .outcomes
+        .iter()
+        .map(|o| {
+            json!({
+                "view": o.view_name,
+                "status": o.status.as_str(),
+                "method": o.method.map(|m| m.as_str()),
+                "duration_ms": o.method.map(|_| round_ms(o.duration_ms)),
+                "attempts": o.attempts,
+                "message": o.message,
+                "log_error": o.log_error,
+            })
+        })
+        .collect();
+    let counts: serde_json::Map<String, Value> = Status::ALL
+        .iter()
+        .map(|&status| (status.as_str().to_owned(), cycle.count(status).into()))
+        .collect();
+    json!({
+        "run_id": cycle.run_id.to_string(),
+        "started_at": chrono::DateTime::<chrono::Utc>::from(cycle.started_at)
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "duration_ms": round_ms(cycle.duration.as_secs_f64() * 1000.0),
+        "counts": counts,
+        "failed": cycle.failed(),
+        "views": views,
+    })
+    .to_string()
 }
 
 /// An age for people: `42s`, `5m 3s`, `2h 4m`, `3d 2h`.

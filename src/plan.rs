@@ -44,6 +44,12 @@ impl Step {
     pub fn settings(&self) -> &ViewSettings {
         &self.spec.settings
     }
+
+    /// Whether the name is a materialized view at all; anything else (a typo,
+    /// a table) is reported but never written to the log tables.
+    pub fn is_matview(&self) -> bool {
+        matches!(self.lookup, Lookup::MatView(_))
+    }
 }
 
 /// Chooses the `REFRESH` for a view in `state` under `mode`, with the reason; an
@@ -109,6 +115,18 @@ impl Plan {
                 problem,
                 method,
             });
+        }
+
+        if steps.iter().any(|s| !s.is_matview()) {
+            let known = catalog::materialized_views(client).await?;
+            for step in steps.iter_mut().filter(|s| !s.is_matview()) {
+                if let (Some(problem), Some(like)) = (
+                    &mut step.problem,
+                    catalog::closest(&step.spec.name.to_string(), &known),
+                ) {
+                    problem.push_str(&format!("; did you mean {like}?"));
+                }
+            }
         }
 
         let index_of: HashMap<u32, usize> = steps

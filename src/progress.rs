@@ -2,8 +2,13 @@
 //! elapsed time against the duration its history leads to expect, and the
 //! outcome as each finishes. Only when stdout is a terminal: piped or in a
 //! CronJob, `refresh` prints the results table and the logs, nothing else.
+//!
+//! The display clears itself at the end, so the results table is the one report
+//! of each view. Log lines written meanwhile go through [`suspend`], which takes
+//! the progress lines off the screen while a line is written.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -27,6 +32,23 @@ pub enum Event {
 /// Where the refresh sends its events.
 pub type Sender = mpsc::UnboundedSender<Event>;
 
+/// The display being drawn, if any.
+static SHOWN: Mutex<Option<MultiProgress>> = Mutex::new(None);
+
+/// Whether a progress display is on the terminal now.
+pub fn showing() -> bool {
+    SHOWN.lock().map(|shown| shown.is_some()).unwrap_or(false)
+}
+
+/// Runs `write` with the progress lines off the screen, if they are on it.
+pub fn suspend<R>(write: impl FnOnce() -> R) -> R {
+    let shown = SHOWN.lock().ok().and_then(|shown| shown.clone());
+    match shown {
+        Some(multi) => multi.suspend(write),
+        None => write(),
+    }
+}
+
 /// Starts drawing on stdout; the task ends when every sender is dropped.
 pub fn start() -> (Sender, JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -35,6 +57,9 @@ pub fn start() -> (Sender, JoinHandle<()>) {
 
 async fn render(mut events: mpsc::UnboundedReceiver<Event>) {
     let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
+    if let Ok(mut shown) = SHOWN.lock() {
+        *shown = Some(multi.clone());
+    }
     let with_history = ProgressStyle::with_template("{spinner} {prefix:32} [{bar:24}] {msg}")
         .expect("valid template")
         .progress_chars("=> ");
@@ -63,7 +88,13 @@ async fn render(mut events: mpsc::UnboundedReceiver<Event>) {
                         });
                     }
                 }
-                None => break,
+                None => {
+                    if let Ok(mut shown) = SHOWN.lock() {
+                        *shown = None;
+                    }
+                    let _ = multi.clear();
+                    break;
+                }
             },
             _ = tick.tick() => {
                 for (bar, expected_ms) in bars.values() {

@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 use tokio_postgres::CancelToken;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::catalog::{self, Lookup, Relation};
@@ -258,7 +259,10 @@ pub async fn execute(ctx: Arc<RunContext>, plan: Arc<Plan>) -> Vec<Outcome> {
                 .map(|&d| plan.steps[d].view_name());
             started[i] = true;
             let (ctx, plan) = (ctx.clone(), plan.clone());
-            running.spawn(async move { (i, refresh_step(&ctx, &plan.steps[i], blocked_by).await) });
+            running.spawn(
+                async move { (i, refresh_step(&ctx, &plan.steps[i], blocked_by).await) }
+                    .in_current_span(),
+            );
         }
         match running.join_next().await {
             Some(Ok((i, outcome))) => outcomes[i] = Some(outcome),
@@ -334,6 +338,14 @@ async fn refresh_step(ctx: &RunContext, step: &Step, blocked_by: Option<String>)
     }
     let relation = match (&step.lookup, &step.problem) {
         (Lookup::MatView(relation), None) => relation,
+        // Not a materialized view: no row in the log tables for a name that is
+        // most likely a typo.
+        (Lookup::Missing { .. } | Lookup::Other { .. }, problem) => {
+            let why = problem.as_deref().unwrap_or("is not a materialized view");
+            let outcome = Outcome::new(step, Status::Failed, format!("{} {why}", step.view_name()));
+            report(ctx, &outcome);
+            return outcome;
+        }
         (_, problem) => {
             let why = problem.as_deref().unwrap_or("is not a materialized view");
             let failure = Failure::permanent(format!("view {} {why}", step.view_name()));
@@ -751,6 +763,7 @@ async fn cancellable(
                 }
             }
         }
+        .in_current_span()
     });
     let interrupted = tokio::select! {
         biased;

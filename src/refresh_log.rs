@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use tokio_postgres::GenericClient;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
 use crate::registry::{ViewSettings, quote_ident};
@@ -102,6 +102,8 @@ impl LogRow {
 }
 
 impl Status {
+    pub const ALL: [Self; 4] = [Self::Success, Self::Failed, Self::Skipped, Self::Cancelled];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Success => "success",
@@ -181,6 +183,9 @@ impl RefreshLog {
             &[(&DDL_LOCK_KEY, Type::INT8)],
         )
         .await?;
+        // IF NOT EXISTS on existing tables says so in NOTICEs: not news.
+        tx.batch_execute("SET LOCAL client_min_messages = warning")
+            .await?;
         tx.batch_execute(&DDL.replace("{schema}", &quote_ident(&self.schema)))
             .await?;
         tx.commit().await
@@ -440,6 +445,37 @@ impl RefreshLog {
                 refreshed_by: r.get(11),
             })
             .collect())
+    }
+
+    /// Every view name the log tables hold a row for, sorted.
+    pub async fn known_views(
+        &self,
+        client: &impl GenericClient,
+    ) -> Result<Vec<String>, tokio_postgres::Error> {
+        let sql = format!(
+            "SELECT view_name::text FROM {} UNION SELECT view_name FROM {} ORDER BY 1",
+            self.log_table, self.history_table
+        );
+        let rows = client.query_typed(&sql, &[]).await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Deletes the summary rows and the history of `view_names` in one
+    /// transaction; returns how many rows of each went.
+    pub async fn forget(
+        &self,
+        client: &mut tokio_postgres::Client,
+        view_names: &[String],
+    ) -> Result<(u64, u64), tokio_postgres::Error> {
+        let tx = client.transaction().await?;
+        let delete = |table: &str| format!("DELETE FROM {table} WHERE view_name = ANY($1)");
+        let names: [(&(dyn ToSql + Sync), Type); 1] = [(&view_names, Type::TEXT_ARRAY)];
+        let summary = tx.execute_typed(&delete(&self.log_table), &names).await?;
+        let history = tx
+            .execute_typed(&delete(&self.history_table), &names)
+            .await?;
+        tx.commit().await?;
+        Ok((summary, history))
     }
 }
 

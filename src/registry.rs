@@ -309,6 +309,11 @@ const MAX_RETRIES: i64 = 10;
 const MAX_MIN_INTERVAL_MS: u64 = 366 * 86_400_000;
 
 impl Registry {
+    /// Whether this is the embedded default, not a file the user gave.
+    pub fn is_embedded(&self) -> bool {
+        self.source == EMBEDDED_SOURCE
+    }
+
     /// Reads the registry at `path`, or the embedded default when `path` is `None`.
     pub fn load(path: Option<&Path>) -> Result<Self, RegistryError> {
         match path {

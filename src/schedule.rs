@@ -66,6 +66,15 @@ impl Schedule {
     }
 }
 
+impl Schedule {
+    /// The next `n` times after `after`.
+    pub fn upcoming(&self, after: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
+        std::iter::successors(self.next_after(after), |at| self.next_after(*at))
+            .take(n)
+            .collect()
+    }
+}
+
 impl fmt::Display for Schedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} ({})", self.expression, self.timezone)
