@@ -59,6 +59,11 @@ pub struct GlobalArgs {
     )]
     pub log_format: LogFormat,
 
+    /// Views refreshed in parallel by refresh and run, given before the command
+    /// (as SPEC §2.1 writes it) or after it; other commands refuse it.
+    #[arg(long, value_name = "N", value_parser = parse_jobs)]
+    pub jobs: Option<NonZeroUsize>,
+
     /// Schema of the log tables materialized_views_refresh_log and
     /// materialized_views_refresh_history.
     #[arg(
@@ -156,14 +161,9 @@ pub enum OutputFormat {
 /// Options of every refresh cycle, `refresh` and `run` alike.
 #[derive(Debug, Args)]
 pub struct CycleArgs {
-    /// Views refreshed in parallel; dependency order always holds.
-    #[arg(
-        long,
-        env = "MV_REFRESHER_JOBS",
-        default_value = "1",
-        value_parser = parse_jobs
-    )]
-    pub jobs: NonZeroUsize,
+    /// Views refreshed in parallel (default 1); dependency order always holds.
+    #[arg(long, env = "MV_REFRESHER_JOBS", value_name = "N", value_parser = parse_jobs)]
+    pub jobs: Option<NonZeroUsize>,
 
     /// Delete history rows older than this after each run ("0" keeps them all).
     #[arg(

@@ -48,6 +48,12 @@ pub async fn run(cli: Cli) -> Result<Exit, Error> {
     let url = database_url(global)?;
     let target = DbTarget::new(url.as_deref(), |key| std::env::var(key).ok())?;
     let log = RefreshLog::new(&global.log_schema);
+    let jobs = |cycle: &cli::CycleArgs| global.jobs.or(cycle.jobs).map_or(1, |n| n.get());
+    if global.jobs.is_some() && !matches!(cli.command, Command::Refresh(_) | Command::Run(_)) {
+        return Err(Error::Usage(
+            "--jobs applies to refresh and run only".into(),
+        ));
+    }
     match &cli.command {
         Command::Refresh(args) => {
             let registry = Registry::load(global.registry.as_deref())?;
@@ -59,7 +65,9 @@ pub async fn run(cli: Cli) -> Result<Exit, Error> {
                 registry.is_embedded(),
             )
             .await?;
-            refresh(global, args, target, log, specs).await
+            let refresher =
+                Refresher::new(target, log, jobs(&args.cycle), args.cycle.history_retention);
+            refresh(global, args, refresher, specs).await
         }
         Command::Run(args) => {
             let registry = Registry::load(global.registry.as_deref())?;
@@ -72,12 +80,8 @@ pub async fn run(cli: Cli) -> Result<Exit, Error> {
                 Err(err) => return Err(err),
             }
             let (_stop_handle, stop) = stop_on_signals()?;
-            let refresher = Refresher::new(
-                target,
-                log,
-                args.cycle.jobs.get(),
-                args.cycle.history_retention,
-            );
+            let refresher =
+                Refresher::new(target, log, jobs(&args.cycle), args.cycle.history_retention);
             let options = runner::RunOptions {
                 schedule,
                 listen: args.listen,
@@ -201,20 +205,13 @@ async fn preflight(
 async fn refresh(
     global: &GlobalArgs,
     args: &RefreshArgs,
-    target: DbTarget,
-    log: RefreshLog,
+    refresher: Refresher,
     specs: Vec<registry::ViewSpec>,
 ) -> Result<Exit, Error> {
     let (stop_handle, stop) = stop_on_signals()?;
     if let Some(deadline) = args.deadline {
         stop_handle.after(deadline.to_std());
     }
-    let refresher = Refresher::new(
-        target,
-        log,
-        args.cycle.jobs.get(),
-        args.cycle.history_retention,
-    );
     // Once: stopping means cancelling at once, no grace.
     let stops = Stops {
         drain: stop.clone(),

@@ -108,7 +108,25 @@ fn a_missing_registry_file_is_exit_2() {
 #[test]
 fn bad_invocations_exit_2() {
     Mvr::new().args(["refresh", "--no-such-flag"]).run().code(2);
-    Mvr::new().args(["--jobs", "0", "refresh"]).run().code(2);
+    for args in [["--jobs", "0", "refresh"], ["refresh", "--jobs", "0"]] {
+        Mvr::new()
+            .args(args)
+            .run()
+            .code(2)
+            .stderr_has("--jobs")
+            .stderr_has("must be at least 1");
+    }
+    // --jobs belongs to the commands that refresh.
+    Mvr::new()
+        .args(["status", "--jobs", "2"])
+        .run()
+        .code(2)
+        .stderr_has("--jobs");
+    Mvr::new()
+        .args(["--jobs", "2", "init"])
+        .run()
+        .code(2)
+        .stderr_has("--jobs applies to refresh and run only");
     Mvr::new().args(["frobnicate"]).run().code(2);
     Mvr::new().args(["status", "--format", "xml"]).run().code(2);
     Mvr::new()
@@ -394,7 +412,12 @@ fn init_creates_the_log_tables_with_the_specified_columns_and_is_idempotent() {
         .run()
         .code(0)
         .stdout_has("log tables ready");
-    db.mvr().arg("init").run().code(0);
+    // Again, on tables that exist: one line, no NOTICE per table and index.
+    let again = db.mvr().arg("init").run();
+    again.code(0);
+    let said: Vec<&str> = again.stdout.lines().chain(again.stderr.lines()).collect();
+    assert_eq!(said.len(), 1, "{again}");
+    assert!(said[0].starts_with("log tables ready"), "{again}");
     let columns = |table: &str| -> Vec<String> {
         db.rows(&format!(
             "SELECT column_name FROM information_schema.columns WHERE table_name = '{table}' ORDER BY ordinal_position"

@@ -81,7 +81,7 @@ fn the_whole_tool_works_through(mode: &str) {
     assert_eq!(refreshed, expected, "{out}");
 
     let before = last_id(&db);
-    let out = mvr().args(["--jobs", "3", "refresh"]).run();
+    let out = mvr().args(["refresh", "--jobs", "3"]).run();
     out.code(0).stdout_has("3 refreshed, 0 skipped, 0 failed");
     let rows = history_since(&db, before);
     assert_eq!(rows.len(), 3, "{rows:?}\n{out}");
@@ -90,7 +90,7 @@ fn the_whole_tool_works_through(mode: &str) {
     // Three refreshers at once: each view refreshed or skipped, never failed.
     let before = last_id(&db);
     let runs: Vec<Running> = (0..3)
-        .map(|_| mvr().args(["--jobs", "3", "refresh"]).spawn())
+        .map(|_| mvr().args(["refresh", "--jobs", "3"]).spawn())
         .collect();
     let outs: Vec<_> = runs.into_iter().map(Running::wait).collect();
     for out in &outs {
@@ -251,7 +251,7 @@ fn refreshers_sharing_a_small_session_pool_wait_their_turn_and_never_starve() {
         .map(|_| {
             db.mvr()
                 .env("DATABASE_URL", &url)
-                .args(["--jobs", "3", "refresh", "--registry"])
+                .args(["refresh", "--jobs", "3", "--registry"])
                 .arg(&registry)
                 .spawn()
         })

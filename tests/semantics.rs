@@ -169,7 +169,7 @@ fn dependencies_refresh_first_whatever_the_registry_order() {
     // New rows reach c only if a and b were refreshed before it.
     db.execute("INSERT INTO tenants (id, name, slug) VALUES (30001, 'Late', 'late')");
     db.mvr()
-        .args(["--jobs", "2", "refresh", "--registry"])
+        .args(["refresh", "--jobs", "2", "--registry"])
         .arg(&registry)
         .run()
         .code(0);
@@ -269,7 +269,7 @@ fn independent_views_refresh_in_parallel_up_to_jobs() {
     db.slow_view("m_two", 2.0);
     let registry = db.registry("[[view]]\nname = \"m_one\"\n[[view]]\nname = \"m_two\"\n");
     db.mvr()
-        .args(["--jobs", "2", "refresh", "--registry"])
+        .args(["refresh", "--jobs", "2", "--registry"])
         .arg(&registry)
         .run()
         .code(0);
@@ -281,7 +281,7 @@ fn independent_views_refresh_in_parallel_up_to_jobs() {
     assert!(overlap, "with --jobs 2 the two refreshes overlap");
 
     db.mvr()
-        .args(["--jobs", "1", "refresh", "--registry"])
+        .args(["refresh", "--jobs", "1", "--registry"])
         .arg(&registry)
         .run()
         .code(0);

@@ -356,6 +356,9 @@ impl Drop for TestDb {
     }
 }
 
+/// The size of the terminal `Mvr::in_terminal` runs in: rows, columns.
+pub const TERMINAL: (u16, u16) = (50, 200);
+
 /// The `mv-refresher` binary with a clean environment.
 pub struct Mvr {
     cmd: Command,
@@ -401,7 +404,14 @@ impl Mvr {
     pub fn in_terminal(self) -> Self {
         let quote =
             |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', r"'\''"));
-        let mut line = quote(self.cmd.get_program());
+        // A person's terminal has a size: 50 rows of 200 columns (see
+        // `TERMINAL`), which the progress display draws within.
+        let mut line = format!(
+            "stty rows {} cols {}; exec {}",
+            TERMINAL.0,
+            TERMINAL.1,
+            quote(self.cmd.get_program())
+        );
         for arg in self.cmd.get_args() {
             line.push(' ');
             line.push_str(&quote(arg));
