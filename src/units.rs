@@ -25,7 +25,7 @@ pub struct Memory {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UnitError {
     #[error(
-        "invalid duration {0:?}: expected a number and a unit (ms, s, min, h, d), like \"30s\" or \"5min\""
+        "invalid duration {0:?}: expected a number and a unit (ms, s, min or m, h, d), like \"30s\", \"5min\" or \"15m\""
     )]
     Duration(String),
     #[error(
