@@ -38,9 +38,10 @@ pub fn count(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-/// Milliseconds for machines: at most three decimals.
+/// Milliseconds for machines and the log tables: to a tenth, which is more
+/// than a refresh's timing is worth.
 pub fn round_ms(ms: f64) -> f64 {
-    (ms * 1000.0).round() / 1000.0
+    (ms * 10.0).round() / 10.0
 }
 
 /// A cycle's results as one JSON object on one line, for scripts: the run,

@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use crate::catalog::{self, Lookup, Relation};
 use crate::db::{Conn, DbTarget, describe_error, describe_pool_error, is_connection_error};
-use crate::output::millis;
+use crate::output::{millis, round_ms};
 use crate::plan::{Plan, Step, choose_method};
 use crate::progress;
 use crate::refresh_log::{Attempt, Method, RefreshLog, Status};
@@ -564,7 +564,7 @@ async fn attempt_refresh(
         tx.batch_execute(&sql),
     )
     .await;
-    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let duration_ms = round_ms(started.elapsed().as_secs_f64() * 1000.0);
     drop(running);
     refreshed.map_err(|interrupted| interrupted.into_failure(step, Some(method), duration_ms))?;
 
@@ -624,7 +624,7 @@ async fn attempt_refresh(
         let sql = format!("VACUUM (ANALYZE) {}", relation.quoted());
         match cancellable(ctx, relation, &cancel, None, client.batch_execute(&sql)).await {
             Ok(()) => {
-                let vacuum_ms = started.elapsed().as_secs_f64() * 1000.0;
+                let vacuum_ms = round_ms(started.elapsed().as_secs_f64() * 1000.0);
                 note = format!(
                     "{note}; vacuumed {:.0} dead rows in {}",
                     bloat.dead,
@@ -872,7 +872,7 @@ fn report(ctx: &RunContext, outcome: &Outcome) {
     let view = outcome.view_name.as_str();
     let status = outcome.status.as_str();
     let method = outcome.method.map_or("", Method::as_str);
-    let duration_ms = (outcome.duration_ms * 10.0).round() / 10.0;
+    let duration_ms = round_ms(outcome.duration_ms);
     let message = outcome.message.as_deref().unwrap_or("");
     match outcome.status {
         Status::Failed | Status::Cancelled => tracing::error!(
