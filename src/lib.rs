@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod output;
 pub mod plan;
 pub mod progress;
+pub mod push;
 pub mod refresh;
 pub mod refresh_log;
 pub mod registry;
