@@ -29,6 +29,11 @@ pub const JOB: &str = "mv-refresher";
 /// The longest a push may take, connecting included.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The labels of the pushed series themselves: a grouping label of the same
+/// name would give every view one value, and the Pushgateway refuses the
+/// duplicates.
+const SERIES_LABELS: [&str; 4] = ["view", "status", "version", "le"];
+
 /// How much of a refusing Pushgateway's answer an error quotes.
 const ANSWER_LIMIT: usize = 500;
 
@@ -60,8 +65,9 @@ impl FromStr for GroupingLabel {
     type Err = String;
 
     /// Parses `NAME=VALUE`; the name as Prometheus allows label names
-    /// (`[a-zA-Z_][a-zA-Z0-9_]*`, not `__`-prefixed), and not `job`, which is
-    /// always `mv-refresher`. The value may be anything, empty too.
+    /// (`[a-zA-Z_][a-zA-Z0-9_]*`, not `__`-prefixed), not `job`, which is
+    /// always `mv-refresher`, and none the series have. The value may be
+    /// anything, empty too.
     fn from_str(text: &str) -> Result<Self, String> {
         let Some((name, value)) = text.split_once('=') else {
             return Err(format!(
@@ -87,6 +93,12 @@ impl FromStr for GroupingLabel {
         if name == "job" {
             return Err(format!(
                 "grouping label {text:?}: the job label is always {JOB:?}"
+            ));
+        }
+        if SERIES_LABELS.contains(&name) {
+            return Err(format!(
+                "grouping label name {name:?} is a label of the pushed series ({})",
+                SERIES_LABELS.join(", ")
             ));
         }
         Ok(Self {
@@ -339,6 +351,11 @@ mod tests {
             label("job=other")
                 .unwrap_err()
                 .contains("always \"mv-refresher\"")
+        );
+        assert!(
+            label("view=x")
+                .unwrap_err()
+                .contains("label of the pushed series")
         );
     }
 
