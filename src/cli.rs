@@ -134,8 +134,14 @@ pub struct RefreshArgs {
     pub format: Option<OutputFormat>,
 
     /// After the run, PUT its metrics to this Prometheus Pushgateway (job
-    /// "mv-refresher"), like http://pushgateway.monitoring:9091.
-    #[arg(long, env = "MV_REFRESHER_PUSHGATEWAY", value_name = "URL")]
+    /// "mv-refresher"), like http://pushgateway.monitoring:9091: a CronJob has
+    /// nothing to scrape. A failed push is a warning.
+    #[arg(
+        long,
+        env = "MV_REFRESHER_PUSHGATEWAY",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub pushgateway: Option<String>,
 
     /// A grouping label of the push, NAME=VALUE (repeatable; in the environment
@@ -146,7 +152,7 @@ pub struct RefreshArgs {
         value_name = "NAME=VALUE",
         value_delimiter = ','
     )]
-    pub pushgateway_labels: Vec<String>,
+    pub pushgateway_labels: Vec<crate::push::GroupingLabel>,
 
     #[command(flatten)]
     pub cycle: CycleArgs,

@@ -1,6 +1,6 @@
-//! The HTTP endpoints of `run`: `/metrics` (Prometheus), `/healthz` (the process
-//! is alive) and `/readyz` (a cycle has reached the database and the database
-//! answers now). Off unless `--listen` is given.
+//! The HTTP endpoints of `run`: `/metrics` (Prometheus text format 0.0.4),
+//! `/healthz` (the process is alive) and `/readyz` (the database answers now).
+//! Off unless `--listen` is given.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use deadpool_postgres::Pool;
 use tokio::net::TcpListener;
 
 use crate::db::{describe_error, describe_pool_error};
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 
 /// How long `/readyz` waits for the database before saying no.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -27,6 +27,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Whether the last cycle reached the database (true before the first).
     pub reached_database: AtomicBool,
+    /// The probes' own connection, kept between probes; the metrics' reads
+    /// of the log tables use it too.
     pub pool: Pool,
 }
 
@@ -48,21 +50,20 @@ pub async fn serve(
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
         shared.metrics.encode(),
     )
 }
 
+/// Ready when the database answers now. After a cycle that could not reach
+/// it the probe asks too: the pod is back in service as soon as the database
+/// is, not at the next cycle, which may be a whole schedule period away.
 async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
-    if !shared.reached_database.load(Ordering::Relaxed) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the last cycle could not reach the database\n".into(),
-        );
-    }
+    let why = if shared.reached_database.load(Ordering::Relaxed) {
+        ""
+    } else {
+        "the last cycle could not reach the database, and now: "
+    };
     let ping = async {
         // The probe's own pool of one keeps its connection between probes:
         // a new TLS connection every few seconds would flood the server's
@@ -81,11 +82,11 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
         Ok(Ok(_)) => (StatusCode::OK, "ready\n".into()),
         Ok(Err(error)) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {error}\n"),
+            format!("not ready: {why}{error}\n"),
         ),
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: the database did not answer within {READY_TIMEOUT:?}\n"),
+            format!("not ready: {why}the database did not answer within {READY_TIMEOUT:?}\n"),
         ),
     }
 }

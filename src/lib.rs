@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod output;
 pub mod plan;
 pub mod progress;
+pub mod push;
 pub mod refresh;
 pub mod refresh_log;
 pub mod registry;
@@ -67,7 +68,7 @@ pub async fn run(cli: Cli) -> Result<Exit, Error> {
             .await?;
             let refresher =
                 Refresher::new(target, log, jobs(&args.cycle), args.cycle.history_retention);
-            refresh(global, args, refresher, specs).await
+            refresh(global, args, refresher, specs, &registry.views).await
         }
         Command::Run(args) => {
             let registry = Registry::load(global.registry.as_deref())?;
@@ -207,7 +208,15 @@ async fn refresh(
     args: &RefreshArgs,
     refresher: Refresher,
     specs: Vec<registry::ViewSpec>,
+    registry_views: &[registry::ViewSpec],
 ) -> Result<Exit, Error> {
+    // Checked before anything runs: a bad URL or label is exit code 2.
+    let pushgateway = args
+        .pushgateway
+        .as_deref()
+        .map(|url| push::Pushgateway::new(url, &args.pushgateway_labels))
+        .transpose()
+        .map_err(|e| Error::Usage(format!("--pushgateway: {e}")))?;
     let (stop_handle, stop) = stop_on_signals()?;
     if let Some(deadline) = args.deadline {
         stop_handle.after(deadline.to_std());
@@ -242,12 +251,34 @@ async fn refresh(
         Some(OutputFormat::Json) => println!("{}", output::cycle_json(&cycle)),
         None => {}
     }
+    if let Some(gateway) = &pushgateway {
+        push_metrics(gateway, &refresher, registry_views, &cycle).await;
+    }
 
     Ok(match stop.reason() {
         Some(StopReason::Signal(signal)) => Exit::Signal(signal),
         _ if cycle.failed() => Exit::ViewsFailed,
         _ => Exit::Success,
     })
+}
+
+/// PUTs the run's metrics; a failure is a warning, the exit code is the run's.
+async fn push_metrics(
+    gateway: &push::Pushgateway,
+    refresher: &Refresher,
+    registry_views: &[registry::ViewSpec],
+    cycle: &Cycle,
+) {
+    let pushed = match push::body(refresher, registry_views, cycle, cycle.duration).await {
+        Ok(body) => gateway.push(body).await.map_err(|e| e.to_string()),
+        Err(err) => Err(format!(
+            "cannot read the metrics to push to {gateway}: {err}"
+        )),
+    };
+    match pushed {
+        Ok(()) => tracing::info!(%gateway, "pushed the metrics"),
+        Err(error) => tracing::warn!(%error, "the metrics were not pushed"),
+    }
 }
 
 fn print_outcomes(cycle: &Cycle) {

@@ -1,71 +1,47 @@
-//! Prometheus metrics: what `run` serves on `/metrics`, and what
-//! `status --format prometheus` prints from the log tables, under the same names
-//! so one dashboard and one set of alerts serve a sidecar and a CronJob alike.
+//! Prometheus metrics in the text format 0.0.4: what `run` serves on
+//! `/metrics`, what `refresh --pushgateway` pushes, and what
+//! `status --format prometheus` prints, under the same names so one dashboard
+//! and one set of alerts serve a sidecar and a CronJob alike.
 //!
-//! Per view: `mv_refresher_view_last_success_timestamp_seconds`,
-//! `mv_refresher_view_last_duration_seconds`, `mv_refresher_view_staleness_seconds`
-//! (+Inf for a view never refreshed), `mv_refresher_view_refreshes_total{status}`
-//! and `mv_refresher_view_refresh_duration_seconds` (a histogram, `run` only).
-//! Per process (`run` only): `mv_refresher_cycles_total{outcome}` and
-//! `mv_refresher_next_run_timestamp_seconds`.
+//! Per view, from the log tables (the same from every replica, and across
+//! restarts): `mv_refresher_view_last_success_timestamp_seconds` (0: never),
+//! `mv_refresher_view_last_duration_seconds`, `mv_refresher_view_failing` and
+//! `mv_refresher_view_refreshes_total{status}` (every status, from 0).
+//!
+//! Per process: `mv_refresher_build_info`, `mv_refresher_last_run_timestamp_seconds`,
+//! `mv_refresher_last_run_duration_seconds`, `mv_refresher_refreshes_in_progress`,
+//! and per view `mv_refresher_view_retries_total`,
+//! `mv_refresher_view_lock_skips_total` and the histogram
+//! `mv_refresher_view_refresh_duration_seconds`.
+//!
+//! `run` only (where there is a scheduler): `mv_refresher_cycles_total{outcome}`
+//! and `mv_refresher_next_run_timestamp_seconds`.
+//!
+//! Families come out sorted by name and series by label values, so two scrapes
+//! list them in the same order. This module neither reads the database nor
+//! serves anything: it is handed the log tables' state and the cycles' outcomes.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
-use std::sync::atomic::AtomicU64;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus::core::Collector;
+use prometheus::proto::MetricFamily;
+use prometheus::{
+    Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
 
-use crate::refresh::Outcome;
-use crate::refresh_log::{LogRow, Status};
+use crate::cycle::Cycle;
+use crate::refresh_log::{Status, ViewState};
+
+/// The Content-Type of the text format the metrics are written in.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Refresh duration buckets, in seconds: 10 ms to 10 min.
 const DURATION_BUCKETS: [f64; 15] = [
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0, 300.0, 600.0,
 ];
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ViewLabels {
-    view: String,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ViewStatusLabels {
-    view: String,
-    status: String,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CycleLabels {
-    outcome: String,
-}
-
-type FloatGauge = Gauge<f64, AtomicU64>;
-
-fn duration_histogram() -> Histogram {
-    Histogram::new(DURATION_BUCKETS)
-}
-
-/// The metric families and their registry.
-#[derive(Debug)]
-pub struct Metrics {
-    registry: Registry,
-    last_success: Family<ViewLabels, FloatGauge>,
-    last_duration: Family<ViewLabels, FloatGauge>,
-    staleness: Family<ViewLabels, FloatGauge>,
-    refreshes: Family<ViewStatusLabels, Counter>,
-    durations: Family<ViewLabels, Histogram, fn() -> Histogram>,
-    cycles: Family<CycleLabels, Counter>,
-    next_run: FloatGauge,
-    /// Last success per view (epoch seconds; `None`: never), for staleness at
-    /// scrape time.
-    known: Mutex<BTreeMap<String, Option<f64>>>,
-}
 
 /// How a `run` cycle ended, as `mv_refresher_cycles_total{outcome}` says.
 #[derive(Debug, Clone, Copy)]
@@ -81,6 +57,8 @@ pub enum CycleOutcome {
 }
 
 impl CycleOutcome {
+    const ALL: [Self; 4] = [Self::Ok, Self::Failed, Self::Unreachable, Self::Overlapped];
+
     fn as_str(self) -> &'static str {
         match self {
             Self::Ok => "ok",
@@ -91,169 +69,376 @@ impl CycleOutcome {
     }
 }
 
-fn now_seconds() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+/// The metrics of one process: its own families, and the per-view state last
+/// read from the log tables.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// The end and the duration of the latest run: registered when the first
+    /// run ends, before which there is none to tell of.
+    last_run: OnceLock<(Gauge, Gauge)>,
+    in_progress: IntGauge,
+    /// The refresher's count of running `REFRESH` statements, read at each
+    /// encoding.
+    running: Arc<AtomicUsize>,
+    retries: IntCounterVec,
+    lock_skips: IntCounterVec,
+    durations: HistogramVec,
+    scheduler: Option<Scheduler>,
+    /// The per-view families of the latest read of the log tables.
+    views: Mutex<Vec<MetricFamily>>,
+}
+
+/// The families of `run`'s schedule.
+#[derive(Debug)]
+struct Scheduler {
+    cycles: IntCounterVec,
+    next_run: Gauge,
+}
+
+/// Registers `collector` in `registry` and returns it.
+fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
+    registry
+        .register(Box::new(collector.clone()))
+        .expect("metric names are valid and registered once");
+    collector
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> Gauge {
+    register(registry, Gauge::new(name, help).expect("a valid gauge"))
+}
+
+fn counters(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(
+        registry,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("a valid counter"),
+    )
+}
+
+fn gauges(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    register(
+        registry,
+        GaugeVec::new(Opts::new(name, help), labels).expect("a valid gauge"),
+    )
+}
+
+fn unix_seconds(at: SystemTime) -> f64 {
+    at.duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Metrics {
-    pub fn new() -> Self {
-        let mut registry = Registry::default();
-        let last_success = Family::<ViewLabels, FloatGauge>::default();
-        let last_duration = Family::<ViewLabels, FloatGauge>::default();
-        let staleness = Family::<ViewLabels, FloatGauge>::default();
-        let refreshes = Family::<ViewStatusLabels, Counter>::default();
-        let durations = Family::<ViewLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-            duration_histogram,
+    /// The metrics of a process without a schedule (`refresh`); `running` is
+    /// the refresher's count of `REFRESH` statements running now.
+    pub fn new(running: Arc<AtomicUsize>) -> Self {
+        let registry = Registry::new();
+        let build_info = register(
+            &registry,
+            GaugeVec::new(
+                Opts::new(
+                    "mv_refresher_build_info",
+                    "The mv-refresher version running, 1",
+                ),
+                &["version"],
+            )
+            .expect("a valid gauge"),
         );
-        let cycles = Family::<CycleLabels, Counter>::default();
-        let next_run = FloatGauge::default();
-        registry.register(
-            "mv_refresher_view_last_success_timestamp_seconds",
-            "End of the view's last successful refresh, Unix time",
-            last_success.clone(),
-        );
-        registry.register(
-            "mv_refresher_view_last_duration_seconds",
-            "Duration of the view's last successful refresh",
-            last_duration.clone(),
-        );
-        registry.register(
-            "mv_refresher_view_staleness_seconds",
-            "Seconds since the view's last successful refresh (+Inf: never)",
-            staleness.clone(),
-        );
-        registry.register(
-            "mv_refresher_view_refreshes",
-            "Refresh attempts by final status (success, failed, skipped, cancelled)",
-            refreshes.clone(),
-        );
-        registry.register(
-            "mv_refresher_view_refresh_duration_seconds",
-            "Duration of successful refreshes",
-            durations.clone(),
-        );
-        registry.register(
-            "mv_refresher_cycles",
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1.0);
+        Self {
+            last_run: OnceLock::new(),
+            in_progress: register(
+                &registry,
+                IntGauge::new(
+                    "mv_refresher_refreshes_in_progress",
+                    "REFRESH statements this process is running now",
+                )
+                .expect("a valid gauge"),
+            ),
+            running,
+            retries: counters(
+                &registry,
+                "mv_refresher_view_retries_total",
+                "Refresh attempts retried by this process after a transient failure",
+                &["view"],
+            ),
+            lock_skips: counters(
+                &registry,
+                "mv_refresher_view_lock_skips_total",
+                "Refreshes this process skipped because another refresher held the view",
+                &["view"],
+            ),
+            durations: register(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "mv_refresher_view_refresh_duration_seconds",
+                        "Durations of the successful refreshes of this process",
+                    )
+                    .buckets(DURATION_BUCKETS.to_vec()),
+                    &["view"],
+                )
+                .expect("a valid histogram"),
+            ),
+            scheduler: None,
+            views: Mutex::default(),
+            registry,
+        }
+    }
+
+    /// The metrics of `run`: those of [`Metrics::new`] and the schedule's.
+    pub fn with_scheduler(running: Arc<AtomicUsize>) -> Self {
+        let mut metrics = Self::new(running);
+        let cycles = counters(
+            &metrics.registry,
+            "mv_refresher_cycles_total",
             "Scheduled cycles by outcome (ok, failed, unreachable, overlapped)",
-            cycles.clone(),
+            &["outcome"],
         );
-        registry.register(
+        for outcome in CycleOutcome::ALL {
+            cycles.with_label_values(&[outcome.as_str()]);
+        }
+        let next_run = gauge(
+            &metrics.registry,
             "mv_refresher_next_run_timestamp_seconds",
             "When the next scheduled cycle starts, Unix time",
-            next_run.clone(),
         );
-        Self {
-            registry,
-            last_success,
-            last_duration,
-            staleness,
-            refreshes,
-            durations,
-            cycles,
-            next_run,
-            known: Mutex::new(BTreeMap::new()),
-        }
-    }
-
-    /// Makes `view` known, so its staleness shows (+Inf) before its first success.
-    pub fn register_view(&self, view: &str) {
-        let mut known = self.known.lock().expect("metrics lock");
-        known.entry(view.to_owned()).or_insert(None);
-    }
-
-    /// Counts one view's outcome.
-    pub fn observe(&self, outcome: &Outcome) {
-        let view = ViewLabels {
-            view: outcome.view_name.clone(),
-        };
-        self.refreshes
-            .get_or_create(&ViewStatusLabels {
-                view: view.view.clone(),
-                status: outcome.status.as_str().to_owned(),
-            })
-            .inc();
-        if outcome.status == Status::Success {
-            let seconds = outcome.duration_ms / 1000.0;
-            let now = now_seconds();
-            self.last_success.get_or_create(&view).set(now);
-            self.last_duration.get_or_create(&view).set(seconds);
-            self.durations.get_or_create(&view).observe(seconds);
-            self.known
-                .lock()
-                .expect("metrics lock")
-                .insert(view.view, Some(now));
-        }
-    }
-
-    /// Counts one cycle.
-    pub fn cycle(&self, outcome: CycleOutcome) {
-        self.cycles
-            .get_or_create(&CycleLabels {
-                outcome: outcome.as_str().to_owned(),
-            })
-            .inc();
-    }
-
-    /// Sets when the next cycle starts (Unix seconds).
-    pub fn next_run(&self, at_seconds: f64) {
-        self.next_run.set(at_seconds);
-    }
-
-    /// Fills the per-view metrics from the log tables (for `status`).
-    pub fn from_log(rows: &[LogRow]) -> Self {
-        let metrics = Self::new();
-        for row in rows {
-            let view = ViewLabels {
-                view: row.view_name.clone(),
-            };
-            for (status, count) in [
-                ("success", row.refresh_count),
-                ("failed", row.failure_count),
-            ] {
-                metrics
-                    .refreshes
-                    .get_or_create(&ViewStatusLabels {
-                        view: view.view.clone(),
-                        status: status.to_owned(),
-                    })
-                    .inc_by(u64::try_from(count).unwrap_or(0));
-            }
-            if let Some(ms) = row.last_refresh_time_ms {
-                metrics.last_duration.get_or_create(&view).set(ms / 1000.0);
-            }
-            let last = row.age_seconds.map(|age| now_seconds() - age);
-            if let Some(at) = last {
-                metrics.last_success.get_or_create(&view).set(at);
-            }
-            metrics
-                .known
-                .lock()
-                .expect("metrics lock")
-                .insert(view.view, last);
-        }
+        metrics.scheduler = Some(Scheduler { cycles, next_run });
         metrics
     }
 
-    /// The metrics in the text exposition format, staleness as of now.
-    pub fn encode(&self) -> String {
-        let now = now_seconds();
-        for (view, last) in self.known.lock().expect("metrics lock").iter() {
-            let staleness = last.map_or(f64::INFINITY, |at| (now - at).max(0.0));
-            self.staleness
-                .get_or_create(&ViewLabels { view: view.clone() })
-                .set(staleness);
+    /// Counts what this process did in `cycle`, which took `duration` and has
+    /// just ended.
+    pub fn observe_run(&self, cycle: &Cycle, duration: Duration) {
+        let (ended, took) = self.last_run.get_or_init(|| {
+            (
+                gauge(
+                    &self.registry,
+                    "mv_refresher_last_run_timestamp_seconds",
+                    "End of this process's latest refresh run, Unix time",
+                ),
+                gauge(
+                    &self.registry,
+                    "mv_refresher_last_run_duration_seconds",
+                    "Duration of this process's latest refresh run",
+                ),
+            )
+        });
+        ended.set(unix_seconds(SystemTime::now()));
+        took.set(duration.as_secs_f64());
+        for outcome in &cycle.outcomes {
+            let view = [outcome.view_name.as_str()];
+            self.retries
+                .with_label_values(&view)
+                .inc_by(u64::from(outcome.attempts.saturating_sub(1)));
+            if outcome.lock_skipped {
+                self.lock_skips.with_label_values(&view).inc();
+            }
+            if outcome.status == Status::Success {
+                self.durations
+                    .with_label_values(&view)
+                    .observe(outcome.duration_ms / 1000.0);
+            }
         }
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)
-            .expect("writing to a String cannot fail");
-        text
+    }
+
+    /// Takes the views' state as the log tables have it now; the per-process
+    /// series of those views show from now on too, at 0 until something happens.
+    pub fn set_views(&self, views: &[ViewState]) {
+        for view in views {
+            let label = [view.view_name.as_str()];
+            self.retries.with_label_values(&label);
+            self.lock_skips.with_label_values(&label);
+            self.durations.with_label_values(&label);
+        }
+        *self.views.lock().expect("metrics lock") = view_families(views);
+    }
+
+    /// Counts one scheduled cycle (`run` only).
+    pub fn cycle(&self, outcome: CycleOutcome) {
+        if let Some(scheduler) = &self.scheduler {
+            scheduler
+                .cycles
+                .with_label_values(&[outcome.as_str()])
+                .inc();
+        }
+    }
+
+    /// Sets when the next scheduled cycle starts, Unix seconds (`run` only).
+    pub fn next_run(&self, at_seconds: f64) {
+        if let Some(scheduler) = &self.scheduler {
+            scheduler.next_run.set(at_seconds);
+        }
+    }
+
+    /// Everything, in the text format.
+    pub fn encode(&self) -> String {
+        self.in_progress
+            .set(i64::try_from(self.running.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+        let mut families = self.registry.gather();
+        families.extend(self.views.lock().expect("metrics lock").iter().cloned());
+        encode(families)
+    }
+}
+
+/// The per-view families of `views` alone, in the text format (`status`).
+pub fn encode_views(views: &[ViewState]) -> String {
+    encode(view_families(views))
+}
+
+/// The per-view families, from the log tables' state.
+fn view_families(views: &[ViewState]) -> Vec<MetricFamily> {
+    let registry = Registry::new();
+    let last_success = gauges(
+        &registry,
+        "mv_refresher_view_last_success_timestamp_seconds",
+        "End of the view's last successful refresh, Unix time; 0 when never refreshed",
+        &["view"],
+    );
+    let last_duration = gauges(
+        &registry,
+        "mv_refresher_view_last_duration_seconds",
+        "Duration of the view's last successful refresh",
+        &["view"],
+    );
+    let failing = gauges(
+        &registry,
+        "mv_refresher_view_failing",
+        "1 when the view's latest refresh failed or was cancelled, else 0",
+        &["view"],
+    );
+    let refreshes = counters(
+        &registry,
+        "mv_refresher_view_refreshes_total",
+        "Refreshes of the view by every refresher, by final status \
+         (success, failed, skipped, cancelled), from the log tables",
+        &["view", "status"],
+    );
+    for view in views {
+        let name = view.view_name.as_str();
+        last_success
+            .with_label_values(&[name])
+            .set(view.last_success.unwrap_or(0.0));
+        if let Some(ms) = view.last_duration_ms {
+            last_duration.with_label_values(&[name]).set(ms / 1000.0);
+        }
+        let failed = matches!(view.last_status.as_deref(), Some("failed" | "cancelled"));
+        failing
+            .with_label_values(&[name])
+            .set(if failed { 1.0 } else { 0.0 });
+        for (status, count) in [
+            (Status::Success, view.successes),
+            (Status::Failed, view.failures),
+            (Status::Skipped, view.skips),
+            (Status::Cancelled, view.cancels),
+        ] {
+            refreshes
+                .with_label_values(&[name, status.as_str()])
+                .inc_by(count);
+        }
+    }
+    registry.gather()
+}
+
+/// `families` in the text format, sorted by name.
+fn encode(mut families: Vec<MetricFamily>) -> String {
+    families.sort_by(|a, b| a.name().cmp(b.name()));
+    TextEncoder::new()
+        .encode_to_string(&families)
+        .expect("gathered families encode")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(name: &str) -> ViewState {
+        ViewState {
+            view_name: name.into(),
+            ..ViewState::default()
+        }
+    }
+
+    #[test]
+    fn a_view_never_refreshed_has_every_status_at_zero_and_no_duration() {
+        let text = encode_views(&[view("public.b"), view("public.a")]);
+        for status in ["success", "failed", "skipped", "cancelled"] {
+            let line = format!(
+                "mv_refresher_view_refreshes_total{{status=\"{status}\",view=\"public.a\"}} 0"
+            );
+            assert!(text.contains(&line), "{line} missing:\n{text}");
+        }
+        assert!(
+            text.contains(
+                "mv_refresher_view_last_success_timestamp_seconds{view=\"public.a\"} 0\n"
+            )
+        );
+        assert!(
+            !text.contains("mv_refresher_view_last_duration_seconds{"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"));
+        // Sorted: public.a before public.b whatever the order given.
+        let a = text.find("view=\"public.a\"").unwrap();
+        let b = text.find("view=\"public.b\"").unwrap();
+        assert!(a < b, "{text}");
+    }
+
+    #[test]
+    fn families_come_out_sorted_and_scheduler_ones_only_with_a_scheduler() {
+        let plain = Metrics::new(Arc::default());
+        plain.set_views(&[view("public.a")]);
+        let text = plain.encode();
+        assert!(!text.contains("mv_refresher_cycles_total"), "{text}");
+        assert!(!text.contains("mv_refresher_next_run"), "{text}");
+        assert!(
+            !text.contains("mv_refresher_last_run"),
+            "before a run: {text}"
+        );
+        assert!(text.contains(&format!(
+            "mv_refresher_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split(' ').next().unwrap())
+            .collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted);
+
+        let scheduled = Metrics::with_scheduler(Arc::default());
+        let text = scheduled.encode();
+        for outcome in ["ok", "failed", "unreachable", "overlapped"] {
+            assert!(
+                text.contains(&format!(
+                    "mv_refresher_cycles_total{{outcome=\"{outcome}\"}} 0"
+                )),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_or_cancelled_latest_outcome_is_failing() {
+        let mut failed = view("public.f");
+        failed.last_status = Some("cancelled".into());
+        failed.last_success = Some(1_700_000_000.5);
+        failed.last_duration_ms = Some(1500.0);
+        failed.successes = 3;
+        let text = encode_views(&[failed]);
+        assert!(
+            text.contains("mv_refresher_view_failing{view=\"public.f\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "mv_refresher_view_last_success_timestamp_seconds{view=\"public.f\"} 1700000000.5\n"
+        ));
+        assert!(text.contains("mv_refresher_view_last_duration_seconds{view=\"public.f\"} 1.5\n"));
+        assert!(text.contains(
+            "mv_refresher_view_refreshes_total{status=\"success\",view=\"public.f\"} 3\n"
+        ));
     }
 }

@@ -7,6 +7,8 @@
 //! bind parameters.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio_postgres::GenericClient;
 use tokio_postgres::error::SqlState;
@@ -19,7 +21,10 @@ use crate::units::PgDuration;
 const DDL: &str = include_str!("sql/log_tables.sql");
 
 /// The version `sql/log_tables.sql` ends with (in the history table's comment).
-const SCHEMA_VERSION: i32 = 2;
+const SCHEMA_VERSION: i32 = 3;
+
+/// The version that added `skip_count` and `cancel_count` to the summary table.
+const OUTCOME_COUNTS_VERSION: i32 = 3;
 
 /// Rows deleted per statement when pruning the history: short locks, small WAL bursts.
 const PRUNE_BATCH: u64 = 1000;
@@ -34,6 +39,10 @@ pub struct RefreshLog {
     schema: String,
     log_table: String,
     history_table: String,
+    /// Whether the summary table has `skip_count` and `cancel_count`: known once
+    /// [`RefreshLog::ensure`] ran (a role that may not upgrade older tables
+    /// keeps writing them as they are). Shared by the clones.
+    outcome_counts: Arc<AtomicBool>,
 }
 
 /// How an attempt ended, as the `status` column spells it.
@@ -91,6 +100,24 @@ pub struct LogRow {
     pub refreshed_by: Option<String>,
 }
 
+/// What the metrics read of one view in the summary table: its totals by
+/// status and its latest outcome. A view without a row reads as never attempted.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ViewState {
+    /// Schema-qualified, as people read it: `public.top_bets_today`.
+    pub view_name: String,
+    pub successes: u64,
+    pub failures: u64,
+    pub skips: u64,
+    pub cancels: u64,
+    /// End of the last successful refresh, Unix seconds.
+    pub last_success: Option<f64>,
+    /// Duration of the last successful refresh.
+    pub last_duration_ms: Option<f64>,
+    /// The latest final outcome but a skip: `success`, `failed` or `cancelled`.
+    pub last_status: Option<String>,
+}
+
 impl LogRow {
     /// The row of a view never attempted.
     pub fn never(view_name: String) -> Self {
@@ -142,6 +169,7 @@ impl RefreshLog {
             schema: schema.to_owned(),
             log_table: format!("{quoted}.materialized_views_refresh_log"),
             history_table: format!("{quoted}.materialized_views_refresh_history"),
+            outcome_counts: Arc::default(),
         }
     }
 
@@ -188,7 +216,9 @@ impl RefreshLog {
             .await?;
         tx.batch_execute(&DDL.replace("{schema}", &quote_ident(&self.schema)))
             .await?;
-        tx.commit().await
+        tx.commit().await?;
+        self.outcome_counts.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Makes sure the tables exist, creating them when missing. Returns `false`
@@ -198,6 +228,8 @@ impl RefreshLog {
         client: &mut tokio_postgres::Client,
     ) -> Result<bool, tokio_postgres::Error> {
         let version = self.version(&*client).await?;
+        self.outcome_counts
+            .store(version >= OUTCOME_COUNTS_VERSION, Ordering::Relaxed);
         if version >= SCHEMA_VERSION {
             return Ok(true);
         }
@@ -233,9 +265,11 @@ impl RefreshLog {
         }
     }
 
-    /// Records one attempt: a history row, and for anything but a skip the view's
-    /// summary row. Runs on `client`, so a success is recorded in the refresh's
-    /// own transaction.
+    /// Records one attempt: a history row, and the view's summary row (of a
+    /// skip, only its `skip_count`: a skip is no outcome of the view's refresh,
+    /// `last_status` and `last_attempt_at` stay those of the latest refresh).
+    /// Runs on `client`, so a success is recorded in the refresh's own
+    /// transaction.
     pub async fn record(
         &self,
         client: &impl GenericClient,
@@ -272,24 +306,49 @@ impl RefreshLog {
             )
             .await?
             .get(0);
-        if attempt.status == Status::Skipped || attempt.retried {
+        if attempt.retried {
+            return Ok(id);
+        }
+        let outcome_counts = self.outcome_counts.load(Ordering::Relaxed);
+        if attempt.status == Status::Skipped {
+            if outcome_counts {
+                let skip = format!(
+                    "INSERT INTO {table} AS l (view_name, skip_count) VALUES ($1, 1) \
+                     ON CONFLICT (view_name) DO UPDATE SET skip_count = l.skip_count + 1",
+                    table = self.log_table
+                );
+                client
+                    .execute_typed(&skip, &[(&attempt.view_name, Type::TEXT)])
+                    .await?;
+            }
             return Ok(id);
         }
         let success = attempt.status == Status::Success;
         let failed = attempt.status == Status::Failed;
+        // cancel_count from version 3 on; $5 is the status.
+        let (cancel_column, cancel_value, cancel_update) = if outcome_counts {
+            (
+                ", cancel_count",
+                ", ($5 = 'cancelled')::int",
+                "cancel_count = l.cancel_count + EXCLUDED.cancel_count, ",
+            )
+        } else {
+            ("", "", "")
+        };
         let summary = format!(
             "INSERT INTO {table} AS l (view_name, refresh_count, failure_count, avg_refresh_time_ms, \
                  last_refresh_time_ms, last_refreshed_at, last_attempt_at, last_status, last_method, \
-                 last_error, refreshed_by) \
+                 last_error, refreshed_by{cancel_column}) \
              SELECT $1, $2::boolean::int, $3::boolean::int, \
                  CASE WHEN $2 THEN $4::float8 END, CASE WHEN $2 THEN $4::float8 END, \
-                 CASE WHEN $2 THEN now END, now, $5, $6, $7, $8 \
+                 CASE WHEN $2 THEN now END, now, $5, $6, $7, $8{cancel_value} \
              FROM clock_timestamp() AS now \
              ON CONFLICT (view_name) DO UPDATE SET \
                  refresh_count = l.refresh_count + EXCLUDED.refresh_count, \
-                 failure_count = l.failure_count + EXCLUDED.failure_count, \
+                 failure_count = l.failure_count + EXCLUDED.failure_count, {cancel_update}\
                  avg_refresh_time_ms = CASE WHEN $2 \
-                     THEN (coalesce(l.avg_refresh_time_ms, 0) * l.refresh_count + $4) / (l.refresh_count + 1) \
+                     THEN round(((coalesce(l.avg_refresh_time_ms, 0) * l.refresh_count + $4) \
+                         / (l.refresh_count + 1))::numeric, 1)::float8 \
                      ELSE l.avg_refresh_time_ms END, \
                  last_refresh_time_ms = coalesce(EXCLUDED.last_refresh_time_ms, l.last_refresh_time_ms), \
                  last_refreshed_at = coalesce(EXCLUDED.last_refreshed_at, l.last_refreshed_at), \
@@ -402,6 +461,62 @@ impl RefreshLog {
             )
             .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// The state of each of `view_names` in the summary table, in the same
+    /// order; one query. Views without a row, and all of them when the table
+    /// does not exist yet, read as never attempted. Reads a summary table of any
+    /// version, and one made by hand in the seeds' shape.
+    pub async fn view_states(
+        &self,
+        client: &impl GenericClient,
+        view_names: &[String],
+    ) -> Result<Vec<ViewState>, tokio_postgres::Error> {
+        let sql = format!(
+            // The counts of version 3 through the row as JSON: a table without
+            // those columns reads as zero, where naming them would fail. The
+            // casts read the seeds' types (integer counts, numeric times,
+            // timestamp without time zone) as `rows` does.
+            "SELECT n.name, coalesce(l.refresh_count, 0)::bigint, coalesce(l.failure_count, 0)::bigint, \
+                 coalesce((to_jsonb(l) ->> 'skip_count')::bigint, 0), \
+                 coalesce((to_jsonb(l) ->> 'cancel_count')::bigint, 0), \
+                 extract(epoch FROM l.last_refreshed_at::timestamptz)::float8, \
+                 l.last_refresh_time_ms::float8, l.last_status::text \
+             FROM unnest($1::text[]) WITH ORDINALITY AS n(name, i) \
+             LEFT JOIN {} AS l ON l.view_name = n.name \
+             ORDER BY n.i",
+            self.log_table
+        );
+        let rows = match client
+            .query_typed(&sql, &[(&view_names, Type::TEXT_ARRAY)])
+            .await
+        {
+            Ok(rows) => rows,
+            Err(err) if err.code() == Some(&SqlState::UNDEFINED_TABLE) => {
+                return Ok(view_names
+                    .iter()
+                    .map(|name| ViewState {
+                        view_name: name.clone(),
+                        ..ViewState::default()
+                    })
+                    .collect());
+            }
+            Err(err) => return Err(err),
+        };
+        let count = |row: &tokio_postgres::Row, i| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
+        Ok(rows
+            .iter()
+            .map(|r| ViewState {
+                view_name: r.get(0),
+                successes: count(r, 1),
+                failures: count(r, 2),
+                skips: count(r, 3),
+                cancels: count(r, 4),
+                last_success: r.get(5),
+                last_duration_ms: r.get(6),
+                last_status: r.get(7),
+            })
+            .collect())
     }
 
     /// The summary rows of `view_names`, in no particular order; views never

@@ -6,6 +6,10 @@
 //! off, doubling up to a minute, and recovers by itself). Refresh failures never
 //! stop the loop. On shutdown no cycle or view starts; running refreshes get the
 //! grace period and are then cancelled on the server.
+//!
+//! With `--listen`, the views' state in the metrics is read from the log tables
+//! at the start and after every cycle, so it is what every replica and every
+//! refresher wrote, and survives restarts.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,14 +21,15 @@ use chrono::Utc;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
-use crate::cycle::{Refresher, Stops};
+use crate::cycle::{Cycle, Refresher, Stops};
+use crate::db::{describe_error, describe_pool_error};
 use crate::error::{Error, Exit};
 use crate::http::{self, Shared};
 use crate::metrics::{CycleOutcome, Metrics};
-use crate::refresh_log::Status;
 use crate::registry::ViewSpec;
 use crate::schedule::Schedule;
 use crate::shutdown::{self, StopReason};
+use crate::status;
 
 /// The longest wait after the database was unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -53,7 +58,7 @@ pub async fn run(
     shutdown: impl Future<Output = StopReason> + Send + 'static,
 ) -> Result<Exit, Error> {
     let shared = Arc::new(Shared {
-        metrics: Metrics::new(),
+        metrics: Metrics::with_scheduler(refresher.in_progress.clone()),
         // Until a cycle says otherwise; the live ping of /readyz decides meanwhile,
         // so a pod is not kept out of service until the first scheduled tick.
         reached_database: true.into(),
@@ -64,12 +69,37 @@ pub async fn run(
     let (cancel_handle, cancel) = shutdown::channel();
     let stops = Stops { drain, cancel };
 
-    let server = match options.listen {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
+    let listener = match options.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
                 .await
-                .map_err(|e| Error::Usage(format!("cannot listen on {addr} (--listen): {e}")))?;
-            tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+                .map_err(|e| Error::Usage(format!("cannot listen on {addr} (--listen): {e}")))?,
+        ),
+        None => None,
+    };
+
+    let grace = options.shutdown_grace;
+    tokio::spawn(async move {
+        let reason = shutdown.await;
+        tracing::info!(%reason, grace_s = grace.as_secs_f64(), "shutting down: no new refresh starts");
+        drain_handle.stop(reason);
+        tokio::time::sleep(grace).await;
+        cancel_handle.stop(reason);
+    });
+
+    let serving = listener.is_some();
+    let server = match listener {
+        Some(listener) => {
+            // Before the first scrape, so the views' state is right from it: a
+            // database that does not answer delays the endpoints by its connect
+            // timeout at most (the listener queues the requests meanwhile).
+            tokio::select! {
+                () = load_views(&refresher, &views, None, &shared) => {}
+                _ = stops.drain.stopped() => {}
+            }
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+            }
             let until_drained = {
                 let drain = stops.drain.clone();
                 async move {
@@ -84,15 +114,6 @@ pub async fn run(
         }
         None => None,
     };
-
-    let grace = options.shutdown_grace;
-    tokio::spawn(async move {
-        let reason = shutdown.await;
-        tracing::info!(%reason, grace_s = grace.as_secs_f64(), "shutting down: no new refresh starts");
-        drain_handle.stop(reason);
-        tokio::time::sleep(grace).await;
-        cancel_handle.stop(reason);
-    });
 
     tracing::info!(schedule = %options.schedule, views = views.len(), "refreshing on schedule");
     let backoff = Arc::new(Mutex::new(Backoff::default()));
@@ -132,7 +153,7 @@ pub async fn run(
             backoff.clone(),
         );
         cycle = Some(tokio::spawn(async move {
-            run_cycle(&refresher, views, &stops, &shared, &backoff).await;
+            run_cycle(&refresher, views, &stops, &shared, &backoff, serving).await;
         }));
     }
 
@@ -146,22 +167,23 @@ pub async fn run(
     Ok(Exit::Success)
 }
 
-/// One scheduled cycle, its metrics and its effect on readiness and backoff.
+/// One scheduled cycle, its metrics and its effect on readiness and backoff;
+/// `serving`: the metrics are served, and the views' state is read after it.
 async fn run_cycle(
     refresher: &Refresher,
     views: Vec<ViewSpec>,
     stops: &Stops,
     shared: &Shared,
     backoff: &Mutex<Backoff>,
+    serving: bool,
 ) {
-    let started = Instant::now();
-    match refresher.cycle(views, stops, None).await {
+    match refresher.cycle(views.clone(), stops, None).await {
         Ok(cycle) => {
             *backoff.lock().await = Backoff::default();
             shared.reached_database.store(true, Ordering::Relaxed);
-            for outcome in &cycle.outcomes {
-                shared.metrics.register_view(&outcome.view_name);
-                shared.metrics.observe(outcome);
+            shared.metrics.observe_run(&cycle, cycle.duration);
+            if serving {
+                load_views(refresher, &views, Some(&cycle), shared).await;
             }
             let failed = cycle.failed();
             shared.metrics.cycle(if failed {
@@ -169,14 +191,6 @@ async fn run_cycle(
             } else {
                 CycleOutcome::Ok
             });
-            tracing::info!(
-                run_id = %cycle.run_id,
-                refreshed = cycle.count(Status::Success),
-                skipped = cycle.count(Status::Skipped),
-                failed = cycle.count(Status::Failed) + cycle.count(Status::Cancelled),
-                duration_ms = started.elapsed().as_millis() as u64,
-                "cycle finished"
-            );
         }
         Err(err @ Error::Connect(_)) => {
             shared.reached_database.store(false, Ordering::Relaxed);
@@ -190,6 +204,42 @@ async fn run_cycle(
         Err(err) => {
             shared.metrics.cycle(CycleOutcome::Failed);
             tracing::error!(error = %err, "cycle failed");
+        }
+    }
+}
+
+/// Reads the state of the views from the log tables into the metrics, on the
+/// probes' connection: the views `cycle` refreshed (every registry view, by
+/// their schema-qualified names), or before any cycle the registry's, looked
+/// up. A failure is a warning; the metrics keep what they had.
+async fn load_views(
+    refresher: &Refresher,
+    views: &[ViewSpec],
+    cycle: Option<&Cycle>,
+    shared: &Shared,
+) {
+    let read = async {
+        let client = shared
+            .pool
+            .get()
+            .await
+            .map_err(|e| describe_pool_error(&e))?;
+        let names = match cycle {
+            Some(cycle) => cycle.outcomes.iter().map(|o| o.view_name.clone()).collect(),
+            None => status::registry_names(&**client, views)
+                .await
+                .map_err(|e| describe_error(&e))?,
+        };
+        refresher
+            .log
+            .view_states(&**client, &names)
+            .await
+            .map_err(|e| describe_error(&e))
+    };
+    match read.await {
+        Ok(states) => shared.metrics.set_views(&states),
+        Err(error) => {
+            tracing::warn!(%error, "could not read the views' state from the log tables for the metrics");
         }
     }
 }

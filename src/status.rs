@@ -6,15 +6,16 @@
 //! when any view is older (or was never refreshed), for an alert or a probe.
 
 use serde::Serialize;
+use tokio_postgres::GenericClient;
 
 use crate::catalog;
 use crate::cli::{StatusArgs, StatusFormat};
 use crate::db::DbTarget;
 use crate::error::{Error, Exit};
-use crate::metrics::Metrics;
+use crate::metrics;
 use crate::output::{age, millis, print_table, table};
 use crate::refresh_log::{LogRow, RefreshLog};
-use crate::registry::Registry;
+use crate::registry::{Registry, ViewSpec};
 use crate::units::PgDuration;
 
 /// Successful refreshes shown in the sparkline.
@@ -51,13 +52,9 @@ pub async fn run(
     let client = target.connect(&pool).await?;
     let db_err = |context| Error::in_context(context, target);
 
-    let mut names = Vec::with_capacity(registry.views.len());
-    for view in &registry.views {
-        let lookup = catalog::lookup(&*client, &view.name)
-            .await
-            .map_err(db_err("looking up the registry views"))?;
-        names.push(lookup.qualified_name());
-    }
+    let names = registry_names(&*client, &registry.views)
+        .await
+        .map_err(db_err("looking up the registry views"))?;
     let exists = log
         .exists(&*client)
         .await
@@ -118,12 +115,29 @@ pub async fn run(
             );
         }
         StatusFormat::Prometheus => {
-            let rows: Vec<LogRow> = views.into_iter().map(|v| v.log).collect();
-            print!("{}", Metrics::from_log(&rows).encode());
+            let names: Vec<String> = views.into_iter().map(|v| v.log.view_name).collect();
+            let states = log
+                .view_states(&*client, &names)
+                .await
+                .map_err(db_err("reading the refresh log"))?;
+            print!("{}", metrics::encode_views(&states));
         }
         StatusFormat::Table => print_status_table(&views),
     }
     Ok(exit)
+}
+
+/// The schema-qualified names of `views`, as the log tables and the metrics
+/// know them: each looked up the way PostgreSQL would find it.
+pub async fn registry_names(
+    client: &impl GenericClient,
+    views: &[ViewSpec],
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let mut names = Vec::with_capacity(views.len());
+    for view in views {
+        names.push(catalog::lookup(client, &view.name).await?.qualified_name());
+    }
+    Ok(names)
 }
 
 /// Seconds until `log`'s view is due again under `min_interval`; `None` when it

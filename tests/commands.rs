@@ -440,6 +440,8 @@ fn init_creates_the_log_tables_with_the_specified_columns_and_is_idempotent() {
             "last_method",
             "last_error",
             "refreshed_by",
+            "skip_count",
+            "cancel_count",
         ]
     );
     let history = columns("materialized_views_refresh_history");

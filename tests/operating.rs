@@ -33,6 +33,11 @@ fn run_every_second(
 
 /// GET `path`: `(status code, body)`; `None` while nothing listens.
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    get_typed(port, path).map(|(status, _, body)| (status, body))
+}
+
+/// GET `path`: `(status code, Content-Type, body)`; `None` while nothing listens.
+fn get_typed(port: u16, path: &str) -> Option<(u16, String, String)> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
@@ -42,7 +47,85 @@ fn get(port: u16, path: &str) -> Option<(u16, String)> {
         .call()
         .ok()?;
     let status = response.status().as_u16();
-    Some((status, response.body_mut().read_to_string().unwrap()))
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    Some((
+        status,
+        content_type,
+        response.body_mut().read_to_string().unwrap(),
+    ))
+}
+
+/// The `/metrics` page, checked to be Prometheus's text format 0.0.4 (not
+/// OpenMetrics); `None` while nothing listens.
+fn scrape(port: u16) -> Option<String> {
+    let (status, content_type, body) = get_typed(port, "/metrics")?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    assert!(!body.contains("# EOF"), "{body}");
+    Some(body)
+}
+
+/// The series of a metrics page (name and labels, no values), in order.
+fn series(metrics: &str) -> Vec<&str> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.rsplit_once(' ').unwrap().0)
+        .collect()
+}
+
+/// Asserts that `promtool check metrics` accepts `text`; promtool is in
+/// Debian's prometheus package.
+#[track_caller]
+fn promtool_accepts(text: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run promtool ({e}): apt-get install prometheus (Debian's package has it)"
+            )
+        });
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}\n{}{}\n--- the metrics ---\n{text}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+}
+
+/// A schedule that does not come round while a test runs (once a year).
+const NEVER_SOON: &str = "0 0 1 1 *";
+
+/// `mv-refresher run` on `db` with `schedule`, serving on `port`.
+fn run_serving(
+    db: &TestDb,
+    registry: &std::path::Path,
+    schedule: &str,
+    port: u16,
+) -> common::Running {
+    db.mvr()
+        .args(["run", "--schedule", schedule, "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--registry")
+        .arg(registry)
+        .spawn()
 }
 
 /// The value of the sample `name{labels}` in a metrics page.
@@ -57,7 +140,7 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
 fn refreshes(metrics: &str, view: &str, status: &str) -> f64 {
     sample(
         metrics,
-        &format!("mv_refresher_view_refreshes_total{{view=\"{view}\",status=\"{status}\"}}"),
+        &format!("mv_refresher_view_refreshes_total{{status=\"{status}\",view=\"{view}\"}}"),
     )
     .unwrap_or(0.0)
 }
@@ -70,7 +153,7 @@ fn run_refreshes_on_the_schedule_and_serves_metrics_health_and_readiness() {
 
     // Two cycles at least: the counters move.
     let metrics = run.wait_until("two refreshes of every view", || {
-        let (_, body) = get(port, "/metrics")?;
+        let body = scrape(port)?;
         [
             "public.tenants_summary_view",
             "public.user_activity_view",
@@ -83,14 +166,30 @@ fn run_refreshes_on_the_schedule_and_serves_metrics_health_and_readiness() {
     for name in [
         "mv_refresher_view_last_success_timestamp_seconds{view=\"public.top_bets_today\"}",
         "mv_refresher_view_last_duration_seconds{view=\"public.top_bets_today\"}",
-        "mv_refresher_view_staleness_seconds{view=\"public.top_bets_today\"}",
+        "mv_refresher_view_failing{view=\"public.top_bets_today\"}",
         "mv_refresher_view_refresh_duration_seconds_count{view=\"public.top_bets_today\"}",
+        "mv_refresher_view_retries_total{view=\"public.top_bets_today\"}",
+        "mv_refresher_view_lock_skips_total{view=\"public.top_bets_today\"}",
         "mv_refresher_cycles_total{outcome=\"ok\"}",
         "mv_refresher_next_run_timestamp_seconds",
+        "mv_refresher_last_run_timestamp_seconds",
+        "mv_refresher_last_run_duration_seconds",
+        "mv_refresher_refreshes_in_progress",
     ] {
         let value = sample(&metrics, name).unwrap_or_else(|| panic!("{name} missing:\n{metrics}"));
         assert!(value >= 0.0 && value.is_finite(), "{name} = {value}");
     }
+    assert_eq!(
+        sample(
+            &metrics,
+            &format!(
+                "mv_refresher_build_info{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
+        Some(1.0)
+    );
+    promtool_accepts(&metrics);
     assert_eq!(get(port, "/healthz").unwrap().0, 200);
     assert_eq!(get(port, "/readyz").unwrap(), (200, "ready\n".into()));
 
@@ -206,6 +305,19 @@ fn sigterm_gives_running_refreshes_the_grace_period_then_cancels_them() {
     assert_eq!(db.running_refreshes(), 0);
     let status: String = db.scalar("SELECT status FROM materialized_views_refresh_history WHERE view_name = 'public.m_endless'");
     assert_eq!(status, "cancelled");
+    let counts = db.rows(
+        "SELECT refresh_count, failure_count, cancel_count, last_status \
+         FROM materialized_views_refresh_log WHERE view_name = 'public.m_endless'",
+    );
+    assert_eq!(
+        counts,
+        [[
+            Some("0".into()),
+            Some("0".into()),
+            Some("1".into()),
+            Some("cancelled".into())
+        ]]
+    );
 }
 
 #[test]
@@ -240,6 +352,63 @@ fn min_interval_is_honoured_by_the_loop() {
         "SELECT note FROM materialized_views_refresh_history WHERE status = 'skipped' LIMIT 1",
     );
     assert!(note.starts_with("fresh: refreshed"), "{note}");
+    // Skips are counted, and change nothing else in the view's summary row.
+    let log = db.rows(
+        "SELECT refresh_count, skip_count = (SELECT count(*) FROM materialized_views_refresh_history \
+                                             WHERE view_name = l.view_name AND status = 'skipped'), \
+                last_status, last_attempt_at = last_refreshed_at \
+         FROM materialized_views_refresh_log l WHERE view_name = 'public.top_bets_today'",
+    );
+    assert_eq!(
+        log,
+        [[
+            Some("1".into()),
+            Some("t".into()),
+            Some("success".into()),
+            Some("t".into())
+        ]]
+    );
+}
+
+#[test]
+fn a_role_that_may_not_upgrade_version_2_log_tables_still_records_refreshes_and_skips() {
+    let db = TestDb::platform("old_log_no_upgrade");
+    db.mvr().arg("init").run().code(0);
+    // What version 2 created: no skip_count, no cancel_count.
+    db.execute(
+        "ALTER TABLE materialized_views_refresh_log DROP COLUMN skip_count, DROP COLUMN cancel_count; \
+         COMMENT ON TABLE materialized_views_refresh_history IS 'mv-refresher schema version 2';",
+    );
+    let role = format!("writer_{}", db.name);
+    db.execute(&format!(
+        "CREATE ROLE {role} LOGIN; GRANT INSERT, UPDATE, SELECT ON ALL TABLES IN SCHEMA public TO {role}; \
+         ALTER MATERIALIZED VIEW top_bets_today OWNER TO {role};"
+    ));
+    let url = db.url().replace("postgres@", &format!("{role}@"));
+    let registry = db.registry("[[view]]\nname = \"top_bets_today\"\nmin_interval = \"1h\"\n");
+    let refresh = || {
+        Mvr::new()
+            .env("DATABASE_URL", &url)
+            .args(["refresh", "--registry"])
+            .arg(&registry)
+            .run()
+    };
+    refresh()
+        .code(0)
+        .stdout_has("1 refreshed")
+        .stderr_has("may not upgrade");
+    refresh().code(0).stdout_has("1 skipped");
+    let status = Mvr::new()
+        .env("DATABASE_URL", &url)
+        .args(["status", "--format", "prometheus", "--registry"])
+        .arg(&registry)
+        .run();
+    status.code(0);
+    assert_eq!(
+        refreshes(&status.stdout, "public.top_bets_today", "success"),
+        1.0
+    );
+    db.execute(&format!("DROP OWNED BY {role}; DROP ROLE {role};"));
 }
 
 #[test]
@@ -287,28 +456,103 @@ fn status_speaks_prometheus_with_the_same_names() {
         2.0,
         "{text}"
     );
-    assert_eq!(refreshes(text, "public.top_bets_today", "failed"), 0.0);
-    let staleness = sample(
-        text,
-        "mv_refresher_view_staleness_seconds{view=\"public.top_bets_today\"}",
-    )
-    .unwrap();
-    assert!((0.0..3600.0).contains(&staleness), "{staleness}");
-    assert_eq!(
+    for status in ["failed", "skipped", "cancelled"] {
+        let series = format!(
+            "mv_refresher_view_refreshes_total{{status=\"{status}\",view=\"public.top_bets_today\"}}"
+        );
+        assert_eq!(sample(text, &series), Some(0.0), "{series}\n{text}");
+    }
+    let (last, duration): (f64, f64) = {
+        let row = db
+            .client()
+            .query_one(
+                "SELECT extract(epoch FROM last_refreshed_at)::float8, last_refresh_time_ms / 1000 \
+                 FROM materialized_views_refresh_log WHERE view_name = 'public.top_bets_today'",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    let success = |view: &str| {
         sample(
             text,
-            "mv_refresher_view_staleness_seconds{view=\"public.m_never\"}"
-        ),
-        Some(f64::INFINITY)
-    );
+            &format!("mv_refresher_view_last_success_timestamp_seconds{{view=\"{view}\"}}"),
+        )
+    };
+    assert!((success("public.top_bets_today").unwrap() - last).abs() < 0.001);
+    assert_eq!(success("public.m_never"), Some(0.0), "never refreshed: 0");
+    let last_duration = sample(
+        text,
+        "mv_refresher_view_last_duration_seconds{view=\"public.top_bets_today\"}",
+    )
+    .unwrap();
+    assert!((last_duration - duration).abs() < 0.001);
     assert!(
         sample(
             text,
-            "mv_refresher_view_last_success_timestamp_seconds{view=\"public.top_bets_today\"}"
+            "mv_refresher_view_last_duration_seconds{view=\"public.m_never\"}"
         )
-        .is_some()
+        .is_none()
     );
-    assert!(text.contains("# TYPE mv_refresher_view_refreshes counter"));
+    assert_eq!(
+        sample(text, "mv_refresher_view_failing{view=\"public.m_never\"}"),
+        Some(0.0)
+    );
+    assert!(text.contains("# TYPE mv_refresher_view_refreshes_total counter"));
+    // The text format 0.0.4, and nothing only `run` knows.
+    for absent in [
+        "# EOF",
+        "mv_refresher_next_run_timestamp_seconds",
+        "mv_refresher_cycles_total",
+        "mv_refresher_last_run_timestamp_seconds",
+    ] {
+        assert!(!text.contains(absent), "{absent}\n{text}");
+    }
+    promtool_accepts(text);
+}
+
+#[test]
+fn status_prometheus_reads_a_log_table_without_the_newer_counts() {
+    let db = TestDb::platform("status_prometheus_old_log");
+    // The seeds' shape, made by hand, never upgraded: no skip_count, no
+    // cancel_count, no history table.
+    db.execute(
+        "CREATE TABLE materialized_views_refresh_log ( \
+             view_name varchar(255) PRIMARY KEY, refresh_count integer NOT NULL DEFAULT 0, \
+             failure_count integer NOT NULL DEFAULT 0, avg_refresh_time_ms numeric, \
+             last_refresh_time_ms numeric, last_refreshed_at timestamp, last_attempt_at timestamp, \
+             last_status varchar(20), last_method varchar(20), last_error text, refreshed_by varchar(255)); \
+         INSERT INTO materialized_views_refresh_log (view_name, refresh_count, failure_count, \
+             last_refresh_time_ms, last_refreshed_at, last_status) \
+         VALUES ('public.top_bets_today', 7, 2, 1500, now() - interval '1 minute', 'failed');",
+    );
+    let out = db.mvr().args(["status", "--format", "prometheus"]).run();
+    out.code(0);
+    let text = &out.stdout;
+    assert_eq!(refreshes(text, "public.top_bets_today", "success"), 7.0);
+    assert_eq!(refreshes(text, "public.top_bets_today", "failed"), 2.0);
+    assert_eq!(
+        sample(
+            text,
+            "mv_refresher_view_refreshes_total{status=\"skipped\",view=\"public.top_bets_today\"}"
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            text,
+            "mv_refresher_view_failing{view=\"public.top_bets_today\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            text,
+            "mv_refresher_view_last_duration_seconds{view=\"public.top_bets_today\"}"
+        ),
+        Some(1.5)
+    );
+    promtool_accepts(text);
 }
 
 #[test]
@@ -480,4 +724,248 @@ fn refresh_on_a_terminal_shows_live_progress_and_piped_it_does_not() {
         .stdout_has("expected")
         .stdout_has("success in")
         .stdout_has("2 refreshed, 0 skipped, 0 failed");
+}
+
+/// Two views refreshed one after the other, the second 1.5 s after the first
+/// (it reads the first, and sleeps).
+fn two_views_far_apart(db: &TestDb) -> std::path::PathBuf {
+    db.execute(
+        "CREATE MATERIALIZED VIEW m_first AS SELECT id FROM tenants WITH NO DATA; \
+         CREATE UNIQUE INDEX ON m_first (id); \
+         CREATE MATERIALIZED VIEW m_second AS \
+             SELECT id, pg_sleep(1.5)::text AS slept FROM m_first WHERE id = (SELECT min(id) FROM m_first) \
+             WITH NO DATA; \
+         CREATE UNIQUE INDEX ON m_second (id);",
+    );
+    db.registry("[[view]]\nname = \"m_second\"\n[[view]]\nname = \"m_first\"\n")
+}
+
+/// `view`'s `last_refreshed_at` in the log, Unix seconds.
+fn logged_success(db: &TestDb, view: &str) -> f64 {
+    db.scalar(&format!(
+        "SELECT extract(epoch FROM last_refreshed_at)::float8 FROM materialized_views_refresh_log \
+         WHERE view_name = 'public.{view}'"
+    ))
+}
+
+fn last_success(metrics: &str, view: &str) -> Option<f64> {
+    sample(
+        metrics,
+        &format!("mv_refresher_view_last_success_timestamp_seconds{{view=\"public.{view}\"}}"),
+    )
+}
+
+#[test]
+fn run_starts_with_the_last_success_another_refresher_logged() {
+    let db = TestDb::platform("metrics_from_log_at_start");
+    let registry = two_views_far_apart(&db);
+    // Another process (a CronJob, another replica, this one before a restart).
+    db.mvr()
+        .args(["refresh", "--registry"])
+        .arg(&registry)
+        .run()
+        .code(0);
+    let (first, second) = (
+        logged_success(&db, "m_first"),
+        logged_success(&db, "m_second"),
+    );
+
+    let port = free_port();
+    let mut run = run_serving(&db, &registry, NEVER_SOON, port);
+    let metrics = run.wait_until("the metrics", || scrape(port));
+    assert_eq!(last_success(&metrics, "m_first"), Some(first), "{metrics}");
+    assert_eq!(last_success(&metrics, "m_second"), Some(second));
+    assert_eq!(refreshes(&metrics, "public.m_second", "success"), 1.0);
+    assert!(
+        sample(&metrics, "mv_refresher_last_run_timestamp_seconds").is_none(),
+        "no cycle ran here yet\n{metrics}"
+    );
+    run.signal("TERM");
+    run.wait().code(0);
+}
+
+#[test]
+fn each_view_reports_when_its_own_refresh_ended_not_the_cycle() {
+    let db = TestDb::platform("metrics_per_view_end");
+    let registry = two_views_far_apart(&db);
+    let port = free_port();
+    let mut run = run_serving(&db, &registry, "* * * * * *", port);
+    let metrics = run.wait_until("a cycle of this process", || {
+        let body = scrape(port)?;
+        (refreshes(&body, "public.m_second", "success") >= 1.0).then_some(body)
+    });
+    let first = last_success(&metrics, "m_first").unwrap();
+    let second = last_success(&metrics, "m_second").unwrap();
+    assert!(
+        second - first >= 1.4,
+        "m_second ended 1.5 s after m_first, not with it: {first} {second}\n{metrics}"
+    );
+    let ended = sample(&metrics, "mv_refresher_last_run_timestamp_seconds").unwrap();
+    assert!(ended - first >= 1.4, "{first} {ended}");
+    run.signal("TERM");
+    run.wait().code(0);
+}
+
+#[test]
+fn every_series_is_there_from_the_first_scrape_in_the_same_order_every_time() {
+    let db = TestDb::platform("metrics_stable");
+    db.execute("CREATE MATERIALIZED VIEW m_never AS SELECT 1 AS x;");
+    let registry = db.registry(
+        "[[view]]\nname = \"user_activity_view\"\n[[view]]\nname = \"m_never\"\n\
+         [[view]]\nname = \"top_bets_today\"\n[[view]]\nname = \"tenants_summary_view\"\n",
+    );
+    db.mvr().args(["refresh", "top_bets_today"]).run().code(0);
+    let port = free_port();
+    let mut run = run_serving(&db, &registry, NEVER_SOON, port);
+    let first = run.wait_until("the metrics", || scrape(port));
+    for view in [
+        "public.m_never",
+        "public.tenants_summary_view",
+        "public.top_bets_today",
+        "public.user_activity_view",
+    ] {
+        for status in ["success", "failed", "skipped", "cancelled"] {
+            let series =
+                format!("mv_refresher_view_refreshes_total{{status=\"{status}\",view=\"{view}\"}}");
+            let expected = if (view, status) == ("public.top_bets_today", "success") {
+                1.0
+            } else {
+                0.0
+            };
+            assert_eq!(sample(&first, &series), Some(expected), "{series}\n{first}");
+        }
+        for family in [
+            "mv_refresher_view_last_success_timestamp_seconds",
+            "mv_refresher_view_failing",
+            "mv_refresher_view_retries_total",
+            "mv_refresher_view_lock_skips_total",
+            "mv_refresher_view_refresh_duration_seconds_count",
+        ] {
+            let series = format!("{family}{{view=\"{view}\"}}");
+            assert!(sample(&first, &series).is_some(), "{series}\n{first}");
+        }
+    }
+    assert_eq!(last_success(&first, "m_never"), Some(0.0));
+    for outcome in ["ok", "failed", "unreachable", "overlapped"] {
+        let series = format!("mv_refresher_cycles_total{{outcome=\"{outcome}\"}}");
+        assert_eq!(sample(&first, &series), Some(0.0), "{series}\n{first}");
+    }
+    assert_eq!(
+        sample(&first, "mv_refresher_refreshes_in_progress"),
+        Some(0.0)
+    );
+
+    let second = scrape(port).unwrap();
+    assert_eq!(series(&first), series(&second));
+    let families: Vec<&str> = first
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert!(families.is_sorted(), "{families:?}");
+    promtool_accepts(&first);
+    run.signal("TERM");
+    run.wait().code(0);
+}
+
+/// A daily schedule whose next run is `seconds` from now (UTC, 6 fields).
+fn once_in(seconds: u64) -> String {
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + seconds;
+    let of_day = at % 86_400;
+    format!(
+        "{} {} {} * * *",
+        of_day % 60,
+        of_day / 60 % 60,
+        of_day / 3600
+    )
+}
+
+#[test]
+fn readiness_returns_with_the_database_not_with_the_next_cycle() {
+    let cluster = private_cluster("ready_again");
+    let db = TestDb::platform_on(cluster, "ready_again");
+    let registry = db.registry("[[view]]\nname = \"top_bets_today\"\n");
+    cluster.halt();
+    let port = free_port();
+    // One cycle, soon, while the database is down; the next a day later.
+    let mut run = run_serving(&db, &registry, &once_in(6), port);
+    run.wait_until("the cycle to find the database unreachable", || {
+        let body = scrape(port)?;
+        let unreachable = sample(&body, "mv_refresher_cycles_total{outcome=\"unreachable\"}")?;
+        (unreachable >= 1.0).then_some(())
+    });
+    let (code, body) = get(port, "/readyz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("the last cycle could not reach the database"),
+        "{body}"
+    );
+
+    cluster.resume();
+    run.wait_until("readiness to come back", || {
+        (get(port, "/readyz")?.0 == 200).then_some(())
+    });
+    let metrics = scrape(port).unwrap();
+    assert_eq!(
+        sample(&metrics, "mv_refresher_cycles_total{outcome=\"ok\"}"),
+        Some(0.0),
+        "ready before any cycle reached the database\n{metrics}"
+    );
+    run.signal("TERM");
+    run.wait().code(0);
+}
+
+#[test]
+fn refreshes_in_progress_retries_and_lock_skips_are_counted() {
+    let db = TestDb::platform("metrics_progress");
+    db.slow_view("m_slow", 5.0);
+    let registry = db.registry("[[view]]\nname = \"m_slow\"\nretries = 2\n");
+
+    // Another refresher holds the view: this process skips it.
+    let other = db
+        .mvr()
+        .args(["refresh", "--registry"])
+        .arg(&registry)
+        .spawn();
+    db.wait_for_refresh("m_slow");
+    let port = free_port();
+    let mut run = run_serving(&db, &registry, "* * * * * *", port);
+    let skipped = run.wait_until("a lock skip", || {
+        let body = scrape(port)?;
+        let skips = sample(
+            &body,
+            "mv_refresher_view_lock_skips_total{view=\"public.m_slow\"}",
+        )?;
+        (skips >= 1.0).then_some(body)
+    });
+    assert!(
+        refreshes(&skipped, "public.m_slow", "skipped") >= 1.0,
+        "{skipped}"
+    );
+    other.wait().code(0);
+
+    // This process refreshes it now.
+    run.wait_until("a REFRESH in progress", || {
+        let body = scrape(port)?;
+        (sample(&body, "mv_refresher_refreshes_in_progress")? == 1.0).then_some(())
+    });
+    let pid = db.wait_for_refresh("m_slow");
+    let killed: bool = db.scalar(&format!("SELECT pg_terminate_backend({pid})"));
+    assert!(killed);
+    let metrics = run.wait_until("the retry to be counted", || {
+        let body = scrape(port)?;
+        let retries = sample(
+            &body,
+            "mv_refresher_view_retries_total{view=\"public.m_slow\"}",
+        )?;
+        (retries >= 1.0).then_some(body)
+    });
+    // A retried attempt is no final outcome: the log counts no failure.
+    assert_eq!(refreshes(&metrics, "public.m_slow", "failed"), 0.0);
+    run.signal("TERM");
+    run.wait().code(0);
 }

@@ -46,5 +46,11 @@ CREATE INDEX IF NOT EXISTS materialized_views_refresh_history_started_idx
 ALTER TABLE {schema}.materialized_views_refresh_history
     ADD COLUMN IF NOT EXISTS vacuum_ms double precision;
 
+-- Version 3: skipped and cancelled refreshes counted as refresh_count and
+-- failure_count count the others, for the metrics (refreshes_total{status}).
+ALTER TABLE {schema}.materialized_views_refresh_log
+    ADD COLUMN IF NOT EXISTS skip_count bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS cancel_count bigint NOT NULL DEFAULT 0;
+
 -- The version `refresh` checks to know whether to run this file again.
-COMMENT ON TABLE {schema}.materialized_views_refresh_history IS 'mv-refresher schema version 2';
+COMMENT ON TABLE {schema}.materialized_views_refresh_history IS 'mv-refresher schema version 3';
