@@ -386,7 +386,7 @@ async fn check(
         let next: Vec<String> = schedule
             .upcoming(chrono::Utc::now(), 3)
             .iter()
-            .map(|at| at.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+            .map(|at| schedule.local(*at))
             .collect();
         println!("schedule:   {schedule}, next runs {}", next.join(", "));
     }

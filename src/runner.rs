@@ -115,7 +115,18 @@ pub async fn run(
         None => None,
     };
 
-    tracing::info!(schedule = %options.schedule, views = views.len(), "refreshing on schedule");
+    let next: Vec<String> = options
+        .schedule
+        .upcoming(Utc::now(), 3)
+        .into_iter()
+        .map(|at| options.schedule.local(at))
+        .collect();
+    tracing::info!(
+        schedule = %options.schedule,
+        next = next.join(", "),
+        views = views.len(),
+        "refreshing on schedule"
+    );
     let backoff = Arc::new(Mutex::new(Backoff::default()));
     let mut cycle: Option<JoinHandle<()>> = None;
     loop {

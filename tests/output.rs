@@ -300,3 +300,57 @@ fn on_a_terminal_progress_and_logs_do_not_collide_and_each_view_is_reported_once
         "{text}"
     );
 }
+
+#[test]
+fn schedules_are_read_as_kubernetes_reads_them() {
+    let closed = format!("postgres://postgres@127.0.0.1:{}/x", free_port());
+    for (expression, says) in [
+        ("*5 * * * *", "minute \"*5\" is not a number (0-59)"),
+        ("*/5 * * ** *", "month \"**\" is not a number"),
+        (
+            "5/* * * * *",
+            "minute \"5/*\": the step \"*\" is not a number",
+        ),
+        ("0 0 32 * *", "day of month 32 is out of range 1-31"),
+        ("60 * * * *", "minute 60 is out of range 0-59"),
+        ("0 0 * 12-13 *", "month \"12-13\": 13 is out of range 1-12"),
+    ] {
+        let out = common::Mvr::new()
+            .env("DATABASE_URL", &closed)
+            .args(["run", "--schedule", expression])
+            .run();
+        out.code(2)
+            .stderr_has(&format!("--schedule: schedule {expression:?}: {says}"))
+            .never_shows("^")
+            .never_shows("less than");
+    }
+
+    // Descriptors are schedules too; `run` says when it will run, at start.
+    let db = TestDb::platform("schedule_next");
+    let port = free_port();
+    let mut run = db
+        .mvr()
+        .args(["run", "--schedule", "@daily", "--timezone", "Europe/Berlin"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .spawn();
+    run.wait_until("serving", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    run.signal("TERM");
+    let out = run.wait();
+    out.code(0);
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("refreshing on schedule"))
+        .unwrap_or_else(|| panic!("no schedule at start\n{out}"));
+    assert_eq!(line.matches(" 00:00:00 CE").count(), 3, "{line}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
