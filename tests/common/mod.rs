@@ -9,6 +9,7 @@
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
 pub mod middlebox;
+pub mod pushgateway;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
