@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::pushgateway::Pushgateway;
 use common::{Mvr, TestDb, private_cluster};
 
 fn free_port() -> u16 {
@@ -968,4 +969,129 @@ fn refreshes_in_progress_retries_and_lock_skips_are_counted() {
     assert_eq!(refreshes(&metrics, "public.m_slow", "failed"), 0.0);
     run.signal("TERM");
     run.wait().code(0);
+}
+
+#[test]
+fn refresh_pushes_the_log_tables_truth_to_a_pushgateway_and_a_failed_push_is_only_a_warning() {
+    let db = TestDb::platform("push");
+    db.failing_view("fragile");
+    let gateway = Pushgateway::start();
+    let good = db.registry("[[view]]\nname = \"top_bets_today\"\n[[view]]\nname = \"fragile\"\n");
+    let push = |registry: &std::path::Path| {
+        db.mvr()
+            .env("MV_REFRESHER_PUSHGATEWAY", &gateway.url())
+            .env("MV_REFRESHER_PUSHGATEWAY_LABELS", "database=platform")
+            .args(["--log-format", "json", "refresh", "--registry"])
+            .arg(registry)
+            .run()
+    };
+    // A failing view: exit 1 all the same, and the push says so.
+    push(&good).code(1).stderr_has("pushed the metrics");
+    push(&good).code(1);
+
+    let groups = gateway.groups();
+    assert_eq!(groups.len(), 1, "one group: {groups:?}");
+    assert_eq!(
+        groups[0].labels,
+        [("database", "platform"), ("job", "mv-refresher")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into()
+    );
+    let pushed = |name: &str, labels: &[(&str, &str)]| {
+        let mut labels = labels.to_vec();
+        labels.push(("database", "platform"));
+        gateway
+            .value(name, &labels)
+            .unwrap_or_else(|| panic!("{name}{labels:?} not pushed:\n{}", gateway.metrics()))
+    };
+    let top = ("view", "public.top_bets_today");
+    let fragile = ("view", "public.fragile");
+    // The end of the view's own last refresh, as the log table has it.
+    let logged: f64 = db.scalar(
+        "SELECT extract(epoch FROM last_refreshed_at)::float8 FROM materialized_views_refresh_log \
+         WHERE view_name = 'public.top_bets_today'",
+    );
+    let last_success = pushed("mv_refresher_view_last_success_timestamp_seconds", &[top]);
+    assert!(
+        (last_success - logged).abs() < 0.001,
+        "{last_success} vs {logged}"
+    );
+    assert_eq!(
+        pushed(
+            "mv_refresher_view_last_success_timestamp_seconds",
+            &[fragile]
+        ),
+        0.0
+    );
+    assert_eq!(pushed("mv_refresher_view_failing", &[fragile]), 1.0);
+    assert_eq!(pushed("mv_refresher_view_failing", &[top]), 0.0);
+    // Counts of both runs: cumulative, from the log table, every status present.
+    for (view, status, count) in [
+        (top, "success", 2.0),
+        (top, "failed", 0.0),
+        (top, "skipped", 0.0),
+        (top, "cancelled", 0.0),
+        (fragile, "failed", 2.0),
+        (fragile, "success", 0.0),
+    ] {
+        assert_eq!(
+            pushed(
+                "mv_refresher_view_refreshes_total",
+                &[view, ("status", status)]
+            ),
+            count,
+            "{view:?} {status}"
+        );
+    }
+    let run_end = pushed("mv_refresher_last_run_timestamp_seconds", &[]);
+    assert!(run_end >= logged, "the run ended after its last refresh");
+    assert_eq!(
+        pushed(
+            "mv_refresher_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+    // No scheduler here, so no scheduler metrics.
+    let page = gateway.metrics();
+    assert!(!page.contains("mv_refresher_cycles_total"), "{page}");
+    assert!(!page.contains("mv_refresher_next_run"), "{page}");
+    promtool_accepts(&page);
+
+    // The gateway gone: a warning, the run's own exit code, nothing else.
+    let url = gateway.url();
+    drop(gateway);
+    let only_top = db.registry("[[view]]\nname = \"top_bets_today\"\n");
+    let out = db
+        .mvr()
+        .args([
+            "--log-format",
+            "json",
+            "refresh",
+            "--pushgateway",
+            &url,
+            "--registry",
+        ])
+        .arg(&only_top)
+        .run();
+    out.code(0)
+        .stderr_has("the metrics were not pushed")
+        .stderr_has(&url);
+
+    // A bad address or label is a bad invocation: exit 2, nothing refreshed.
+    for (option, value, says) in [
+        ("--pushgateway", "ftp://gateway:9091", "--pushgateway"),
+        ("--pushgateway-label", "job=other", "job"),
+    ] {
+        let mut args = vec!["refresh", option, value];
+        if option == "--pushgateway-label" {
+            args.extend(["--pushgateway", "http://127.0.0.1:9"]);
+        }
+        db.mvr().args(args).run().code(2).stderr_has(says);
+    }
+    assert_eq!(
+        db.scalar::<i64>("SELECT refresh_count FROM materialized_views_refresh_log WHERE view_name = 'public.top_bets_today'"),
+        3,
+        "the bad invocations refreshed nothing"
+    );
 }
