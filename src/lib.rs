@@ -248,7 +248,7 @@ async fn refresh(
     }
     match format {
         Some(OutputFormat::Table) => print_outcomes(&cycle),
-        Some(OutputFormat::Json) => println!("{}", output::cycle_json(&cycle)),
+        Some(OutputFormat::Json) => outln!("{}", output::cycle_json(&cycle)),
         None => {}
     }
     if let Some(gateway) = &pushgateway {
@@ -306,7 +306,7 @@ fn print_outcomes(cycle: &Cycle) {
         ]);
     }
     print_table(&t);
-    println!(
+    outln!(
         "\nrun {}: {} refreshed, {} skipped, {} failed in {}",
         cycle.run_id,
         cycle.count(Status::Success),
@@ -352,12 +352,12 @@ async fn check(
         None
     };
 
-    println!(
+    outln!(
         "registry:   {} ({})",
         registry.source,
         output::count(registry.views.len(), "view", "views")
     );
-    println!(
+    outln!(
         "database:   {target}, PostgreSQL {version}{}",
         match citus {
             Some(true) => ", Citus coordinator (per-view settings are propagated to the workers)",
@@ -366,12 +366,12 @@ async fn check(
         }
     );
     if citus == Some(false) {
-        println!(
+        outln!(
             "warning:    citus_is_coordinator() is false here: connect to the coordinator, \
              where distributed tables are whole and materialized views live"
         );
     }
-    println!(
+    outln!(
         "log tables: {}",
         if log_exists {
             format!("present in schema {}", log.schema())
@@ -388,9 +388,9 @@ async fn check(
             .iter()
             .map(|at| schedule.local(*at))
             .collect();
-        println!("schedule:   {schedule}, next runs {}", next.join(", "));
+        outln!("schedule:   {schedule}, next runs {}", next.join(", "));
     }
-    println!();
+    outln!();
 
     let mut t = table([
         "#",
@@ -434,12 +434,12 @@ async fn check(
 
     let problems: Vec<_> = plan.steps.iter().filter(|s| s.problem.is_some()).collect();
     if problems.is_empty() {
-        println!("\nno problems: every view can be refreshed as configured");
+        outln!("\nno problems: every view can be refreshed as configured");
         return Ok(Exit::Success);
     }
-    println!("\nproblems:");
+    outln!("\nproblems:");
     for step in problems {
-        println!(
+        outln!(
             "  {} {} (registry name {:?})",
             step.view_name(),
             step.problem.as_deref().unwrap_or_default(),
@@ -477,7 +477,7 @@ async fn forget(target: &DbTarget, log: &RefreshLog, names: &[String]) -> Result
         .forget(&mut client, &views)
         .await
         .map_err(db_err("deleting from the log tables"))?;
-    println!(
+    outln!(
         "forgot {}: {} and {}",
         views.join(", "),
         output::count(summary as usize, "summary row", "summary rows"),
@@ -526,7 +526,7 @@ async fn init(target: &DbTarget, log: &RefreshLog) -> Result<Exit, Error> {
             &e,
         )
     })?;
-    println!(
+    outln!(
         "log tables ready: {0}.materialized_views_refresh_log, {0}.materialized_views_refresh_history",
         registry::display_ident(log.schema())
     );

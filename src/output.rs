@@ -8,6 +8,25 @@ use serde_json::{Value, json};
 use crate::cycle::Cycle;
 use crate::refresh_log::Status;
 
+/// `println!` for results: a reader that went away (`mv-refresher check | head`)
+/// is no reason to panic, so what it would not take is dropped.
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// `print!` for results, as [`outln!`].
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// A borderless, left-aligned table with `header`, like `kubectl get`.
 pub fn table<const N: usize>(header: [&str; N]) -> Table {
     let mut table = Table::new();
@@ -20,7 +39,7 @@ pub fn table<const N: usize>(header: [&str; N]) -> Table {
 /// Prints `table` without the padding it keeps at line ends.
 pub fn print_table(table: &Table) {
     for line in table.lines() {
-        println!("{}", line.trim_end());
+        crate::outln!("{}", line.trim_end());
     }
 }
 

@@ -17,6 +17,7 @@ use crate::output::{age, millis, print_table, table};
 use crate::refresh_log::{LogRow, RefreshLog};
 use crate::registry::{Registry, ViewSpec};
 use crate::units::PgDuration;
+use crate::{out, outln};
 
 /// Successful refreshes shown in the sparkline.
 const SPARK_POINTS: i64 = 20;
@@ -109,7 +110,7 @@ pub async fn run(
                 log_tables_exist: exists,
                 views,
             };
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&report).expect("plain data serializes")
             );
@@ -120,7 +121,7 @@ pub async fn run(
                 .view_states(&*client, &names)
                 .await
                 .map_err(db_err("reading the refresh log"))?;
-            print!("{}", metrics::encode_views(&states));
+            out!("{}", metrics::encode_views(&states));
         }
         StatusFormat::Table => print_status_table(&views),
     }

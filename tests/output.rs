@@ -354,3 +354,23 @@ fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+#[test]
+fn a_reader_that_goes_away_is_not_a_panic() {
+    let db = TestDb::platform("broken_pipe");
+    // `mv-refresher check | head -0`: nobody reads stdout at all.
+    for command in ["check", "status"] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mv-refresher"))
+            .env_clear()
+            .env("DATABASE_URL", db.url())
+            .arg(command)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{command}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{command}: {stderr}");
+    }
+}
