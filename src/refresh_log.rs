@@ -447,7 +447,7 @@ impl RefreshLog {
         count: i64,
     ) -> Result<HashMap<String, Vec<f64>>, tokio_postgres::Error> {
         let sql = format!(
-            "SELECT view_name, array_agg(duration_ms::float8 ORDER BY started_at) FROM ( \
+            "SELECT view_name, array_agg(round(duration_ms::numeric, 1)::float8 ORDER BY started_at) FROM ( \
                  SELECT view_name, duration_ms, started_at, \
                         row_number() OVER (PARTITION BY view_name ORDER BY started_at DESC) AS n \
                  FROM {} WHERE view_name = ANY ($1) AND status = 'success') AS latest \
@@ -531,9 +531,12 @@ impl RefreshLog {
                 // Casts: a log table made by hand (the seeds' shape, integer
                 // counts) reads as well as one made by `init`.
                 "SELECT view_name::text, refresh_count::bigint, failure_count::bigint, ",
-                "avg_refresh_time_ms::float8, last_refresh_time_ms::float8, ",
+                // Rounded as people read them (and JSON prints them): a tenth of
+                // a millisecond, a millisecond of age.
+                "round(avg_refresh_time_ms::numeric, 1)::float8, ",
+                "round(last_refresh_time_ms::numeric, 1)::float8, ",
                 utc!("last_refreshed_at"),
-                ", extract(epoch FROM clock_timestamp() - last_refreshed_at)::float8, ",
+                ", round(extract(epoch FROM clock_timestamp() - last_refreshed_at)::numeric, 3)::float8, ",
                 utc!("last_attempt_at"),
                 ", last_status::text, last_method::text, last_error::text, refreshed_by::text ",
                 "FROM {} WHERE view_name = ANY($1)"

@@ -374,3 +374,27 @@ fn a_reader_that_goes_away_is_not_a_panic() {
         assert_eq!(out.status.code(), Some(0), "{command}: {stderr}");
     }
 }
+
+#[test]
+fn status_json_numbers_are_short_even_for_rows_written_by_others() {
+    let db = TestDb::platform("short_numbers");
+    db.mvr().arg("refresh").run().code(0);
+    // A row as an older refresher (or a hand-written script) left it.
+    db.execute(
+        "UPDATE materialized_views_refresh_log \
+         SET avg_refresh_time_ms = 7.805479666666667, last_refresh_time_ms = 7.1627410000000005 \
+         WHERE view_name = 'public.top_bets_today'; \
+         UPDATE materialized_views_refresh_history SET duration_ms = 6.862527999999999",
+    );
+    let out = db.mvr().args(["status", "--format", "json"]).run();
+    out.code(0);
+    let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_short_numbers(&report);
+    let top = report["views"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["view_name"] == "public.top_bets_today")
+        .unwrap();
+    assert_eq!(top["avg_refresh_time_ms"], 7.8);
+}
