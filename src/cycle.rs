@@ -83,27 +83,16 @@ impl Cycle {
         );
         let duration_ms = self.duration.as_millis() as u64;
         let unrecorded = self.unrecorded();
-        if self.failed() {
-            tracing::warn!(
-                success,
-                skipped,
-                failed,
-                cancelled,
-                unrecorded,
-                duration_ms,
-                "run finished"
-            );
-        } else {
-            tracing::info!(
-                success,
-                skipped,
-                failed,
-                cancelled,
-                unrecorded,
-                duration_ms,
-                "run finished"
-            );
-        }
+        // Info whatever happened: each failure was an error event of its own.
+        tracing::info!(
+            success,
+            skipped,
+            failed,
+            cancelled,
+            unrecorded,
+            duration_ms,
+            "run finished"
+        );
     }
 
     /// Whether anything failed, was cancelled, or went unrecorded (exit code 1).

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{Cluster, free_port, is_root, spawn_watchdog, text_rows};
+use super::{Cluster, free_port, is_root, kill_when_tests_end, text_rows};
 
 /// How long a PgBouncer may take to accept connections.
 const BOUNCER_START_LIMIT: Duration = Duration::from_secs(30);
@@ -126,15 +126,7 @@ impl PgBouncer {
             .spawn()
             .unwrap_or_else(|e| panic!("{} does not start: {e}", program.display()));
 
-        // Kills it when this process is gone, even after a panic or a kill;
-        // Drop removes the directory, which tells the watchdog to leave.
-        spawn_watchdog(&format!(
-            "while kill -0 {pid} 2>/dev/null && [ -d '{dir}' ]; do sleep 0.5; done; \
-             if [ -d '{dir}' ]; then kill -9 {child} 2>/dev/null; rm -rf '{dir}'; fi",
-            pid = std::process::id(),
-            child = child.id(),
-            dir = dir.display()
-        ));
+        kill_when_tests_end(child.id(), &dir);
 
         let bouncer = Self {
             port,

@@ -76,6 +76,18 @@ pub fn spawn_watchdog(script: &str) {
 }
 
 /// Whether the tests run as root (servers then run as the postgres OS user).
+/// Kills `child` (with SIGKILL) once this test process is gone, even after a
+/// panic or a kill, unless `dir` was removed first: removing it in `Drop` is the
+/// sign that the child was stopped properly and the watchdog may leave.
+pub fn kill_when_tests_end(child: u32, dir: &Path) {
+    spawn_watchdog(&format!(
+        "while kill -0 {pid} 2>/dev/null && [ -d '{dir}' ]; do sleep 0.5; done; \
+         if [ -d '{dir}' ]; then kill -9 {child} 2>/dev/null; rm -rf '{dir}'; fi",
+        pid = std::process::id(),
+        dir = dir.display()
+    ));
+}
+
 pub fn is_root() -> bool {
     Command::new("id").arg("-u").output().unwrap().stdout == b"0\n"
 }

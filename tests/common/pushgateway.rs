@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{free_port, spawn_watchdog};
+use super::{free_port, kill_when_tests_end};
 
 /// Where Debian's package puts the binary.
 const PROGRAM: &str = "/usr/bin/prometheus-pushgateway";
@@ -96,15 +96,7 @@ impl Pushgateway {
             .spawn()
             .unwrap_or_else(|e| panic!("{PROGRAM} does not start: {e}"));
 
-        // Kills it when this process is gone, even after a panic or a kill;
-        // Drop removes the directory, which tells the watchdog to leave.
-        spawn_watchdog(&format!(
-            "while kill -0 {pid} 2>/dev/null && [ -d '{dir}' ]; do sleep 0.5; done; \
-             if [ -d '{dir}' ]; then kill -9 {child} 2>/dev/null; rm -rf '{dir}'; fi",
-            pid = std::process::id(),
-            child = child.id(),
-            dir = dir.display()
-        ));
+        kill_when_tests_end(child.id(), &dir);
 
         let gateway = Self {
             port,
