@@ -269,7 +269,7 @@ async fn push_metrics(
     registry_views: &[registry::ViewSpec],
     cycle: &Cycle,
 ) {
-    let pushed = match push::body(refresher, registry_views, cycle, cycle.duration).await {
+    let pushed = match push::body(refresher, registry_views, cycle).await {
         Ok(body) => gateway.push(body).await.map_err(|e| e.to_string()),
         Err(err) => Err(format!(
             "cannot read the metrics to push to {gateway}: {err}"

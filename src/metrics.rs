@@ -23,7 +23,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus::core::Collector;
 use prometheus::proto::MetricFamily;
@@ -208,9 +208,8 @@ impl Metrics {
         metrics
     }
 
-    /// Counts what this process did in `cycle`, which took `duration` and has
-    /// just ended.
-    pub fn observe_run(&self, cycle: &Cycle, duration: Duration) {
+    /// Counts what this process did in `cycle`, which has just ended.
+    pub fn observe_run(&self, cycle: &Cycle) {
         let (ended, took) = self.last_run.get_or_init(|| {
             (
                 gauge(
@@ -226,7 +225,7 @@ impl Metrics {
             )
         });
         ended.set(unix_seconds(SystemTime::now()));
-        took.set(duration.as_secs_f64());
+        took.set(cycle.duration.as_secs_f64());
         for outcome in &cycle.outcomes {
             let view = [outcome.view_name.as_str()];
             self.retries

@@ -282,18 +282,16 @@ fn hide_password(url: &str) -> String {
     }
 }
 
-/// The body of a push after `cycle`, which took `duration`: the log tables'
-/// state of the registry's views and of those the cycle refreshed, and what
+/// The body of a push after `cycle`: the log tables' state of the registry's views and of those the cycle refreshed, and what
 /// this process did. Reads the log tables on one of the refresher's
 /// connections.
 pub async fn body(
     refresher: &Refresher,
     registry_views: &[ViewSpec],
     cycle: &Cycle,
-    duration: Duration,
 ) -> Result<String, Error> {
     let metrics = Metrics::new(refresher.in_progress.clone());
-    metrics.observe_run(cycle, duration);
+    metrics.observe_run(cycle);
     let client = refresher.target.connect(&refresher.pool).await?;
     let db_err = |context| Error::in_context(context, &refresher.target);
     let mut names = status::registry_names(&*client, registry_views)

@@ -192,7 +192,7 @@ async fn run_cycle(
         Ok(cycle) => {
             *backoff.lock().await = Backoff::default();
             shared.reached_database.store(true, Ordering::Relaxed);
-            shared.metrics.observe_run(&cycle, cycle.duration);
+            shared.metrics.observe_run(&cycle);
             if serving {
                 load_views(refresher, &views, Some(&cycle), shared).await;
             }
