@@ -11,7 +11,8 @@ use std::fmt;
 use tokio_postgres::GenericClient;
 use tokio_postgres::types::Type;
 
-use crate::registry::{ViewName, display_ident, quote_ident};
+use crate::quote::{display_ident, quote_ident};
+use crate::registry::ViewName;
 
 /// A relation found in the catalog: its OID and its exact schema and name.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,6 +19,7 @@ pub mod output;
 pub mod plan;
 pub mod progress;
 pub mod push;
+pub mod quote;
 pub mod refresh;
 pub mod refresh_log;
 pub mod registry;
@@ -39,7 +40,8 @@ use crate::db::DbTarget;
 use crate::error::{Error, Exit};
 use crate::output::{millis, print_table, table};
 use crate::plan::Plan;
-use crate::refresh_log::{RefreshLog, Status};
+use crate::refresh::Status;
+use crate::refresh_log::RefreshLog;
 use crate::registry::Registry;
 use crate::shutdown::StopReason;
 
@@ -461,7 +463,7 @@ async fn forget(target: &DbTarget, log: &RefreshLog, names: &[String]) -> Result
     if !exists {
         return Err(Error::Usage(format!(
             "there are no log tables in schema {} to forget views in",
-            registry::display_ident(log.schema())
+            quote::display_ident(log.schema())
         )));
     }
     let known = log
@@ -528,7 +530,7 @@ async fn init(target: &DbTarget, log: &RefreshLog) -> Result<Exit, Error> {
     })?;
     outln!(
         "log tables ready: {0}.materialized_views_refresh_log, {0}.materialized_views_refresh_history",
-        registry::display_ident(log.schema())
+        quote::display_ident(log.schema())
     );
     Ok(Exit::Success)
 }

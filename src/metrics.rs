@@ -33,7 +33,8 @@ use prometheus::{
 };
 
 use crate::cycle::Cycle;
-use crate::refresh_log::{Status, ViewState};
+use crate::refresh::Status;
+use crate::refresh_log::ViewState;
 
 /// The Content-Type of the text format the metrics are written in.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

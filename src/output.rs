@@ -6,7 +6,7 @@ use comfy_table::{Table, TableStyle};
 use serde_json::{Value, json};
 
 use crate::cycle::Cycle;
-use crate::refresh_log::Status;
+use crate::refresh::Status;
 
 /// `println!` for results: a reader that went away (`mv-refresher check | head`)
 /// is no reason to panic, so what it would not take is dropped.

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use tokio_postgres::GenericClient;
 
 use crate::catalog::{self, Lookup, ViewState};
-use crate::refresh_log::Method;
+use crate::refresh::Method;
 use crate::registry::{Concurrently, ViewSettings, ViewSpec};
 
 /// The views of one run, in a dependency-respecting order.

@@ -31,9 +31,48 @@ use crate::db::{Conn, DbTarget, describe_error, describe_pool_error, is_connecti
 use crate::output::{millis, round_ms};
 use crate::plan::{Plan, Step, choose_method};
 use crate::progress;
-use crate::refresh_log::{Attempt, Method, RefreshLog, Status};
-use crate::registry::{Vacuum, ViewSettings, quote_literal};
+use crate::quote::quote_literal;
+use crate::refresh_log::{Attempt, RefreshLog};
+use crate::registry::{Vacuum, ViewSettings};
 use crate::shutdown::{Stop, StopReason};
+
+/// How an attempt ended, as the `status` column spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Success,
+    Failed,
+    Skipped,
+    Cancelled,
+}
+
+/// Which `REFRESH` ran, as the `method` column spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Concurrently,
+    Full,
+}
+
+impl Status {
+    pub const ALL: [Self; 4] = [Self::Success, Self::Failed, Self::Skipped, Self::Cancelled];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Failed => "failed",
+            Self::Skipped => "skipped",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Concurrently => "concurrently",
+            Self::Full => "full",
+        }
+    }
+}
 
 /// Everything the refresh of one run shares.
 #[derive(Debug)]

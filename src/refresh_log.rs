@@ -15,7 +15,9 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
-use crate::registry::{ViewSettings, quote_ident};
+use crate::quote::quote_ident;
+use crate::refresh::{Method, Status};
+use crate::registry::ViewSettings;
 use crate::units::PgDuration;
 
 const DDL: &str = include_str!("sql/log_tables.sql");
@@ -43,22 +45,6 @@ pub struct RefreshLog {
     /// [`RefreshLog::ensure`] ran (a role that may not upgrade older tables
     /// keeps writing them as they are). Shared by the clones.
     outcome_counts: Arc<AtomicBool>,
-}
-
-/// How an attempt ended, as the `status` column spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Success,
-    Failed,
-    Skipped,
-    Cancelled,
-}
-
-/// Which `REFRESH` ran, as the `method` column spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    Concurrently,
-    Full,
 }
 
 /// One attempt at one view, as the history table records it.
@@ -124,28 +110,6 @@ impl LogRow {
         Self {
             view_name,
             ..Self::default()
-        }
-    }
-}
-
-impl Status {
-    pub const ALL: [Self; 4] = [Self::Success, Self::Failed, Self::Skipped, Self::Cancelled];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Success => "success",
-            Self::Failed => "failed",
-            Self::Skipped => "skipped",
-            Self::Cancelled => "cancelled",
-        }
-    }
-}
-
-impl Method {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Concurrently => "concurrently",
-            Self::Full => "full",
         }
     }
 }

@@ -13,6 +13,7 @@ use std::str::FromStr;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::quote::display_ident;
 use crate::units::{Memory, PgDuration};
 
 /// The registry used when none is given: the seeds' three aggregate views.
@@ -244,38 +245,6 @@ fn split_identifiers(text: &str) -> Result<Vec<String>, String> {
             None => return Ok(parts),
             Some(_) => unreachable!("parts end at a dot or at the end"),
         }
-    }
-}
-
-/// Quotes an identifier for SQL text: always, so no name is ever read as SQL.
-pub fn quote_ident(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
-/// Quotes a string literal for SQL text, where no parameter can be bound
-/// (`SET`): doubled quotes, and `E''` with doubled backslashes when it has any.
-pub fn quote_literal(text: &str) -> String {
-    let quoted = text.replace('\'', "''");
-    if quoted.contains('\\') {
-        format!("E'{}'", quoted.replace('\\', "\\\\"))
-    } else {
-        format!("'{quoted}'")
-    }
-}
-
-/// An identifier as people read it: quoted only when PostgreSQL would need it.
-pub fn display_ident(ident: &str) -> String {
-    let plain = ident
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && ident
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
-    if plain {
-        ident.to_owned()
-    } else {
-        quote_ident(ident)
     }
 }
 
@@ -599,6 +568,5 @@ mod tests {
         assert!("a.b.c".parse::<ViewName>().is_err());
         assert!("\"open".parse::<ViewName>().is_err());
         assert!("a.".parse::<ViewName>().is_err());
-        assert_eq!(quote_ident("x\"; DROP"), "\"x\"\"; DROP\"");
     }
 }
