@@ -130,113 +130,127 @@ fn relkind_name(kind: i8) -> &'static str {
     }
 }
 
-/// Finds `name` the way PostgreSQL would: in its schema, or the first schema of
-/// the search path that has a relation of that name.
-pub async fn lookup(
+/// What the catalog says about the names of a registry, in one query.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    /// One per name asked about, in the same order.
+    pub views: Vec<Found>,
+    /// The database has the `citus` extension.
+    pub citus: bool,
+}
+
+/// What one name turned out to be, and for a materialized view what decides
+/// its refresh.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub lookup: Lookup,
+    /// The state of a materialized view; `None` for anything else.
+    pub state: Option<ViewState>,
+    /// Why the connected role may not refresh it, if it may not.
+    pub denied: Option<String>,
+}
+
+/// Finds each of `names` the way PostgreSQL would (in its schema, or the first
+/// schema of the search path that has a relation of that name) and reads what
+/// decides its refresh: one statement, however many names.
+///
+/// Up to PostgreSQL 16 only the owner of a view or a member of the owning role
+/// may refresh it; 17 adds the MAINTAIN privilege.
+pub async fn find(
     client: &impl GenericClient,
-    name: &ViewName,
-) -> Result<Lookup, tokio_postgres::Error> {
-    let row = client
-        .query_typed_opt(
-            "SELECT c.oid, n.nspname::text, c.relname::text, c.relkind \
-             FROM pg_catalog.pg_class c \
-             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relname = $2 \
-               AND CASE WHEN $1::text IS NULL \
-                        THEN n.nspname = ANY (pg_catalog.current_schemas(true)) \
-                        ELSE n.nspname = $1 END \
-             ORDER BY pg_catalog.array_position(pg_catalog.current_schemas(true), n.nspname) \
-             LIMIT 1",
-            &[(&name.schema, Type::TEXT), (&name.name, Type::TEXT)],
+    names: &[ViewName],
+) -> Result<Catalog, tokio_postgres::Error> {
+    let schemas: Vec<Option<&str>> = names.iter().map(|n| n.schema.as_deref()).collect();
+    let relnames: Vec<&str> = names.iter().map(|n| n.name.as_str()).collect();
+    // CASE, not OR: has_table_privilege(.., 'MAINTAIN') is an error before 17.
+    let rows = client
+        .query_typed(
+            "SELECT c.oid, ns.nspname::text, c.relname::text, c.relkind, c.relispopulated, \
+                 EXISTS (SELECT FROM pg_catalog.pg_index i \
+                         WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid \
+                           AND i.indimmediate AND i.indpred IS NULL AND i.indexprs IS NULL), \
+                 CASE WHEN pg_catalog.pg_has_role(c.relowner, 'USAGE') THEN true \
+                      WHEN current_setting('server_version_num')::int >= 170000 \
+                      THEN pg_catalog.has_table_privilege(c.oid, 'MAINTAIN') \
+                      ELSE false END, \
+                 pg_catalog.pg_get_userbyid(c.relowner)::text, current_user::text, \
+                 coalesce(n.schema, (pg_catalog.current_schemas(false))[1], 'public')::text, \
+                 EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus') \
+             FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS n(schema, name, i) \
+             LEFT JOIN LATERAL ( \
+                 SELECT c.* FROM pg_catalog.pg_class c \
+                 JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace \
+                 WHERE c.relname = n.name \
+                   AND CASE WHEN n.schema IS NULL \
+                            THEN ns.nspname = ANY (pg_catalog.current_schemas(true)) \
+                            ELSE ns.nspname = n.schema END \
+                 ORDER BY pg_catalog.array_position(pg_catalog.current_schemas(true), ns.nspname) \
+                 LIMIT 1) AS c ON true \
+             LEFT JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace \
+             ORDER BY n.i",
+            &[(&schemas, Type::TEXT_ARRAY), (&relnames, Type::TEXT_ARRAY)],
         )
         .await?;
-    let Some(row) = row else {
-        let schema = match &name.schema {
-            Some(schema) => schema.clone(),
-            None => default_schema(client).await?,
+    let citus = rows.first().is_some_and(|r| r.get(10));
+    let views = rows
+        .iter()
+        .zip(names)
+        .map(|(row, name)| found(row, name))
+        .collect();
+    Ok(Catalog { views, citus })
+}
+
+/// One row of [`find`]'s query.
+fn found(row: &tokio_postgres::Row, name: &ViewName) -> Found {
+    let Some(oid) = row.get::<_, Option<u32>>(0) else {
+        let schema: String = row.get(9);
+        return Found {
+            lookup: Lookup::Missing {
+                qualified: format!("{}.{}", display_ident(&schema), display_ident(&name.name)),
+            },
+            state: None,
+            denied: None,
         };
-        return Ok(Lookup::Missing {
-            qualified: format!("{}.{}", display_ident(&schema), display_ident(&name.name)),
-        });
     };
     let relation = Relation {
-        oid: row.get(0),
+        oid,
         schema: row.get(1),
         name: row.get(2),
     };
     let kind: i8 = row.get(3);
-    Ok(if kind as u8 == b'm' {
-        Lookup::MatView(relation)
-    } else {
-        Lookup::Other {
-            relation,
-            kind: relkind_name(kind),
-        }
-    })
+    if kind as u8 != b'm' {
+        return Found {
+            lookup: Lookup::Other {
+                relation,
+                kind: relkind_name(kind),
+            },
+            state: None,
+            denied: None,
+        };
+    }
+    let (allowed, owner, user): (bool, String, String) = (row.get(6), row.get(7), row.get(8));
+    Found {
+        lookup: Lookup::MatView(relation),
+        state: Some(ViewState {
+            populated: row.get(4),
+            has_usable_unique_index: row.get(5),
+        }),
+        denied: (!allowed).then(|| {
+            format!(
+                "may not be refreshed by role {user:?}: only its owner {owner:?}, a member of that \
+                 role (GRANT {owner} TO {user}) or, on PostgreSQL 17, a role with MAINTAIN on it may"
+            )
+        }),
+    }
 }
 
-/// The schema an unqualified new relation would go to (first of the search path).
-async fn default_schema(client: &impl GenericClient) -> Result<String, tokio_postgres::Error> {
-    let row = client
-        .query_typed_one(
-            "SELECT coalesce((pg_catalog.current_schemas(false))[1], 'public')::text",
-            &[],
-        )
-        .await?;
-    Ok(row.get(0))
-}
-
-/// Reads the state of the materialized view `oid`; `None` when it is gone.
-pub async fn view_state(
+/// Finds one name; see [`find`].
+pub async fn lookup(
     client: &impl GenericClient,
-    oid: u32,
-) -> Result<Option<ViewState>, tokio_postgres::Error> {
-    let row = client
-        .query_typed_opt(
-            "SELECT c.relispopulated, EXISTS ( \
-                 SELECT FROM pg_catalog.pg_index i \
-                 WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid \
-                   AND i.indimmediate AND i.indpred IS NULL AND i.indexprs IS NULL) \
-             FROM pg_catalog.pg_class c WHERE c.oid = $1 AND c.relkind = 'm'",
-            &[(&oid, Type::OID)],
-        )
-        .await?;
-    Ok(row.map(|r| ViewState {
-        populated: r.get(0),
-        has_usable_unique_index: r.get(1),
-    }))
-}
-
-/// Why the connected role may not refresh the view `oid`, if it may not. Up to
-/// PostgreSQL 16 only the owner or a member of the owning role may; 17 adds the
-/// MAINTAIN privilege. A view dropped since it was looked up is no concern of
-/// this function (`view_state` says it is gone).
-pub async fn refresh_denied(
-    client: &impl GenericClient,
-    oid: u32,
-) -> Result<Option<String>, tokio_postgres::Error> {
-    // CASE, not OR: has_table_privilege(.., 'MAINTAIN') is an error before 17.
-    let row = client
-        .query_typed_opt(
-            "SELECT CASE WHEN pg_catalog.pg_has_role(c.relowner, 'USAGE') THEN true \
-                         WHEN current_setting('server_version_num')::int >= 170000 \
-                         THEN pg_catalog.has_table_privilege(c.oid, 'MAINTAIN') \
-                         ELSE false END, \
-                    pg_catalog.pg_get_userbyid(c.relowner)::text, current_user::text \
-             FROM pg_catalog.pg_class c WHERE c.oid = $1",
-            &[(&oid, Type::OID)],
-        )
-        .await?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    let (allowed, owner, user): (bool, String, String) = (row.get(0), row.get(1), row.get(2));
-    Ok((!allowed).then(|| {
-        format!(
-            "may not be refreshed by role {user:?}: only its owner {owner:?}, a member of that role \
-             (GRANT {owner} TO {user}) or, on PostgreSQL 17, a role with MAINTAIN on it may"
-        )
-    }))
+    name: &ViewName,
+) -> Result<Lookup, tokio_postgres::Error> {
+    let mut catalog = find(client, std::slice::from_ref(name)).await?;
+    Ok(catalog.views.remove(0).lookup)
 }
 
 /// The pairs `(view, dependency)` among `oids`: `view` reads `dependency`,
@@ -324,17 +338,6 @@ pub async fn is_citus_coordinator(
 ) -> Result<bool, tokio_postgres::Error> {
     let row = client
         .query_typed_one("SELECT citus_is_coordinator()", &[])
-        .await?;
-    Ok(row.get(0))
-}
-
-/// Whether the `citus` extension is installed in this database.
-pub async fn has_citus(client: &impl GenericClient) -> Result<bool, tokio_postgres::Error> {
-    let row = client
-        .query_typed_one(
-            "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus')",
-            &[],
-        )
         .await?;
     Ok(row.get(0))
 }

@@ -168,19 +168,9 @@ impl Refresher {
             .map_err(db_err("planning the refresh"))?;
         drop(client);
 
-        let ctx = Arc::new(RunContext {
-            pool: self.pool.clone(),
-            log: logging.then(|| self.log.clone()),
-            run_id,
-            host: self.host.clone(),
-            jobs: self.jobs,
-            drain: stops.drain.clone(),
-            cancel: stops.cancel.clone(),
-            progress: watcher,
-            target: self.target.clone(),
-            citus: plan.citus,
-            in_progress: self.in_progress.clone(),
-        });
+        let ctx = Arc::new(RunContext::new(
+            self, run_id, stops, watcher, logging, plan.citus,
+        ));
         tracing::info!(
             views = plan.steps.len(),
             jobs = self.jobs,

@@ -257,6 +257,39 @@ impl DbTarget {
     }
 }
 
+/// The statement timeout of housekeeping: planning, failure rows, pruning, the
+/// log tables' upgrade. Each of its statements is short; one that is not is
+/// stuck, and must not hold up a run.
+pub const HOUSEKEEPING_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The lock timeout of housekeeping: a log table locked by someone else's long
+/// transaction is waited for this long, not for ever.
+pub const HOUSEKEEPING_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs `work` (statements on `client` that send themselves when first polled)
+/// in a transaction of its own under the housekeeping timeouts, sent together
+/// with its `BEGIN` and `COMMIT` in one round trip. `rollback_first`: end the
+/// transaction a failed attempt left open before.
+pub async fn housekeeping<T>(
+    client: &Client,
+    rollback_first: bool,
+    work: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, tokio_postgres::Error> {
+    let begin = format!(
+        "{}BEGIN; SET LOCAL statement_timeout = '{}ms'; SET LOCAL lock_timeout = '{}ms'",
+        if rollback_first { "ROLLBACK; " } else { "" },
+        HOUSEKEEPING_STATEMENT_TIMEOUT.as_millis(),
+        HOUSEKEEPING_LOCK_TIMEOUT.as_millis(),
+    );
+    // A failed `work` leaves the transaction aborted: its COMMIT rolls back.
+    let (began, value, committed) =
+        tokio::join!(biased; client.batch_execute(&begin), work, client.batch_execute("COMMIT"));
+    began?;
+    let value = value?;
+    committed?;
+    Ok(value)
+}
+
 /// A pooled connection that is closed, not kept idle, when dropped: a process
 /// holds no more server connections than it uses (a session-pooling PgBouncer
 /// gives each client connection a server connection for its whole life, and

@@ -12,6 +12,7 @@ use tokio_postgres::GenericClient;
 use crate::catalog::{self, Lookup, ViewState};
 use crate::refresh::Method;
 use crate::registry::{Concurrently, ViewSettings, ViewSpec};
+use crate::units::PgDuration;
 
 /// The views of one run, in a dependency-respecting order.
 #[derive(Debug)]
@@ -52,6 +53,39 @@ impl Step {
     }
 }
 
+/// How long a plain refresh of a populated view waits for its lock by default:
+/// it takes an ACCESS EXCLUSIVE lock, and every new reader of the view queues
+/// behind it while it waits.
+const PLAIN_LOCK_TIMEOUT: &str = "2s";
+
+/// How long a `REFRESH` may wait for its lock, and whether readers queue behind
+/// it meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockWait {
+    pub timeout: PgDuration,
+    /// A plain refresh of a populated view: waits `plain_lock_timeout`.
+    pub blocks_readers: bool,
+}
+
+impl Step {
+    /// The lock wait of a refresh of this view by `method`, `populated` or not.
+    pub fn lock_wait(&self, method: Method, populated: bool) -> LockWait {
+        let settings = self.settings();
+        let blocks_readers = method == Method::Full && populated;
+        let plain: PgDuration = PLAIN_LOCK_TIMEOUT.parse().expect("a valid constant");
+        let timeout = match blocks_readers {
+            // Zero is no timeout at all.
+            true if settings.lock_timeout.as_millis() == 0 => plain,
+            true => settings.lock_timeout.min(plain),
+            false => settings.lock_timeout,
+        };
+        LockWait {
+            timeout,
+            blocks_readers,
+        }
+    }
+}
+
 /// Chooses the `REFRESH` for a view in `state` under `mode`, with the reason; an
 /// error says why the view cannot be refreshed as configured.
 pub fn choose_method(
@@ -86,36 +120,39 @@ fn lookup_problem(lookup: &Lookup) -> Option<String> {
 }
 
 impl Plan {
-    /// Looks up `specs` in the catalog and orders them by their dependencies.
+    /// Looks up `specs` in the catalog and orders them by their dependencies: a
+    /// constant number of statements, however many views.
     pub async fn build(
         client: &impl GenericClient,
         specs: Vec<ViewSpec>,
     ) -> Result<Self, tokio_postgres::Error> {
-        let mut steps = Vec::with_capacity(specs.len());
-        for spec in specs {
-            let lookup = catalog::lookup(client, &spec.name).await?;
-            let mut problem = lookup_problem(&lookup);
-            let mut method = None;
-            if let Lookup::MatView(relation) = &lookup {
-                if let Some(denied) = catalog::refresh_denied(client, relation.oid).await? {
-                    problem = Some(denied);
+        let names: Vec<_> = specs.iter().map(|spec| spec.name.clone()).collect();
+        let catalog = catalog::find(client, &names).await?;
+        let mut steps: Vec<Step> = specs
+            .into_iter()
+            .zip(catalog.views)
+            .map(|(spec, found)| {
+                let mut problem = lookup_problem(&found.lookup).or(found.denied);
+                let method = match found
+                    .state
+                    .map(|s| choose_method(spec.settings.concurrently, s))
+                {
+                    Some(Ok(chosen)) => Some(chosen),
+                    Some(Err(why)) => {
+                        problem = problem.or(Some(why));
+                        None
+                    }
+                    None => None,
+                };
+                Step {
+                    spec,
+                    lookup: found.lookup,
+                    depends_on: Vec::new(),
+                    problem,
+                    method,
                 }
-                match catalog::view_state(client, relation.oid).await? {
-                    Some(state) => match choose_method(spec.settings.concurrently, state) {
-                        Ok(chosen) => method = Some(chosen),
-                        Err(why) => problem = problem.or(Some(why)),
-                    },
-                    None => problem = Some("was dropped while planning".into()),
-                }
-            }
-            steps.push(Step {
-                spec,
-                lookup,
-                depends_on: Vec::new(),
-                problem,
-                method,
-            });
-        }
+            })
+            .collect();
 
         if steps.iter().any(|s| !s.is_matview()) {
             let known = catalog::materialized_views(client).await?;
@@ -145,7 +182,7 @@ impl Plan {
         }
         Ok(Self {
             steps: ordered(steps),
-            citus: catalog::has_citus(client).await?,
+            citus: catalog.citus,
         })
     }
 }

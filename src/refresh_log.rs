@@ -58,6 +58,12 @@ pub struct Attempt<'a> {
     pub method: Option<Method>,
     pub attempt: u32,
     pub settings: &'a ViewSettings,
+    /// The `work_mem` set for the refresh; `None`: the server's (read by the
+    /// statement itself).
+    pub work_mem: Option<String>,
+    /// The lock timeout the refresh waited under (a plain refresh of a
+    /// populated view waits `plain_lock_timeout`).
+    pub lock_timeout: PgDuration,
     pub sqlstate: Option<&'a str>,
     pub error: Option<&'a str>,
     /// Why: the reason for the method chosen or for a skip.
@@ -135,6 +141,16 @@ impl RefreshLog {
             history_table: format!("{quoted}.materialized_views_refresh_history"),
             outcome_counts: Arc::default(),
         }
+    }
+
+    /// The summary table, schema-qualified and quoted for SQL.
+    pub fn summary_table(&self) -> &str {
+        &self.log_table
+    }
+
+    /// The history table, schema-qualified and quoted for SQL.
+    pub fn history_table(&self) -> &str {
+        &self.history_table
     }
 
     /// The schema the tables live in.
@@ -229,29 +245,22 @@ impl RefreshLog {
         }
     }
 
-    /// Records one attempt: a history row, and the view's summary row (of a
-    /// skip, only its `skip_count`: a skip is no outcome of the view's refresh,
-    /// `last_status` and `last_attempt_at` stay those of the latest refresh).
-    /// Runs on `client`, so a success is recorded in the refresh's own
-    /// transaction.
+    /// Records one attempt in one statement: a history row, and the view's
+    /// summary row (of a skip, only its `skip_count`: a skip is no outcome of
+    /// the view's refresh, `last_status` and `last_attempt_at` stay those of the
+    /// latest refresh; of a retried attempt, nothing). Runs on `client`, so a
+    /// success is recorded in the refresh's own transaction. Returns the
+    /// history row's id.
     pub async fn record(
         &self,
         client: &impl GenericClient,
         attempt: &Attempt<'_>,
     ) -> Result<i64, tokio_postgres::Error> {
         let settings = attempt.settings;
-        let history = format!(
-            "INSERT INTO {} (run_id, view_name, started_at, finished_at, duration_ms, status, \
-                 method, attempt, work_mem, statement_timeout, lock_timeout, sqlstate, error, note, host) \
-             SELECT $1, $2, now - make_interval(secs => $3::float8 / 1000), now, $3::float8, $4, $5, $6, \
-                 coalesce($7, current_setting('work_mem')), $8, $9, $10, $11, $12, $13 \
-             FROM clock_timestamp() AS now RETURNING id",
-            self.history_table
-        );
         let attempt_no = attempt.attempt as i32;
-        let id: i64 = client
+        let row = client
             .query_typed_one(
-                &history,
+                &self.record_sql(attempt),
                 &[
                     (&attempt.run_id, Type::UUID),
                     (&attempt.view_name, Type::TEXT),
@@ -259,59 +268,77 @@ impl RefreshLog {
                     (&attempt.status.as_str(), Type::TEXT),
                     (&attempt.method.map(Method::as_str), Type::TEXT),
                     (&attempt_no, Type::INT4),
-                    (&settings.work_mem.map(|m| m.to_string()), Type::TEXT),
+                    (&attempt.work_mem, Type::TEXT),
                     (&settings.statement_timeout.to_string(), Type::TEXT),
-                    (&settings.lock_timeout.to_string(), Type::TEXT),
+                    (&attempt.lock_timeout.to_string(), Type::TEXT),
                     (&attempt.sqlstate, Type::TEXT),
                     (&attempt.error, Type::TEXT),
                     (&attempt.note, Type::TEXT),
                     (&attempt.host, Type::TEXT),
                 ],
             )
-            .await?
-            .get(0);
-        if attempt.retried {
-            return Ok(id);
-        }
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// The statement of [`RefreshLog::record`]: the history row, and in the same
+    /// statement (a data-modifying `WITH`) the summary row's change, if any.
+    fn record_sql(&self, attempt: &Attempt<'_>) -> String {
+        let history = format!(
+            "INSERT INTO {} (run_id, view_name, started_at, finished_at, duration_ms, status, \
+                 method, attempt, work_mem, statement_timeout, lock_timeout, sqlstate, error, note, host) \
+             SELECT $1, $2, now - make_interval(secs => $3::float8 / 1000), now, $3::float8, $4, $5, $6, \
+                 coalesce($7, current_setting('work_mem')), $8, $9, $10, $11, $12, $13 \
+             FROM t RETURNING id",
+            self.history_table
+        );
         let outcome_counts = self.outcome_counts.load(Ordering::Relaxed);
-        if attempt.status == Status::Skipped {
-            if outcome_counts {
-                let skip = format!(
-                    "INSERT INTO {table} AS l (view_name, skip_count) VALUES ($1, 1) \
-                     ON CONFLICT (view_name) DO UPDATE SET skip_count = l.skip_count + 1",
-                    table = self.log_table
-                );
-                client
-                    .execute_typed(&skip, &[(&attempt.view_name, Type::TEXT)])
-                    .await?;
-            }
-            return Ok(id);
+        let summary = match attempt.status {
+            _ if attempt.retried => None,
+            Status::Skipped if !outcome_counts => None,
+            Status::Skipped => Some(format!(
+                "INSERT INTO {} AS l (view_name, skip_count) VALUES ($2, 1) \
+                 ON CONFLICT (view_name) DO UPDATE SET skip_count = l.skip_count + 1",
+                self.log_table
+            )),
+            _ => Some(self.outcome_sql(outcome_counts)),
+        };
+        match summary {
+            Some(summary) => format!(
+                "WITH t AS (SELECT clock_timestamp() AS now), history AS ({history}), \
+                      summary AS ({summary}) \
+                 SELECT id FROM history"
+            ),
+            None => format!("WITH t AS (SELECT clock_timestamp() AS now) {history}"),
         }
-        let success = attempt.status == Status::Success;
-        let failed = attempt.status == Status::Failed;
-        // cancel_count from version 3 on; $5 is the status.
+    }
+
+    /// The summary row's change for a final outcome other than a skip; `$4` is
+    /// the status, `$3` the duration.
+    fn outcome_sql(&self, outcome_counts: bool) -> String {
+        // cancel_count from version 3 on.
         let (cancel_column, cancel_value, cancel_update) = if outcome_counts {
             (
                 ", cancel_count",
-                ", ($5 = 'cancelled')::int",
+                ", ($4 = 'cancelled')::int",
                 "cancel_count = l.cancel_count + EXCLUDED.cancel_count, ",
             )
         } else {
             ("", "", "")
         };
-        let summary = format!(
+        format!(
             "INSERT INTO {table} AS l (view_name, refresh_count, failure_count, avg_refresh_time_ms, \
                  last_refresh_time_ms, last_refreshed_at, last_attempt_at, last_status, last_method, \
                  last_error, refreshed_by{cancel_column}) \
-             SELECT $1, $2::boolean::int, $3::boolean::int, \
-                 CASE WHEN $2 THEN $4::float8 END, CASE WHEN $2 THEN $4::float8 END, \
-                 CASE WHEN $2 THEN now END, now, $5, $6, $7, $8{cancel_value} \
-             FROM clock_timestamp() AS now \
+             SELECT $2, ($4 = 'success')::int, ($4 = 'failed')::int, \
+                 CASE WHEN $4 = 'success' THEN $3::float8 END, CASE WHEN $4 = 'success' THEN $3::float8 END, \
+                 CASE WHEN $4 = 'success' THEN now END, now, $4, $5, $11, $13{cancel_value} \
+             FROM t \
              ON CONFLICT (view_name) DO UPDATE SET \
                  refresh_count = l.refresh_count + EXCLUDED.refresh_count, \
                  failure_count = l.failure_count + EXCLUDED.failure_count, {cancel_update}\
-                 avg_refresh_time_ms = CASE WHEN $2 \
-                     THEN round(((coalesce(l.avg_refresh_time_ms, 0) * l.refresh_count + $4) \
+                 avg_refresh_time_ms = CASE WHEN $4 = 'success' \
+                     THEN round(((coalesce(l.avg_refresh_time_ms, 0) * l.refresh_count + $3) \
                          / (l.refresh_count + 1))::numeric, 1)::float8 \
                      ELSE l.avg_refresh_time_ms END, \
                  last_refresh_time_ms = coalesce(EXCLUDED.last_refresh_time_ms, l.last_refresh_time_ms), \
@@ -322,23 +349,7 @@ impl RefreshLog {
                  last_error = EXCLUDED.last_error, \
                  refreshed_by = EXCLUDED.refreshed_by",
             table = self.log_table
-        );
-        client
-            .execute_typed(
-                &summary,
-                &[
-                    (&attempt.view_name, Type::TEXT),
-                    (&success, Type::BOOL),
-                    (&failed, Type::BOOL),
-                    (&attempt.duration_ms, Type::FLOAT8),
-                    (&attempt.status.as_str(), Type::TEXT),
-                    (&attempt.method.map(Method::as_str), Type::TEXT),
-                    (&attempt.error, Type::TEXT),
-                    (&attempt.host, Type::TEXT),
-                ],
-            )
-            .await?;
-        Ok(id)
+        )
     }
 
     /// Notes on history row `id` that a `VACUUM (ANALYZE)` followed, and how long
@@ -384,23 +395,6 @@ impl RefreshLog {
                 return Ok(total);
             }
         }
-    }
-
-    /// Seconds since the view's last successful refresh, if it ever had one.
-    pub async fn seconds_since_success(
-        &self,
-        client: &impl GenericClient,
-        view_name: &str,
-    ) -> Result<Option<f64>, tokio_postgres::Error> {
-        let sql = format!(
-            "SELECT extract(epoch FROM clock_timestamp() - last_refreshed_at)::float8 \
-             FROM {} WHERE view_name = $1",
-            self.log_table
-        );
-        let row = client
-            .query_typed_opt(&sql, &[(&view_name, Type::TEXT)])
-            .await?;
-        Ok(row.and_then(|r| r.get(0)))
     }
 
     /// The last `count` successful durations of each of `view_names`, oldest first.

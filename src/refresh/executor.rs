@@ -1,0 +1,302 @@
+//! The plan executed: views start once the views they read are done, up to
+//! `--jobs` at once; each is attempted, retried on transient failures with
+//! backoff, and its outcome recorded. A view that depends on a failed one is
+//! skipped; once the run must stop, no view (and no retry) starts, and the
+//! views left are recorded as cancelled before they started.
+//!
+//! A view holds one connection while it is worked on and none while it waits
+//! for its turn or its retry.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::record::{Slot, record, report};
+use super::transaction::{self, Done};
+use super::{Failure, Outcome, Status};
+use crate::catalog::{Lookup, Relation};
+use crate::cycle::{Refresher, Stops};
+use crate::db::DbTarget;
+use crate::plan::{Plan, Step};
+use crate::progress;
+use crate::refresh_log::RefreshLog;
+use crate::shutdown::Stop;
+
+/// Everything the refresh of one run shares.
+#[derive(Debug)]
+pub struct RunContext {
+    pub pool: Pool,
+    /// `None` when the log tables are missing and could not be created.
+    pub log: Option<RefreshLog>,
+    pub run_id: Uuid,
+    /// Host (pod) name, recorded with every attempt.
+    pub host: String,
+    pub jobs: usize,
+    /// Once this fires no view (and no retry) starts.
+    pub drain: Stop,
+    /// Once this fires running statements are cancelled on the server.
+    pub cancel: Stop,
+    /// The database, for cancel requests, which connect anew.
+    pub target: DbTarget,
+    /// Where live progress goes, when someone watches (`refresh` on a terminal).
+    pub progress: Option<progress::Sender>,
+    /// The database has the `citus` extension: settings are sent as `SET LOCAL`
+    /// with `citus.propagate_set_commands`, so they reach the workers.
+    pub citus: bool,
+    /// `REFRESH` statements running now, for the metrics.
+    pub in_progress: Arc<AtomicUsize>,
+    /// The statement that reads a view's state in its transaction.
+    pub(super) state_sql: String,
+}
+
+impl RunContext {
+    /// The context of one run of `refresher`; `logging`: the log tables can
+    /// be written; `citus`: the database has the extension.
+    pub fn new(
+        refresher: &Refresher,
+        run_id: Uuid,
+        stops: &Stops,
+        progress: Option<progress::Sender>,
+        logging: bool,
+        citus: bool,
+    ) -> Self {
+        let log = logging.then(|| refresher.log.clone());
+        Self {
+            state_sql: transaction::state_sql(log.as_ref()),
+            pool: refresher.pool.clone(),
+            log,
+            run_id,
+            host: refresher.host.clone(),
+            jobs: refresher.jobs,
+            drain: stops.drain.clone(),
+            cancel: stops.cancel.clone(),
+            target: refresher.target.clone(),
+            progress,
+            citus,
+            in_progress: refresher.in_progress.clone(),
+        }
+    }
+
+    /// Counts one running `REFRESH` in [`RunContext::in_progress`] while the
+    /// returned guard lives.
+    pub(super) fn running(&self) -> Running<'_> {
+        self.in_progress.fetch_add(1, Ordering::Relaxed);
+        Running(&self.in_progress)
+    }
+}
+
+/// One running `REFRESH`, counted until dropped.
+pub(super) struct Running<'a>(&'a AtomicUsize);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Refreshes every view of `plan`, dependencies first, up to `ctx.jobs` at once.
+/// Returns the outcomes in plan order.
+pub async fn execute(ctx: Arc<RunContext>, plan: Arc<Plan>) -> Vec<Outcome> {
+    let n = plan.steps.len();
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
+    let mut started = vec![false; n];
+    let mut running = JoinSet::new();
+
+    loop {
+        for (i, step) in plan.steps.iter().enumerate() {
+            if started[i] || running.len() >= ctx.jobs || ctx.drain.reason().is_some() {
+                continue;
+            }
+            let deps = &step.depends_on;
+            if deps.iter().any(|&d| outcomes[d].is_none()) {
+                continue;
+            }
+            let blocked_by = deps
+                .iter()
+                .find(|&&d| outcomes[d].as_ref().is_some_and(|o| o.blocks_dependents))
+                .map(|&d| plan.steps[d].view_name());
+            started[i] = true;
+            let (ctx, plan) = (ctx.clone(), plan.clone());
+            running.spawn(
+                async move { (i, refresh_step(&ctx, &plan.steps[i], blocked_by).await) }
+                    .in_current_span(),
+            );
+        }
+        match running.join_next().await {
+            Some(Ok((i, outcome))) => outcomes[i] = Some(outcome),
+            Some(Err(err)) => std::panic::resume_unwind(err.into_panic()),
+            None => break,
+        }
+    }
+    record_unstarted(&ctx, &plan, outcomes).await
+}
+
+/// The outcomes, with the views a stop left unstarted recorded as cancelled,
+/// on one connection: once it cannot be had, no other is tried (a stop with
+/// the server gone must not wait a connect timeout per view).
+async fn record_unstarted(
+    ctx: &RunContext,
+    plan: &Plan,
+    outcomes: Vec<Option<Outcome>>,
+) -> Vec<Outcome> {
+    let mut slot = Slot::default();
+    let mut unreachable: Option<String> = None;
+    let mut done = Vec::with_capacity(outcomes.len());
+    for (step, outcome) in plan.steps.iter().zip(outcomes) {
+        if let Some(outcome) = outcome {
+            done.push(outcome);
+            continue;
+        }
+        let reason = ctx
+            .drain
+            .reason()
+            .expect("only a stop leaves views unstarted");
+        let mut outcome = Outcome::new(step, Status::Cancelled, format!("not started: {reason}"));
+        if let Some(error) = &unreachable {
+            outcome.log_error = Some(error.clone());
+            report(ctx, &outcome);
+            done.push(outcome);
+            continue;
+        }
+        let outcome = record(ctx, &mut slot, step, outcome, false).await;
+        if outcome.log_error.is_some() {
+            unreachable.clone_from(&outcome.log_error);
+        }
+        done.push(outcome);
+    }
+    done
+}
+
+/// One view, with its retries.
+async fn refresh_step(ctx: &RunContext, step: &Step, blocked_by: Option<String>) -> Outcome {
+    let mut slot = Slot::default();
+    if let Some(dependency) = blocked_by {
+        let reason = format!("depends on {dependency}, which was not refreshed");
+        let mut outcome = Outcome::new(step, Status::Skipped, reason);
+        outcome.blocks_dependents = true;
+        return record(ctx, &mut slot, step, outcome, false).await;
+    }
+    let relation = match (&step.lookup, &step.problem) {
+        (Lookup::MatView(relation), None) => relation,
+        // Not a materialized view: no row in the log tables for a name that is
+        // most likely a typo.
+        (Lookup::Missing { .. } | Lookup::Other { .. }, problem) => {
+            let why = problem.as_deref().unwrap_or("is not a materialized view");
+            let outcome = Outcome::new(step, Status::Failed, format!("{} {why}", step.view_name()));
+            report(ctx, &outcome);
+            return outcome;
+        }
+        (_, problem) => {
+            let why = problem.as_deref().unwrap_or("is not a materialized view");
+            let failure = Failure::permanent(format!("view {} {why}", step.view_name()));
+            return record(ctx, &mut slot, step, failure.into_outcome(step, 1), false).await;
+        }
+    };
+    let retries = step.settings().retries;
+    let mut attempt = 1;
+    loop {
+        let failure = match transaction::attempt(ctx, &mut slot, step, relation, attempt).await {
+            Ok(done) => return finish(ctx, &mut slot, step, relation, done, attempt).await,
+            Err(failure) => failure,
+        };
+        if failure.abandoned || failure.transient {
+            // The server never answered, or the connection may have broken (a
+            // terminated backend): record on a fresh one.
+            slot.close();
+        }
+        if !failure.transient || attempt > retries || failure.stopped.is_some() {
+            let outcome = failure.into_outcome(step, attempt);
+            return record(ctx, &mut slot, step, outcome, false).await;
+        }
+        let delay = backoff(attempt);
+        tracing::warn!(
+            view = %step.view_name(),
+            attempt,
+            error = %failure.message,
+            retry_in_ms = delay.as_millis() as u64,
+            "refresh failed, retrying"
+        );
+        record(
+            ctx,
+            &mut slot,
+            step,
+            failure.into_outcome(step, attempt),
+            true,
+        )
+        .await;
+        // Nothing is held while waiting for the next attempt.
+        slot.close();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => attempt += 1,
+            reason = ctx.drain.stopped() => {
+                let failure = Failure {
+                    stopped: Some(reason),
+                    ..Failure::permanent(format!("not retried: {reason}"))
+                };
+                let outcome = failure.into_outcome(step, attempt);
+                return record(ctx, &mut slot, step, outcome, false).await;
+            }
+        }
+    }
+}
+
+/// The outcome of an attempt that did not fail, recorded.
+async fn finish(
+    ctx: &RunContext,
+    slot: &mut Slot,
+    step: &Step,
+    relation: &Relation,
+    done: Done,
+    attempt: u32,
+) -> Outcome {
+    let (mut outcome, history_id, bloat) = match done {
+        Done::Locked => {
+            let reason = "another refresher is refreshing this view".to_owned();
+            let mut outcome = Outcome::new(step, Status::Skipped, reason);
+            outcome.attempts = attempt;
+            outcome.lock_skipped = true;
+            // The views that read it go on, from what it holds now, as they
+            // would after the other refresher's run: a manual `refresh A`
+            // refreshes A only.
+            return record(ctx, slot, step, outcome, false).await;
+        }
+        Done::Fresh(reason) => {
+            let outcome = Outcome::new(step, Status::Skipped, reason);
+            return record(ctx, slot, step, outcome, false).await;
+        }
+        Done::Refreshed {
+            outcome,
+            history_id,
+            bloat,
+        } => (outcome, history_id, bloat),
+    };
+    if let Some(bloat) = bloat.filter(|b| b.needs_vacuum())
+        && let Some(note) = transaction::vacuum(ctx, slot, step, relation, bloat, history_id).await
+    {
+        let reason = outcome.message.take().unwrap_or_default();
+        outcome.message = Some(format!("{reason}; {note}"));
+    }
+    match outcome.log_error.take() {
+        Some(error) => {
+            // Committed without its row: written again on a fresh connection,
+            // so `min_interval` and `status` see the view as fresh.
+            tracing::warn!(view = %outcome.view_name, %error, "the success row could not be written with the refresh; writing it again");
+            record(ctx, &mut Slot::default(), step, outcome, false).await
+        }
+        None => {
+            report(ctx, &outcome);
+            outcome
+        }
+    }
+}
+
+/// Exponential backoff from 200 ms, capped at 10 s, with full jitter.
+fn backoff(attempt: u32) -> Duration {
+    let ceiling = 200u64.saturating_mul(1 << attempt.min(6)).min(10_000);
+    Duration::from_millis(ceiling / 2 + fastrand::u64(0..=ceiling / 2))
+}

@@ -1,0 +1,365 @@
+//! One attempt at one view, in one transaction and three round trips:
+//!
+//! 1. `BEGIN` and the view's `SET LOCAL`s, the advisory lock, then the view's
+//!    state and its last success, sent together (pipelined): the state is read
+//!    by a statement that starts after the lock is held, so a refresh another
+//!    refresher committed just before is seen, and `min_interval` skips it.
+//! 2. `REFRESH MATERIALIZED VIEW [CONCURRENTLY]`, cancellable.
+//! 3. The dead rows it left, then behind a savepoint the success row (history
+//!    and summary in one statement), then `RELEASE` and `COMMIT` in one simple
+//!    query: when the success row cannot be written, `RELEASE` fails and the
+//!    `COMMIT` after it is never run, so the refresh is committed without it
+//!    (a fourth round trip) and the row is written again afterwards.
+//!
+//! A `VACUUM` follows the commit when the refresh left many dead rows.
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+use tokio_postgres::types::{ToSql, Type};
+
+use super::executor::RunContext;
+use super::record::Slot;
+use super::statement::{Interrupted, cancellable, silence_limit};
+use super::{Failure, Method, Outcome, Status};
+use crate::catalog::{self, Bloat, Relation, ViewState};
+use crate::db::{describe_error, describe_pool_error};
+use crate::output::{millis, round_ms};
+use crate::plan::{LockWait, Step, choose_method};
+use crate::progress;
+use crate::quote::quote_literal;
+use crate::refresh_log::RefreshLog;
+use crate::registry::{Vacuum, ViewSettings};
+
+/// How long a refresh's transaction may sit idle on the server: never, while
+/// the refresher works (its statements follow each other at once), but a
+/// connection it abandoned must not keep the view locked.
+const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(15);
+
+/// How often a server running a refresh's statement checks that the client is
+/// still there (PostgreSQL 14+, direct connections).
+const CLIENT_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The savepoint the success row is written behind.
+const LOG_SAVEPOINT: &str = "mv_refresher_log";
+
+/// How an attempt that did not fail ended.
+pub(super) enum Done {
+    /// Refreshed and committed; the success row was written with it unless
+    /// the outcome's `log_error` says otherwise.
+    Refreshed {
+        outcome: Outcome,
+        /// The success row's id in the history.
+        history_id: Option<i64>,
+        /// Dead rows the refresh left, when they are worth a look.
+        bloat: Option<Bloat>,
+    },
+    /// Another refresher holds the view's advisory lock.
+    Locked,
+    /// Refreshed more recently than `min_interval`: the reason.
+    Fresh(String),
+}
+
+/// What the first round trip reads, under the lock.
+struct Opened {
+    locked: bool,
+    /// `None`: the view was dropped since planning.
+    state: Option<ViewState>,
+    /// Seconds since the last successful refresh, as the log tables know it.
+    age_s: Option<f64>,
+    /// The view's average successful refresh, for the progress display.
+    avg_ms: Option<f64>,
+}
+
+/// Key of the per-view advisory lock: a constant prefix ("mvrf") and the OID.
+fn lock_key(oid: u32) -> i64 {
+    (0x6d76_7266_i64 << 32) | i64::from(oid)
+}
+
+/// One attempt at `step` on the slot's connection. On an error the slot may be
+/// left in an open (failed) transaction, which the next use rolls back.
+pub(super) async fn attempt(
+    ctx: &RunContext,
+    slot: &mut Slot,
+    step: &Step,
+    relation: &Relation,
+    attempt: u32,
+) -> Result<Done, Failure> {
+    // A stop that came while this view waited for its turn or its retry.
+    if let Some(reason) = ctx.cancel.reason() {
+        return Err(Failure::not_started(reason));
+    }
+    let pg =
+        |method| move |err: tokio_postgres::Error| Failure::from_pg(&err, step, method, 0.0, None);
+    let session = slot.session(&ctx.pool).await.map_err(|err| Failure {
+        transient: true,
+        ..Failure::permanent(format!("could not connect: {}", describe_pool_error(&err)))
+    })?;
+    let client = session.client;
+    let cancel = client.cancel_token();
+    let opened = open(ctx, client, step, relation).await;
+    *session.in_transaction = true;
+    let opened = opened.map_err(pg(None))?;
+    if !opened.locked {
+        return Ok(Done::Locked);
+    }
+    let state = opened
+        .state
+        .ok_or_else(|| Failure::permanent(format!("view {relation} was dropped")))?;
+    if let Some(reason) = fresh(step.settings(), opened.age_s) {
+        return Ok(Done::Fresh(reason));
+    }
+    // The state may have changed since planning (another refresher populated
+    // it, an index was dropped): decide on what is true now, inside the lock.
+    let (method, reason) = choose_method(step.settings().concurrently, state)
+        .map_err(|why| Failure::permanent(format!("view {relation} {why}")))?;
+    let lock_wait = step.lock_wait(method, state.populated);
+    if let Some(progress) = &ctx.progress {
+        let _ = progress.send(progress::Event::Started {
+            view: step.view_name(),
+            expected_ms: opened.avg_ms,
+        });
+    }
+    // A stop that came while the transaction was being set up: no REFRESH is
+    // sent only to be cancelled at once.
+    if let Some(reason) = ctx.cancel.reason() {
+        return Err(Failure::not_started(reason));
+    }
+    let started = Instant::now();
+    let refreshed = {
+        let _running = ctx.running();
+        let sql = refresh_sql(relation, method, &lock_wait);
+        let silence = silence_limit(step.settings());
+        cancellable(ctx, relation, &cancel, silence, client.batch_execute(&sql)).await
+    };
+    let duration_ms = round_ms(started.elapsed().as_secs_f64() * 1000.0);
+    refreshed.map_err(|interrupted| {
+        interrupted.into_failure(step, Some(method), duration_ms, Some(lock_wait))
+    })?;
+
+    let mut outcome = Outcome::new(step, Status::Success, reason.to_owned());
+    outcome.blocks_dependents = false;
+    outcome.method = Some(method);
+    outcome.duration_ms = duration_ms;
+    outcome.attempts = attempt;
+    outcome.lock_wait = Some(lock_wait);
+    let want_bloat = method == Method::Concurrently && step.settings().vacuum == Vacuum::Auto;
+    let (history_id, bloat) = commit(ctx, client, step, relation, &mut outcome, want_bloat)
+        .await
+        .map_err(pg(Some(method)))?;
+    *session.in_transaction = false;
+    Ok(Done::Refreshed {
+        outcome,
+        history_id,
+        bloat,
+    })
+}
+
+/// The first round trip: `BEGIN` with the settings, the lock, the state.
+async fn open(
+    ctx: &RunContext,
+    client: &Client,
+    step: &Step,
+    relation: &Relation,
+) -> Result<Opened, tokio_postgres::Error> {
+    let begin = format!("BEGIN; {}", settings_sql(step.settings(), ctx.citus));
+    let (key, view_name) = (lock_key(relation.oid), relation.to_string());
+    let lock_params: [(&(dyn ToSql + Sync), Type); 1] = [(&key, Type::INT8)];
+    let state_params: [(&(dyn ToSql + Sync), Type); 2] =
+        [(&relation.oid, Type::OID), (&view_name, Type::TEXT)];
+    let (began, locked, state) = tokio::join!(
+        biased;
+        client.batch_execute(&begin),
+        client.query_typed_one("SELECT pg_try_advisory_xact_lock($1)", &lock_params),
+        client.query_typed_opt(&ctx.state_sql, &state_params),
+    );
+    began?;
+    let locked: bool = locked?.get(0);
+    let state = state?;
+    Ok(Opened {
+        locked,
+        state: state.as_ref().map(|row| ViewState {
+            populated: row.get(0),
+            has_usable_unique_index: row.get(1),
+        }),
+        age_s: state.as_ref().and_then(|row| row.get(2)),
+        avg_ms: state.as_ref().and_then(|row| row.get(3)),
+    })
+}
+
+/// The statement that reads a view's state (`$1`, its OID) and, from the log
+/// tables when there are any, its last success (`$2`, its name).
+pub(super) fn state_sql(log: Option<&RefreshLog>) -> String {
+    let (columns, join) = match log {
+        // The casts read a summary table made by hand in the seeds' shape.
+        Some(log) => (
+            "extract(epoch FROM clock_timestamp() - l.last_refreshed_at::timestamptz)::float8, \
+             l.avg_refresh_time_ms::float8",
+            format!("LEFT JOIN {} AS l ON l.view_name = $2", log.summary_table()),
+        ),
+        None => ("NULL::float8, NULL::float8", String::new()),
+    };
+    // `$2` is bound either way; without the log tables only this reads it.
+    format!(
+        "SELECT c.relispopulated, EXISTS ( \
+             SELECT FROM pg_catalog.pg_index i \
+             WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid \
+               AND i.indimmediate AND i.indpred IS NULL AND i.indexprs IS NULL), {columns} \
+         FROM pg_catalog.pg_class c {join} \
+         WHERE c.oid = $1 AND c.relkind = 'm' AND $2::text IS NOT NULL"
+    )
+}
+
+/// The reason to skip a view refreshed `age_s` seconds ago, when that is more
+/// recent than its `min_interval`.
+fn fresh(settings: &ViewSettings, age_s: Option<f64>) -> Option<String> {
+    let interval = settings.min_interval?;
+    let age = age_s?;
+    (age * 1000.0 < interval.as_millis() as f64)
+        .then(|| format!("fresh: refreshed {age:.0}s ago, min_interval is {interval}"))
+}
+
+/// The `REFRESH`, after the lock timeout of a refresh that blocks readers.
+fn refresh_sql(relation: &Relation, method: Method, lock_wait: &LockWait) -> String {
+    let wait = match lock_wait.blocks_readers {
+        true => format!(
+            "SET LOCAL lock_timeout = {}; ",
+            quote_literal(&lock_wait.timeout.setting())
+        ),
+        false => String::new(),
+    };
+    match method {
+        Method::Concurrently => format!(
+            "{wait}REFRESH MATERIALIZED VIEW CONCURRENTLY {}",
+            relation.quoted()
+        ),
+        Method::Full => format!("{wait}REFRESH MATERIALIZED VIEW {}", relation.quoted()),
+    }
+}
+
+/// The third round trip: the dead rows, the success row behind a savepoint,
+/// the commit. Returns the success row's id and the dead rows; an error means
+/// nothing was committed. A success row that cannot be written is noted in
+/// `outcome.log_error`, and the refresh committed without it.
+async fn commit(
+    ctx: &RunContext,
+    client: &Client,
+    step: &Step,
+    relation: &Relation,
+    outcome: &mut Outcome,
+    want_bloat: bool,
+) -> Result<(Option<i64>, Option<Bloat>), tokio_postgres::Error> {
+    // Dead rows this refresh left, read inside its transaction: statistics of
+    // committed transactions arrive later.
+    let bloat = async {
+        match want_bloat {
+            true => catalog::bloat(client, relation.oid).await.map(Some),
+            false => Ok(None),
+        }
+    };
+    let Some(log) = &ctx.log else {
+        let (bloat, committed) = tokio::join!(biased; bloat, client.batch_execute("COMMIT"));
+        let bloat = bloat?;
+        committed?;
+        return Ok((None, bloat));
+    };
+    let row = super::record::attempt_row(ctx, step, outcome, false);
+    let savepoint = format!("SAVEPOINT {LOG_SAVEPOINT}");
+    let release = format!("RELEASE SAVEPOINT {LOG_SAVEPOINT}; COMMIT");
+    let (bloat, saved, written, committed) = tokio::join!(
+        biased;
+        bloat,
+        client.batch_execute(&savepoint),
+        log.record(client, &row),
+        client.batch_execute(&release),
+    );
+    let bloat = bloat?;
+    saved?;
+    match (written, committed) {
+        (Ok(id), Ok(())) => Ok((Some(id), bloat)),
+        (Err(err), _) if !crate::db::is_connection_error(&err) => {
+            // Undo the row's statement only, keep the refresh.
+            let undo = format!("ROLLBACK TO SAVEPOINT {LOG_SAVEPOINT}; COMMIT");
+            client.batch_execute(&undo).await?;
+            outcome.log_error = Some(describe_error(&err));
+            Ok((None, bloat))
+        }
+        (Err(err), _) | (Ok(_), Err(err)) => Err(err),
+    }
+}
+
+/// `VACUUM (ANALYZE)` after a committed refresh that left many dead rows; it
+/// never waits for a lock (`SKIP_LOCKED`), and its failure is a warning, not a
+/// failed refresh. Returns the note for the outcome.
+pub(super) async fn vacuum(
+    ctx: &RunContext,
+    slot: &mut Slot,
+    step: &Step,
+    relation: &Relation,
+    bloat: Bloat,
+    history_id: Option<i64>,
+) -> Option<String> {
+    let client = slot.session(&ctx.pool).await.ok()?.client;
+    let cancel = client.cancel_token();
+    let started = Instant::now();
+    let sql = format!("VACUUM (ANALYZE, SKIP_LOCKED) {}", relation.quoted());
+    let silence = silence_limit(step.settings());
+    match cancellable(ctx, relation, &cancel, silence, client.batch_execute(&sql)).await {
+        Ok(()) => {
+            let vacuum_ms = round_ms(started.elapsed().as_secs_f64() * 1000.0);
+            tracing::info!(view = %relation, dead_rows = bloat.dead, live_rows = bloat.live, vacuum_ms, "vacuumed after the refresh");
+            if let (Some(log), Some(id)) = (&ctx.log, history_id)
+                && let Err(err) = log.record_vacuum(&**client, id, vacuum_ms).await
+            {
+                tracing::warn!(view = %relation, error = %describe_error(&err), "could not note the VACUUM in the history");
+            }
+            Some(format!(
+                "vacuumed {:.0} dead rows in {}",
+                bloat.dead,
+                millis(vacuum_ms)
+            ))
+        }
+        Err(interrupted) => {
+            if matches!(interrupted, Interrupted::Abandoned(..)) {
+                slot.close();
+            }
+            let failure = interrupted.into_failure(step, None, 0.0, None);
+            tracing::warn!(view = %relation, error = %failure.message, "VACUUM after the refresh failed");
+            None
+        }
+    }
+}
+
+/// The `SET LOCAL` statements for a view's settings. On Citus they are
+/// propagated to the workers, where a distributed view's aggregation runs
+/// (`set_config` would change the coordinator only). The values come from
+/// validated settings (`65536kB`, `600000ms`) and are quoted all the same.
+fn settings_sql(settings: &ViewSettings, citus: bool) -> String {
+    // First, for this coordinator session only (before Citus propagation, as
+    // a worker's connection may idle while the coordinator works): a
+    // transaction whose client went away (an abandoned connection behind a
+    // pooler or a silent network) must not sit idle holding the view's locks,
+    // and a direct connection whose client closed ends its statement.
+    let mut sql = format!(
+        "SET LOCAL idle_in_transaction_session_timeout = '{}ms'; \
+         SET LOCAL client_connection_check_interval = '{}ms'; ",
+        IDLE_IN_TRANSACTION.as_millis(),
+        CLIENT_CHECK_INTERVAL.as_millis(),
+    );
+    if citus {
+        sql.push_str("SET LOCAL citus.propagate_set_commands = 'local'; ");
+    }
+    // Without a work_mem of its own the view keeps the server's.
+    if let Some(work_mem) = settings.work_mem {
+        sql.push_str(&format!(
+            "SET LOCAL work_mem = {}; ",
+            quote_literal(&work_mem.setting())
+        ));
+    }
+    sql.push_str(&format!(
+        "SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}",
+        quote_literal(&settings.statement_timeout.setting()),
+        quote_literal(&settings.lock_timeout.setting()),
+    ));
+    sql
+}
