@@ -12,7 +12,7 @@ use deadpool_postgres::Pool;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::db::{Conn, DbTarget, describe_error, describe_pool_error};
+use crate::db::{self, Conn, DbTarget, describe_error, describe_pool_error};
 use crate::error::Error;
 use crate::plan::Plan;
 use crate::refresh::{self, Outcome, RunContext, Status};
@@ -163,7 +163,7 @@ impl Refresher {
             .ensure(&mut client)
             .await
             .map_err(db_err("preparing the log tables"))?;
-        let plan = Plan::build(&*client, specs)
+        let plan = plan(&client, specs)
             .await
             .map_err(db_err("planning the refresh"))?;
         drop(client);
@@ -201,4 +201,17 @@ impl Refresher {
             Err(error) => tracing::warn!(%error, "could not prune the refresh history"),
         }
     }
+}
+
+/// Plans `specs` in a transaction of its own, under the housekeeping timeouts.
+async fn plan(client: &Conn, specs: Vec<ViewSpec>) -> Result<Plan, tokio_postgres::Error> {
+    client
+        .batch_execute(&format!("BEGIN; {}", db::housekeeping_timeouts()))
+        .await?;
+    let plan = Plan::build(&**client, specs).await;
+    // A read-only transaction: its end is the same either way.
+    let committed = client.batch_execute("COMMIT").await;
+    let plan = plan?;
+    committed?;
+    Ok(plan)
 }

@@ -266,7 +266,16 @@ pub const HOUSEKEEPING_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// transaction is waited for this long, not for ever.
 pub const HOUSEKEEPING_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Runs `work` (statements on `client` that send themselves when first polled)
+/// The `SET LOCAL`s of a housekeeping transaction.
+pub fn housekeeping_timeouts() -> String {
+    format!(
+        "SET LOCAL statement_timeout = '{}ms'; SET LOCAL lock_timeout = '{}ms'",
+        HOUSEKEEPING_STATEMENT_TIMEOUT.as_millis(),
+        HOUSEKEEPING_LOCK_TIMEOUT.as_millis(),
+    )
+}
+
+/// Runs `work` (one statement on `client`, which sends itself when first polled)
 /// in a transaction of its own under the housekeeping timeouts, sent together
 /// with its `BEGIN` and `COMMIT` in one round trip. `rollback_first`: end the
 /// transaction a failed attempt left open before.
@@ -276,10 +285,9 @@ pub async fn housekeeping<T>(
     work: impl Future<Output = Result<T, tokio_postgres::Error>>,
 ) -> Result<T, tokio_postgres::Error> {
     let begin = format!(
-        "{}BEGIN; SET LOCAL statement_timeout = '{}ms'; SET LOCAL lock_timeout = '{}ms'",
+        "{}BEGIN; {}",
         if rollback_first { "ROLLBACK; " } else { "" },
-        HOUSEKEEPING_STATEMENT_TIMEOUT.as_millis(),
-        HOUSEKEEPING_LOCK_TIMEOUT.as_millis(),
+        housekeeping_timeouts()
     );
     // A failed `work` leaves the transaction aborted: its COMMIT rolls back.
     let (began, value, committed) =

@@ -192,8 +192,11 @@ impl RefreshLog {
         )
         .await?;
         // IF NOT EXISTS on existing tables says so in NOTICEs: not news.
-        tx.batch_execute("SET LOCAL client_min_messages = warning")
-            .await?;
+        tx.batch_execute(&format!(
+            "SET LOCAL client_min_messages = warning; {}",
+            crate::db::housekeeping_timeouts()
+        ))
+        .await?;
         tx.batch_execute(&DDL.replace("{schema}", &quote_ident(&self.schema)))
             .await?;
         tx.commit().await?;
@@ -374,7 +377,7 @@ impl RefreshLog {
     /// returns how many.
     pub async fn prune(
         &self,
-        client: &impl GenericClient,
+        client: &tokio_postgres::Client,
         retention: PgDuration,
     ) -> Result<u64, tokio_postgres::Error> {
         let sql = format!(
@@ -387,9 +390,9 @@ impl RefreshLog {
         let seconds = retention.as_millis() as f64 / 1000.0;
         let mut total = 0;
         loop {
-            let deleted = client
-                .execute_typed(&sql, &[(&seconds, Type::FLOAT8)])
-                .await?;
+            let params: [(&(dyn ToSql + Sync), Type); 1] = [(&seconds, Type::FLOAT8)];
+            let batch = client.execute_typed(&sql, &params);
+            let deleted = crate::db::housekeeping(client, false, batch).await?;
             total += deleted;
             if deleted < PRUNE_BATCH {
                 return Ok(total);
