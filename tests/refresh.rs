@@ -414,3 +414,149 @@ fn log_schema_option_puts_the_tables_there() {
         db.scalar("SELECT to_regclass('public.materialized_views_refresh_log') IS NULL");
     assert!(public);
 }
+
+/// Readers first: a plain refresh of a populated view takes an ACCESS EXCLUSIVE
+/// lock, and every new reader queues behind it while it waits; it waits
+/// `plain_lock_timeout` (2 s), not the view's `lock_timeout`.
+#[test]
+fn a_plain_refresh_of_a_populated_view_gives_way_to_readers_after_two_seconds() {
+    let db = TestDb::empty("plain_gives_way");
+    db.execute("CREATE MATERIALIZED VIEW no_key AS SELECT 1 AS x");
+    // A reader in the middle of its transaction.
+    let mut reader = db.client();
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM no_key")
+        .unwrap();
+    let registry =
+        db.registry("[[view]]\nname = \"no_key\"\nlock_timeout = \"10min\"\nretries = 0\n");
+    let out = db
+        .mvr()
+        .arg("--registry")
+        .arg(&registry)
+        .args(["refresh"])
+        .run();
+    out.code(1)
+        .stderr_has("plain_lock_timeout = 2s")
+        .stderr_has("readers queue behind it");
+    let row = db.rows(
+        "SELECT status, method, sqlstate, lock_timeout FROM materialized_views_refresh_history \
+         WHERE view_name = 'public.no_key'",
+    );
+    let expected = ["failed", "full", "55P03", "2s"].map(|v| Some(v.to_owned()));
+    assert_eq!(row, vec![expected.to_vec()], "{out}");
+    reader.batch_execute("COMMIT").unwrap();
+    // Nobody reading: the same refresh goes through.
+    db.mvr()
+        .arg("--registry")
+        .arg(&registry)
+        .args(["refresh"])
+        .run()
+        .code(0);
+}
+
+/// A success row the refresh's own transaction could not write is written
+/// after the commit, so `min_interval` and `status` see the view as fresh.
+#[test]
+fn a_success_the_transaction_could_not_record_is_recorded_after_the_commit() {
+    let db = TestDb::platform("log_after_commit");
+    db.mvr().args(["init"]).run().code(0);
+    // Refuses rows written under the view's own work_mem, i.e. inside the
+    // refresh's transaction, and accepts them anywhere else.
+    db.execute(
+        "CREATE FUNCTION refuse_inside() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN IF current_setting('work_mem') = '7MB' THEN \
+                  RAISE EXCEPTION 'not inside the refresh today'; END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER refuse_inside BEFORE INSERT ON materialized_views_refresh_history \
+             FOR EACH ROW EXECUTE FUNCTION refuse_inside();",
+    );
+    let registry = db.registry("[[view]]\nname = \"tenants_summary_view\"\nwork_mem = \"7MB\"\n");
+    let out = db
+        .mvr()
+        .arg("--registry")
+        .arg(&registry)
+        .args(["refresh"])
+        .run();
+    out.code(0)
+        .stderr_has("not inside the refresh today")
+        .stderr_has("writing it again")
+        .stdout_has("1 refreshed");
+    let summary = db.rows(
+        "SELECT refresh_count::text, last_status FROM materialized_views_refresh_log \
+         WHERE view_name = 'public.tenants_summary_view'",
+    );
+    assert_eq!(
+        summary,
+        vec![vec![Some("1".into()), Some("success".into())]],
+        "{out}"
+    );
+    let statuses: Vec<_> = db
+        .history("tenants_summary_view")
+        .into_iter()
+        .map(|row| row[0].clone())
+        .collect();
+    assert_eq!(statuses, vec![Some("success".to_owned())], "{out}");
+}
+
+/// Another refresher holding a view (a manual `refresh A` while the CronJob
+/// runs) skips that view, and no longer the views that read it.
+#[test]
+fn losing_a_views_lock_to_another_refresher_does_not_skip_its_dependents() {
+    let db = TestDb::empty("lock_lost_dependents");
+    db.execute(
+        "CREATE TABLE t (x int); INSERT INTO t VALUES (1); \
+         CREATE MATERIALIZED VIEW base_mv AS SELECT x FROM t; \
+         CREATE UNIQUE INDEX ON base_mv (x); \
+         CREATE MATERIALIZED VIEW reader_mv AS SELECT count(*) AS n FROM base_mv; \
+         CREATE UNIQUE INDEX ON reader_mv (n);",
+    );
+    // The advisory lock a refresher of base_mv holds.
+    let mut other = db.client();
+    other
+        .batch_execute(
+            "SELECT pg_advisory_lock((x'6d767266'::bigint << 32) | 'base_mv'::regclass::oid::bigint)",
+        )
+        .unwrap();
+    let registry = db.registry("[[view]]\nname = \"reader_mv\"\n\n[[view]]\nname = \"base_mv\"\n");
+    let out = db
+        .mvr()
+        .arg("--registry")
+        .arg(&registry)
+        .args(["refresh"])
+        .run();
+    out.code(0).stdout_has("1 refreshed, 1 skipped, 0 failed");
+    let statuses =
+        db.rows("SELECT view_name, status FROM materialized_views_refresh_history ORDER BY id");
+    let row = |view: &str, status: &str| vec![Some(format!("public.{view}")), Some(status.into())];
+    assert_eq!(
+        statuses,
+        vec![row("base_mv", "skipped"), row("reader_mv", "success")],
+        "{out}"
+    );
+}
+
+/// Housekeeping never waits long: a failure row for a log table someone holds
+/// locked fails after the housekeeping lock timeout, and the run ends.
+#[test]
+fn a_locked_log_table_fails_the_recording_and_the_run_still_ends() {
+    let db = TestDb::platform("locked_log_table");
+    db.mvr().args(["init"]).run().code(0);
+    db.failing_view("broken_mv");
+    let mut holder = db.client();
+    holder
+        .batch_execute(
+            "BEGIN; LOCK TABLE materialized_views_refresh_history IN ACCESS EXCLUSIVE MODE",
+        )
+        .unwrap();
+    let registry = db.registry("[[view]]\nname = \"broken_mv\"\nretries = 0\n");
+    let out = db
+        .mvr()
+        .arg("--registry")
+        .arg(&registry)
+        .args(["refresh"])
+        .run();
+    out.code(1)
+        .stdout_has("division by zero")
+        .stderr_has("could not record the outcome")
+        .stderr_has("lock timeout");
+    holder.batch_execute("ROLLBACK").unwrap();
+}
