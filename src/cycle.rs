@@ -190,7 +190,7 @@ impl Refresher {
         let pruned = match Conn::get(&self.pool).await {
             Ok(client) => self
                 .log
-                .prune(&*client, retention)
+                .prune(&client, retention)
                 .await
                 .map_err(|e| describe_error(&e)),
             Err(err) => Err(describe_pool_error(&err)),

@@ -110,31 +110,7 @@ impl DbTarget {
             Some(url) => PgConfig::from_str(url).map_err(|err| InvalidUrl(error_chain(&err)))?,
             None => PgConfig::new(),
         };
-        if config.get_hosts().is_empty() {
-            for host in env("PGHOST").as_deref().unwrap_or("localhost").split(',') {
-                config.host(host);
-            }
-        }
-        if let (true, Some(port)) = (config.get_ports().is_empty(), env("PGPORT")) {
-            let port = port
-                .parse()
-                .map_err(|_| InvalidUrl(format!("PGPORT {port:?} is not a port number")))?;
-            config.port(port);
-        }
-        if config.get_user().is_none() {
-            let user = env("PGUSER")
-                .or_else(|| env("USER"))
-                .unwrap_or_else(|| "postgres".into());
-            config.user(user);
-        }
-        if let (true, Some(password)) = (config.get_password().is_none(), env("PGPASSWORD")) {
-            config.password(password);
-        }
-        if config.get_dbname().is_none() {
-            let dbname = env("PGDATABASE")
-                .unwrap_or_else(|| config.get_user().unwrap_or_default().to_owned());
-            config.dbname(dbname);
-        }
+        fill_from_env(&mut config, &env)?;
         // The URL's sslmode and sslrootcert win; the variables fill in defaults.
         let mode = url_mode
             .or_else(|| env("PGSSLMODE"))
@@ -155,16 +131,6 @@ impl DbTarget {
             if let Some(password) = passfile.and_then(|file| passfile_password(&file, &config)) {
                 config.password(password);
             }
-        }
-        if config.get_connect_timeout().is_none() {
-            let timeout = env("PGCONNECT_TIMEOUT")
-                .and_then(|t| t.parse().ok())
-                .filter(|&secs| secs > 0)
-                .map_or(DEFAULT_CONNECT_TIMEOUT, Duration::from_secs);
-            config.connect_timeout(timeout);
-        }
-        if config.get_application_name().is_none() {
-            config.application_name(env("PGAPPNAME").as_deref().unwrap_or("mv-refresher"));
         }
         apply_keepalives(&mut config, &own)?;
         Ok(Self {
@@ -255,6 +221,50 @@ impl DbTarget {
             .await
             .map_err(io::Error::other)
     }
+}
+
+/// Fills in what the URL left out from libpq's variables (`env`), as libpq does:
+/// host, port, user, password, database, connect timeout, application name.
+fn fill_from_env(
+    config: &mut PgConfig,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<(), InvalidUrl> {
+    if config.get_hosts().is_empty() {
+        for host in env("PGHOST").as_deref().unwrap_or("localhost").split(',') {
+            config.host(host);
+        }
+    }
+    if let (true, Some(port)) = (config.get_ports().is_empty(), env("PGPORT")) {
+        let port = port
+            .parse()
+            .map_err(|_| InvalidUrl(format!("PGPORT {port:?} is not a port number")))?;
+        config.port(port);
+    }
+    if config.get_user().is_none() {
+        let user = env("PGUSER")
+            .or_else(|| env("USER"))
+            .unwrap_or_else(|| "postgres".into());
+        config.user(user);
+    }
+    if let (true, Some(password)) = (config.get_password().is_none(), env("PGPASSWORD")) {
+        config.password(password);
+    }
+    if config.get_dbname().is_none() {
+        let dbname =
+            env("PGDATABASE").unwrap_or_else(|| config.get_user().unwrap_or_default().to_owned());
+        config.dbname(dbname);
+    }
+    if config.get_connect_timeout().is_none() {
+        let timeout = env("PGCONNECT_TIMEOUT")
+            .and_then(|t| t.parse().ok())
+            .filter(|&secs| secs > 0)
+            .map_or(DEFAULT_CONNECT_TIMEOUT, Duration::from_secs);
+        config.connect_timeout(timeout);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name(env("PGAPPNAME").as_deref().unwrap_or("mv-refresher"));
+    }
+    Ok(())
 }
 
 /// The statement timeout of housekeeping: planning, failure rows, pruning, the

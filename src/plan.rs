@@ -155,15 +155,7 @@ impl Plan {
             .collect();
 
         if steps.iter().any(|s| !s.is_matview()) {
-            let known = catalog::materialized_views(client).await?;
-            for step in steps.iter_mut().filter(|s| !s.is_matview()) {
-                if let (Some(problem), Some(like)) = (
-                    &mut step.problem,
-                    catalog::closest(&step.spec.name.to_string(), &known),
-                ) {
-                    problem.push_str(&format!("; did you mean {like}?"));
-                }
-            }
+            suggest_names(client, &mut steps).await?;
         }
 
         let index_of: HashMap<u32, usize> = steps
@@ -185,6 +177,24 @@ impl Plan {
             citus: catalog.citus,
         })
     }
+}
+
+/// Adds "did you mean" to the problem of each step that names no
+/// materialized view.
+async fn suggest_names(
+    client: &impl GenericClient,
+    steps: &mut [Step],
+) -> Result<(), tokio_postgres::Error> {
+    let known = catalog::materialized_views(client).await?;
+    for step in steps.iter_mut().filter(|s| !s.is_matview()) {
+        if let (Some(problem), Some(like)) = (
+            &mut step.problem,
+            catalog::closest(&step.spec.name.to_string(), &known),
+        ) {
+            problem.push_str(&format!("; did you mean {like}?"));
+        }
+    }
+    Ok(())
 }
 
 /// Reorders `steps` so each follows its dependencies, keeping the registry's

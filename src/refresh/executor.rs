@@ -183,19 +183,7 @@ async fn refresh_step(ctx: &RunContext, step: &Step, blocked_by: Option<String>)
     }
     let relation = match (&step.lookup, &step.problem) {
         (Lookup::MatView(relation), None) => relation,
-        // Not a materialized view: no row in the log tables for a name that is
-        // most likely a typo.
-        (Lookup::Missing { .. } | Lookup::Other { .. }, problem) => {
-            let why = problem.as_deref().unwrap_or("is not a materialized view");
-            let outcome = Outcome::new(step, Status::Failed, format!("{} {why}", step.view_name()));
-            report(ctx, &outcome);
-            return outcome;
-        }
-        (_, problem) => {
-            let why = problem.as_deref().unwrap_or("is not a materialized view");
-            let failure = Failure::permanent(format!("view {} {why}", step.view_name()));
-            return record(ctx, &mut slot, step, failure.into_outcome(step, 1), false).await;
-        }
+        _ => return unrefreshable(ctx, &mut slot, step).await,
     };
     let retries = step.settings().retries;
     let mut attempt = 1;
@@ -213,36 +201,60 @@ async fn refresh_step(ctx: &RunContext, step: &Step, blocked_by: Option<String>)
             let outcome = failure.into_outcome(step, attempt);
             return record(ctx, &mut slot, step, outcome, false).await;
         }
-        let delay = backoff(attempt);
-        tracing::warn!(
-            view = %step.view_name(),
-            attempt,
-            error = %failure.message,
-            retry_in_ms = delay.as_millis() as u64,
-            "refresh failed, retrying"
-        );
-        record(
-            ctx,
-            &mut slot,
-            step,
-            failure.into_outcome(step, attempt),
-            true,
-        )
-        .await;
-        // Nothing is held while waiting for the next attempt.
-        slot.close();
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => attempt += 1,
-            reason = ctx.drain.stopped() => {
-                let failure = Failure {
-                    stopped: Some(reason),
-                    ..Failure::permanent(format!("not retried: {reason}"))
-                };
-                let outcome = failure.into_outcome(step, attempt);
-                return record(ctx, &mut slot, step, outcome, false).await;
-            }
+        if let Some(stopped) = wait_to_retry(ctx, &mut slot, step, failure, attempt).await {
+            return stopped;
+        }
+        attempt += 1;
+    }
+}
+
+/// Records a failed attempt and waits for the next, holding no connection;
+/// returns the outcome when the run stopped meanwhile.
+async fn wait_to_retry(
+    ctx: &RunContext,
+    slot: &mut Slot,
+    step: &Step,
+    failure: Failure,
+    attempt: u32,
+) -> Option<Outcome> {
+    let delay = backoff(attempt);
+    tracing::warn!(
+        view = %step.view_name(),
+        attempt,
+        error = %failure.message,
+        retry_in_ms = delay.as_millis() as u64,
+        "refresh failed, retrying"
+    );
+    record(ctx, slot, step, failure.into_outcome(step, attempt), true).await;
+    slot.close();
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => None,
+        reason = ctx.drain.stopped() => {
+            let failure = Failure {
+                stopped: Some(reason),
+                ..Failure::permanent(format!("not retried: {reason}"))
+            };
+            let outcome = failure.into_outcome(step, attempt);
+            Some(record(ctx, slot, step, outcome, false).await)
         }
     }
+}
+
+/// The failure of a step that cannot be refreshed. A name that is no
+/// materialized view (most likely a typo) gets no row in the log tables.
+async fn unrefreshable(ctx: &RunContext, slot: &mut Slot, step: &Step) -> Outcome {
+    let why = step
+        .problem
+        .as_deref()
+        .unwrap_or("is not a materialized view");
+    let name = step.view_name();
+    if !step.is_matview() {
+        let outcome = Outcome::new(step, Status::Failed, format!("{name} {why}"));
+        report(ctx, &outcome);
+        return outcome;
+    }
+    let outcome = Failure::permanent(format!("view {name} {why}")).into_outcome(step, 1);
+    record(ctx, slot, step, outcome, false).await
 }
 
 /// The outcome of an attempt that did not fail, recorded.

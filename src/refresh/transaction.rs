@@ -96,7 +96,6 @@ pub(super) async fn attempt(
         ..Failure::permanent(format!("could not connect: {}", describe_pool_error(&err)))
     })?;
     let client = session.client;
-    let cancel = client.cancel_token();
     let opened = open(ctx, client, step, relation).await;
     *session.in_transaction = true;
     let opened = opened.map_err(pg(None))?;
@@ -120,22 +119,7 @@ pub(super) async fn attempt(
             expected_ms: opened.avg_ms,
         });
     }
-    // A stop that came while the transaction was being set up: no REFRESH is
-    // sent only to be cancelled at once.
-    if let Some(reason) = ctx.cancel.reason() {
-        return Err(Failure::not_started(reason));
-    }
-    let started = Instant::now();
-    let refreshed = {
-        let _running = ctx.running();
-        let sql = refresh_sql(relation, method, &lock_wait);
-        let silence = silence_limit(step.settings());
-        cancellable(ctx, relation, &cancel, silence, client.batch_execute(&sql)).await
-    };
-    let duration_ms = round_ms(started.elapsed().as_secs_f64() * 1000.0);
-    refreshed.map_err(|interrupted| {
-        interrupted.into_failure(step, Some(method), duration_ms, Some(lock_wait))
-    })?;
+    let duration_ms = refresh(ctx, client, step, relation, method, lock_wait).await?;
 
     let mut outcome = Outcome::new(step, Status::Success, reason.to_owned());
     outcome.blocks_dependents = false;
@@ -153,6 +137,35 @@ pub(super) async fn attempt(
         history_id,
         bloat,
     })
+}
+
+/// The second round trip: the `REFRESH`, cancellable; returns how long it took.
+async fn refresh(
+    ctx: &RunContext,
+    client: &Client,
+    step: &Step,
+    relation: &Relation,
+    method: Method,
+    lock_wait: LockWait,
+) -> Result<f64, Failure> {
+    // A stop that came while the transaction was being set up: no REFRESH is
+    // sent only to be cancelled at once.
+    if let Some(reason) = ctx.cancel.reason() {
+        return Err(Failure::not_started(reason));
+    }
+    let started = Instant::now();
+    let refreshed = {
+        let _running = ctx.running();
+        let sql = refresh_sql(relation, method, &lock_wait);
+        let silence = silence_limit(step.settings());
+        let token = client.cancel_token();
+        cancellable(ctx, relation, &token, silence, client.batch_execute(&sql)).await
+    };
+    let duration_ms = round_ms(started.elapsed().as_secs_f64() * 1000.0);
+    refreshed.map_err(|interrupted| {
+        interrupted.into_failure(step, Some(method), duration_ms, Some(lock_wait))
+    })?;
+    Ok(duration_ms)
 }
 
 /// The first round trip: `BEGIN` with the settings, the lock, the state.
