@@ -51,9 +51,52 @@ pub enum Error {
     InvalidUrl(#[from] InvalidUrl),
     #[error(transparent)]
     Connect(#[from] ConnectError),
-    /// A statement failed on a working connection.
-    #[error("{context}: {message}")]
-    Database { context: String, message: String },
+    /// A statement failed on a working connection; the server's error is the
+    /// source.
+    #[error("{context}")]
+    Database {
+        context: String,
+        #[source]
+        source: PgError,
+    },
+}
+
+/// A PostgreSQL error as people read it: the server's message, detail and
+/// hint, or what happened to the connection. Printed whole, so it has no
+/// `source()` of its own (tokio-postgres's errors print their cause and
+/// return it too); [`PgError::code`] keeps the SQLSTATE to branch on.
+#[derive(Debug)]
+pub struct PgError(pub tokio_postgres::Error);
+
+impl PgError {
+    /// The SQLSTATE, when the server sent an error.
+    pub fn code(&self) -> Option<&tokio_postgres::error::SqlState> {
+        self.0.code()
+    }
+}
+
+impl std::fmt::Display for PgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&describe_error(&self.0))
+    }
+}
+
+impl std::error::Error for PgError {}
+
+/// An error and its causes on one line, `outer: inner: innermost`, as the
+/// binary prints what ended a command.
+pub struct Chain<'a>(pub &'a dyn std::error::Error);
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
 }
 
 impl Error {
@@ -62,17 +105,17 @@ impl Error {
     pub fn database(
         context: &str,
         target: &impl std::fmt::Display,
-        err: &tokio_postgres::Error,
+        err: tokio_postgres::Error,
     ) -> Self {
-        if is_connection_error(err) {
+        if is_connection_error(&err) {
             Self::Connect(ConnectError {
                 target: target.to_string(),
-                reason: format!("{context}: {}", describe_error(err)),
+                reason: format!("{context}: {}", describe_error(&err)),
             })
         } else {
             Self::Database {
                 context: context.to_owned(),
-                message: describe_error(err),
+                source: PgError(err),
             }
         }
     }
@@ -82,7 +125,7 @@ impl Error {
         context: &'a str,
         target: &'a impl std::fmt::Display,
     ) -> impl FnOnce(tokio_postgres::Error) -> Self + 'a {
-        move |err| Self::database(context, target, &err)
+        move |err| Self::database(context, target, err)
     }
 
     pub fn exit(&self) -> Exit {

@@ -525,7 +525,7 @@ async fn init(target: &DbTarget, log: &RefreshLog) -> Result<Exit, Error> {
         Error::database(
             &format!("creating the log tables in schema {:?}", log.schema()),
             target,
-            &e,
+            e,
         )
     })?;
     outln!(

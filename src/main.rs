@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use clap::error::ErrorKind;
 use mv_refresher::cli::{Cli, LogFormat};
-use mv_refresher::error::Exit;
+use mv_refresher::error::{Chain, Exit};
 use mv_refresher::{run, telemetry};
 
 fn main() -> ExitCode {
@@ -27,8 +27,8 @@ fn main() -> ExitCode {
         Err(err) => {
             // Printed even when RUST_LOG silences the logs; as JSON for machines.
             match log_format {
-                LogFormat::Json => tracing::error!("{err:#}"),
-                LogFormat::Text => eprintln!("mv-refresher: error: {err:#}"),
+                LogFormat::Json => tracing::error!("{}", Chain(&err)),
+                LogFormat::Text => eprintln!("mv-refresher: error: {}", Chain(&err)),
             }
             err.exit().into()
         }

@@ -607,3 +607,29 @@ fn status_reads_a_log_table_made_by_hand_in_the_seeds_shape() {
     );
     assert_eq!(count, 8);
 }
+
+/// A statement that fails ends the command with its context and the server's
+/// own message, printed once.
+#[test]
+fn a_failed_statement_prints_its_context_and_the_servers_message_once() {
+    let db = TestDb::empty("init_denied");
+    db.execute(&format!(
+        "CREATE ROLE denied_{0} LOGIN; REVOKE CREATE ON SCHEMA public FROM PUBLIC;",
+        db.name
+    ));
+    let url = db
+        .url()
+        .replace("postgres@", &format!("denied_{}@", db.name));
+    let out = Mvr::new().env("DATABASE_URL", &url).args(["init"]).run();
+    out.code(1);
+    let stderr = out.stderr.trim();
+    assert!(
+        stderr.starts_with(
+            "mv-refresher: error: creating the log tables in schema \"public\": \
+             permission denied for schema public"
+        ),
+        "{out}"
+    );
+    assert_eq!(stderr.matches("permission denied").count(), 1, "{out}");
+    db.execute(&format!("DROP ROLE denied_{}", db.name));
+}
