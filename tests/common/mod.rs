@@ -8,6 +8,7 @@
 
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
+pub mod counting;
 pub mod middlebox;
 pub mod pushgateway;
 use std::net::TcpListener;
