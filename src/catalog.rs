@@ -13,6 +13,7 @@ use tokio_postgres::types::Type;
 
 use crate::quote::{display_ident, quote_ident};
 use crate::registry::ViewName;
+use crate::units::Memory;
 
 /// A relation found in the catalog: its OID and its exact schema and name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,6 +138,8 @@ pub struct Catalog {
     pub views: Vec<Found>,
     /// The database has the `citus` extension.
     pub citus: bool,
+    /// The session's `work_mem`: the server's, the database's or the role's.
+    pub work_mem: Memory,
 }
 
 /// What one name turned out to be, and for a materialized view what decides
@@ -175,7 +178,8 @@ pub async fn find(
                       ELSE false END, \
                  pg_catalog.pg_get_userbyid(c.relowner)::text, current_user::text, \
                  coalesce(n.schema, (pg_catalog.current_schemas(false))[1], 'public')::text, \
-                 EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus') \
+                 EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus'), \
+                 current_setting('work_mem') \
              FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS n(schema, name, i) \
              LEFT JOIN LATERAL ( \
                  SELECT c.* FROM pg_catalog.pg_class c \
@@ -192,12 +196,20 @@ pub async fn find(
         )
         .await?;
     let citus = rows.first().is_some_and(|r| r.get(10));
+    let work_mem = rows
+        .first()
+        .and_then(|r| r.get::<_, String>(11).parse().ok())
+        .unwrap_or(Memory::from_kilobytes(4096));
     let views = rows
         .iter()
         .zip(names)
         .map(|(row, name)| found(row, name))
         .collect();
-    Ok(Catalog { views, citus })
+    Ok(Catalog {
+        views,
+        citus,
+        work_mem,
+    })
 }
 
 /// One row of [`find`]'s query.

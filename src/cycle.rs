@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::db::{self, Conn, DbTarget, describe_error, describe_pool_error};
 use crate::error::Error;
-use crate::plan::Plan;
+use crate::plan::{Plan, Tuning};
 use crate::refresh::{self, Outcome, RunContext, Status};
 use crate::refresh_log::RefreshLog;
 use crate::registry::ViewSpec;
@@ -163,7 +163,11 @@ impl Refresher {
             .ensure(&mut client)
             .await
             .map_err(db_err("preparing the log tables"))?;
-        let plan = plan(&client, specs)
+        let tuning = Tuning {
+            log: logging.then_some(&self.log),
+            jobs: self.jobs,
+        };
+        let plan = plan(&client, specs, tuning)
             .await
             .map_err(db_err("planning the refresh"))?;
         drop(client);
@@ -204,11 +208,15 @@ impl Refresher {
 }
 
 /// Plans `specs` in a transaction of its own, under the housekeeping timeouts.
-async fn plan(client: &Conn, specs: Vec<ViewSpec>) -> Result<Plan, tokio_postgres::Error> {
+async fn plan(
+    client: &Conn,
+    specs: Vec<ViewSpec>,
+    tuning: Tuning<'_>,
+) -> Result<Plan, tokio_postgres::Error> {
     client
         .batch_execute(&format!("BEGIN; {}", db::housekeeping_timeouts()))
         .await?;
-    let plan = Plan::build(&**client, specs).await;
+    let plan = Plan::build(&**client, specs, tuning).await;
     // A read-only transaction: its end is the same either way.
     let committed = client.batch_execute("COMMIT").await;
     let plan = plan?;

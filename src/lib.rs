@@ -29,6 +29,7 @@ pub mod shutdown;
 pub mod status;
 pub mod telemetry;
 pub mod tls;
+pub mod tuner;
 pub mod units;
 
 use std::io::IsTerminal;
@@ -330,18 +331,19 @@ async fn check(
     let db_err = |context| Error::in_context(context, target);
 
     let settings = client
-        .query_typed_one(
-            "SELECT current_setting('server_version'), current_setting('work_mem')",
-            &[],
-        )
+        .query_typed_one("SELECT current_setting('server_version')", &[])
         .await
         .map_err(db_err("reading the server's settings"))?;
-    let (version, server_work_mem): (String, String) = (settings.get(0), settings.get(1));
+    let version: String = settings.get(0);
     let log_exists = log
         .exists(&*client)
         .await
         .map_err(db_err("looking for the log tables"))?;
-    let plan = Plan::build(&*client, registry.views.clone())
+    let tuning = plan::Tuning {
+        log: log_exists.then_some(log),
+        jobs: 1,
+    };
+    let plan = Plan::build(&*client, registry.views.clone(), tuning)
         .await
         .map_err(db_err("planning the refresh"))?;
     // Some(coordinator?) on Citus, None without it.
@@ -419,8 +421,7 @@ async fn check(
                 (None, Some((method, reason))) => format!("{} ({reason})", method.as_str()),
                 _ => "cannot refresh".into(),
             },
-            s.work_mem
-                .map_or_else(|| format!("{server_work_mem} (server)"), |m| m.to_string()),
+            step.work_mem.reason.clone(),
             s.statement_timeout.to_string(),
             s.lock_timeout.to_string(),
             s.retries.to_string(),

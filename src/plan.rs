@@ -11,7 +11,10 @@ use tokio_postgres::GenericClient;
 
 use crate::catalog::{self, Lookup, ViewState};
 use crate::refresh::Method;
-use crate::registry::{Concurrently, ViewSettings, ViewSpec};
+use crate::refresh_log::RefreshLog;
+use crate::registry::{Concurrently, ViewSettings, ViewSpec, WorkMem};
+use crate::tuner;
+use crate::units::Memory;
 use crate::units::PgDuration;
 
 /// The views of one run, in a dependency-respecting order.
@@ -34,6 +37,17 @@ pub struct Step {
     pub problem: Option<String>,
     /// The method it will get, when there is no problem.
     pub method: Option<(Method, &'static str)>,
+    /// The `work_mem` its refresh sets.
+    pub work_mem: WorkMemChoice,
+}
+
+/// The `work_mem` a refresh sets, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkMemChoice {
+    /// `None`: none is set, the server's applies.
+    pub value: Option<Memory>,
+    /// For people: `server`, `fixed`, or the tuner's reason.
+    pub reason: String,
 }
 
 impl Step {
@@ -53,11 +67,6 @@ impl Step {
     }
 }
 
-/// How long a plain refresh of a populated view waits for its lock by default:
-/// it takes an ACCESS EXCLUSIVE lock, and every new reader of the view queues
-/// behind it while it waits.
-const PLAIN_LOCK_TIMEOUT: &str = "2s";
-
 /// How long a `REFRESH` may wait for its lock, and whether readers queue behind
 /// it meanwhile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,10 +81,11 @@ impl Step {
     pub fn lock_wait(&self, method: Method, populated: bool) -> LockWait {
         let settings = self.settings();
         let blocks_readers = method == Method::Full && populated;
-        let plain: PgDuration = PLAIN_LOCK_TIMEOUT.parse().expect("a valid constant");
+        let plain = settings.plain_lock_timeout;
         let timeout = match blocks_readers {
             // Zero is no timeout at all.
             true if settings.lock_timeout.as_millis() == 0 => plain,
+            true if plain.as_millis() == 0 => settings.lock_timeout,
             true => settings.lock_timeout.min(plain),
             false => settings.lock_timeout,
         };
@@ -125,9 +135,11 @@ impl Plan {
     pub async fn build(
         client: &impl GenericClient,
         specs: Vec<ViewSpec>,
+        tuning: Tuning<'_>,
     ) -> Result<Self, tokio_postgres::Error> {
         let names: Vec<_> = specs.iter().map(|spec| spec.name.clone()).collect();
         let catalog = catalog::find(client, &names).await?;
+        let server_work_mem = catalog.work_mem;
         let mut steps: Vec<Step> = specs
             .into_iter()
             .zip(catalog.views)
@@ -144,12 +156,14 @@ impl Plan {
                     }
                     None => None,
                 };
+                let work_mem = WorkMemChoice::untuned(spec.settings.work_mem, server_work_mem);
                 Step {
                     spec,
                     lookup: found.lookup,
                     depends_on: Vec::new(),
                     problem,
                     method,
+                    work_mem,
                 }
             })
             .collect();
@@ -172,11 +186,81 @@ impl Plan {
                 steps[v].depends_on.push(s);
             }
         }
+        if let Some(log) = tuning.log {
+            tune(client, log, &mut steps, server_work_mem, tuning.jobs).await?;
+        }
         Ok(Self {
             steps: ordered(steps),
             citus: catalog.citus,
         })
     }
+}
+
+/// What `work_mem = "auto"` is tuned with.
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning<'a> {
+    /// The log tables, whose history it is tuned from; `None`: no history.
+    pub log: Option<&'a RefreshLog>,
+    /// Views refreshed at once, who share `work_mem_max`.
+    pub jobs: usize,
+}
+
+impl WorkMemChoice {
+    /// The choice before any history is read: `auto` starts from the server's.
+    fn untuned(setting: WorkMem, server: Memory) -> Self {
+        match setting {
+            WorkMem::Server => Self {
+                value: None,
+                reason: format!("{server} (server)"),
+            },
+            WorkMem::Fixed(memory) => Self {
+                value: Some(memory),
+                reason: memory.to_string(),
+            },
+            WorkMem::Auto => Self {
+                value: None,
+                reason: format!("{server} (server; auto without history to tune from)"),
+            },
+        }
+    }
+}
+
+/// Chooses the `work_mem` of the steps set to `auto`, from their history,
+/// read in one statement.
+async fn tune(
+    client: &impl GenericClient,
+    log: &RefreshLog,
+    steps: &mut [Step],
+    server: Memory,
+    jobs: usize,
+) -> Result<(), tokio_postgres::Error> {
+    let auto: Vec<usize> = (0..steps.len())
+        .filter(|&i| steps[i].settings().work_mem == WorkMem::Auto && steps[i].method.is_some())
+        .collect();
+    if auto.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = auto.iter().map(|&i| steps[i].view_name()).collect();
+    let history = log.tuning_history(client, &names).await?;
+    for i in auto {
+        let step = &mut steps[i];
+        let (method, _) = step.method.expect("filtered above");
+        let past = history.get(&step.view_name());
+        let runs: Vec<tuner::Run> = past
+            .iter()
+            .flat_map(|h| &h.runs)
+            .filter(|(m, _)| m == method.as_str())
+            .map(|(_, run)| *run)
+            .collect();
+        let total = past.map_or(0, |h| h.total);
+        let cap = tuner::cap(step.settings().work_mem_max, jobs);
+        let choice = tuner::choose(&runs, total, server, cap);
+        step.work_mem = WorkMemChoice {
+            value: Some(choice.work_mem),
+            reason: choice.reason,
+        };
+    }
+    Ok(())
 }
 
 /// Adds "did you mean" to the problem of each step that names no
@@ -280,6 +364,10 @@ mod tests {
             depends_on,
             problem: None,
             method: None,
+            work_mem: WorkMemChoice {
+                value: None,
+                reason: String::new(),
+            },
         }
     }
 

@@ -74,6 +74,18 @@ pub struct Attempt<'a> {
     pub retried: bool,
 }
 
+/// The latest successful refreshes of a view, for `work_mem = "auto"`.
+#[derive(Debug, Clone, Default)]
+pub struct TuningHistory {
+    /// `(method, run)`, oldest first.
+    pub runs: Vec<(String, crate::tuner::Run)>,
+    /// Successful refreshes in all.
+    pub total: usize,
+}
+
+/// The most successful refreshes of a view the tuner reads.
+const TUNING_WINDOW: i64 = 200;
+
 /// One row of `materialized_views_refresh_log`, for `status`.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct LogRow {
@@ -422,6 +434,52 @@ impl RefreshLog {
             )
             .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// The latest successful refreshes of each of `view_names` with the
+    /// `work_mem` they ran with, oldest first, and how many there were in
+    /// all: what `work_mem = "auto"` is tuned from. One statement; no history
+    /// table reads as no history.
+    pub async fn tuning_history(
+        &self,
+        client: &impl GenericClient,
+        view_names: &[String],
+    ) -> Result<HashMap<String, TuningHistory>, tokio_postgres::Error> {
+        let sql = format!(
+            "SELECT view_name, method, work_mem, duration_ms, total FROM ( \
+                 SELECT view_name, method, work_mem, duration_ms, started_at, \
+                        row_number() OVER w AS n, count(*) OVER (PARTITION BY view_name) AS total \
+                 FROM {} WHERE view_name = ANY ($1) AND status = 'success' \
+                   AND work_mem IS NOT NULL AND method IS NOT NULL \
+                 WINDOW w AS (PARTITION BY view_name ORDER BY started_at DESC)) AS latest \
+             WHERE n <= {TUNING_WINDOW} ORDER BY view_name, started_at",
+            self.history_table
+        );
+        let rows = match client
+            .query_typed(&sql, &[(&view_names, Type::TEXT_ARRAY)])
+            .await
+        {
+            Ok(rows) => rows,
+            Err(err) if err.code() == Some(&SqlState::UNDEFINED_TABLE) => Vec::new(),
+            Err(err) => return Err(err),
+        };
+        let mut history: HashMap<String, TuningHistory> = HashMap::new();
+        for row in rows {
+            let entry = history.entry(row.get(0)).or_default();
+            entry.total = usize::try_from(row.get::<_, i64>(4)).unwrap_or(0);
+            let work_mem: String = row.get(2);
+            // A value the refresher did not write is not a candidate.
+            if let Ok(work_mem) = work_mem.parse() {
+                entry.runs.push((
+                    row.get(1),
+                    crate::tuner::Run {
+                        work_mem,
+                        duration_ms: row.get(3),
+                    },
+                ));
+            }
+        }
+        Ok(history)
     }
 
     /// The state of each of `view_names` in the summary table, in the same

@@ -43,11 +43,18 @@ pub struct ViewSpec {
 /// Per-view settings, with `[defaults]` and the built-in defaults applied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ViewSettings {
-    /// `None`: the server's own `work_mem` (see docs/BENCHMARKS.md for why
-    /// more is not always faster).
-    pub work_mem: Option<Memory>,
+    /// The server's own, a fixed value, or measured (see docs/BENCHMARKS.md
+    /// for why more is not always faster).
+    pub work_mem: WorkMem,
+    /// The most `work_mem = "auto"` tries, shared by the `--jobs` views that
+    /// run at once.
+    pub work_mem_max: Memory,
     pub statement_timeout: PgDuration,
     pub lock_timeout: PgDuration,
+    /// How long a plain refresh of a populated view waits for its lock: it
+    /// takes an ACCESS EXCLUSIVE lock, and every new reader queues behind it
+    /// while it waits.
+    pub plain_lock_timeout: PgDuration,
     pub concurrently: Concurrently,
     pub retries: u32,
     /// Skip the view when it was refreshed successfully more recently than this.
@@ -55,6 +62,26 @@ pub struct ViewSettings {
     /// Whether a concurrent refresh that leaves many dead rows is followed by
     /// `VACUUM (ANALYZE)`.
     pub vacuum: Vacuum,
+}
+
+/// The `work_mem` a view's refresh runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkMem {
+    /// The server's (the role's, the database's) own.
+    Server,
+    Fixed(Memory),
+    /// Measured: the setting with the lowest median duration (see `tuner`).
+    Auto,
+}
+
+impl fmt::Display for WorkMem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Server => f.write_str("server"),
+            Self::Fixed(memory) => write!(f, "{memory}"),
+            Self::Auto => f.write_str("auto"),
+        }
+    }
 }
 
 /// Bloat care after `REFRESH ... CONCURRENTLY`, which leaves a dead row for
@@ -115,9 +142,11 @@ pub struct RegistryError {
 impl Default for ViewSettings {
     fn default() -> Self {
         Self {
-            work_mem: None,
+            work_mem: WorkMem::Server,
+            work_mem_max: "1GB".parse().expect("valid constant"),
             statement_timeout: "10min".parse().expect("valid constant"),
             lock_timeout: "30s".parse().expect("valid constant"),
+            plain_lock_timeout: "2s".parse().expect("valid constant"),
             concurrently: Concurrently::Auto,
             retries: 2,
             min_interval: None,
@@ -255,8 +284,10 @@ fn split_identifiers(text: &str) -> Result<Vec<String>, String> {
 struct RawTable {
     name: Option<Spanned<String>>,
     work_mem: Option<Spanned<String>>,
+    work_mem_max: Option<Spanned<String>>,
     statement_timeout: Option<Spanned<String>>,
     lock_timeout: Option<Spanned<String>>,
+    plain_lock_timeout: Option<Spanned<String>>,
     concurrently: Option<Spanned<String>>,
     retries: Option<Spanned<i64>>,
     min_interval: Option<Spanned<String>>,
@@ -432,18 +463,34 @@ fn apply(table: &RawTable, base: &ViewSettings) -> Result<ViewSettings, (Span, S
         })
     };
 
+    let memory_range = |m: &Memory| {
+        (!(MIN_WORK_MEM_KB..=PG_INT_MAX).contains(&m.as_kilobytes()))
+            .then(|| format!("{m} is out of range: PostgreSQL accepts 64kB to {PG_INT_MAX}kB"))
+    };
+
     let mut settings = base.clone();
     if let Some(v) = &table.work_mem {
-        settings.work_mem = Some(parse("work_mem", v, |m: &Memory| {
-            (!(MIN_WORK_MEM_KB..=PG_INT_MAX).contains(&m.as_kilobytes()))
-                .then(|| format!("{m} is out of range: PostgreSQL accepts 64kB to {PG_INT_MAX}kB"))
-        })?);
+        settings.work_mem = match v.get_ref().as_str() {
+            "auto" => WorkMem::Auto,
+            _ => WorkMem::Fixed(parse("work_mem", v, memory_range).map_err(|(span, msg)| {
+                (
+                    span,
+                    format!("{msg} (or \"auto\": measured, within work_mem_max)"),
+                )
+            })?),
+        };
+    }
+    if let Some(v) = &table.work_mem_max {
+        settings.work_mem_max = parse("work_mem_max", v, memory_range)?;
     }
     if let Some(v) = &table.statement_timeout {
         settings.statement_timeout = parse("statement_timeout", v, timeout_range)?;
     }
     if let Some(v) = &table.lock_timeout {
         settings.lock_timeout = parse("lock_timeout", v, timeout_range)?;
+    }
+    if let Some(v) = &table.plain_lock_timeout {
+        settings.plain_lock_timeout = parse("plain_lock_timeout", v, timeout_range)?;
     }
     if let Some(v) = &table.concurrently {
         settings.concurrently = parse("concurrently", v, |_: &Concurrently| None)?;
@@ -515,13 +562,34 @@ mod tests {
         let [a, b] = &registry.views[..] else {
             panic!("two views")
         };
-        assert_eq!(a.settings.work_mem.unwrap().to_string(), "32MB");
+        assert_eq!(a.settings.work_mem.to_string(), "32MB");
         assert_eq!(a.settings.retries, 0);
         assert_eq!(b.name.schema.as_deref(), Some("reporting"));
         assert_eq!(b.name.name, "Daily");
         assert_eq!(b.name.to_string(), "reporting.\"Daily\"");
-        assert_eq!(b.settings.work_mem.unwrap().to_string(), "1GB");
+        assert_eq!(b.settings.work_mem.to_string(), "1GB");
         assert_eq!(b.settings.min_interval.unwrap().as_millis(), 900_000);
+    }
+
+    #[test]
+    fn work_mem_auto_with_its_max_and_the_plain_lock_timeout() {
+        let registry = Registry::parse(
+            "[defaults]\nwork_mem = \"auto\"\nwork_mem_max = \"256MB\"\n\n[[view]]\nname = \"a\"\nplain_lock_timeout = \"500ms\"\n",
+            "r.toml",
+        )
+        .unwrap();
+        let a = &registry.views[0].settings;
+        assert_eq!(a.work_mem, WorkMem::Auto);
+        assert_eq!(a.work_mem_max.to_string(), "256MB");
+        assert_eq!(a.plain_lock_timeout.as_millis(), 500);
+        let e = error("[[view]]\nname = \"a\"\nwork_mem = \"automatic\"\n");
+        assert_eq!(e.line, 3);
+        assert!(e.message.contains("or \"auto\""), "{e}");
+        let e = error("[[view]]\nname = \"a\"\nwork_mem_max = \"32kB\"\n");
+        assert!(
+            e.message.contains("work_mem_max") && e.message.contains("out of range"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -119,6 +119,10 @@ impl fmt::Display for PgDuration {
 }
 
 impl Memory {
+    pub fn from_kilobytes(kilobytes: u64) -> Self {
+        Self { kilobytes }
+    }
+
     /// The size in kilobytes, PostgreSQL's unit for `work_mem`.
     pub fn as_kilobytes(self) -> u64 {
         self.kilobytes

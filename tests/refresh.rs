@@ -560,3 +560,54 @@ fn a_locked_log_table_fails_the_recording_and_the_run_still_ends() {
         .stderr_has("lock timeout");
     holder.batch_execute("ROLLBACK").unwrap();
 }
+
+/// `work_mem = "auto"` finds the best setting of a view whose refresh time is
+/// known for every setting: its query sleeps 30 ms plus 40 ms per power of two
+/// away from 16MB, so from the server's 4MB the tuner must climb to 16MB, see
+/// that 32MB is slower, and stay.
+#[test]
+fn work_mem_auto_settles_on_the_best_setting_and_says_why() {
+    let db = TestDb::empty("work_mem_auto");
+    db.execute(&format!("ALTER DATABASE {} SET work_mem = '4MB'", db.name));
+    db.execute(
+        "CREATE FUNCTION work_mem_distance() RETURNS float8 LANGUAGE sql AS \
+             $$ SELECT abs(log(2, pg_size_bytes(current_setting('work_mem')) / (16 * 1024 * 1024.0)))::float8 $$; \
+         CREATE MATERIALIZED VIEW tuned_mv AS \
+             SELECT 1 AS id, pg_sleep(0.03 + 0.04 * work_mem_distance())::text AS slept; \
+         CREATE UNIQUE INDEX ON tuned_mv (id);",
+    );
+    let registry = db.registry("[[view]]\nname = \"tuned_mv\"\nwork_mem = \"auto\"\n");
+    for _ in 0..14 {
+        db.mvr()
+            .arg("--registry")
+            .arg(&registry)
+            .args(["refresh"])
+            .run()
+            .code(0);
+    }
+    let used: Vec<String> = db
+        .rows(
+            "SELECT work_mem FROM materialized_views_refresh_history \
+             WHERE view_name = 'public.tuned_mv' ORDER BY id",
+        )
+        .into_iter()
+        .map(|row| row[0].clone().unwrap())
+        .collect();
+    let climb = [
+        "4MB", "4MB", "4MB", "8MB", "8MB", "8MB", "16MB", "16MB", "16MB",
+    ];
+    assert_eq!(used[..9], climb, "{used:?}");
+    assert_eq!(
+        used[9..12],
+        ["32MB"; 3],
+        "the next step up is measured: {used:?}"
+    );
+    assert_eq!(used[12..], ["16MB"; 2], "and the best kept: {used:?}");
+    let out = db
+        .mvr()
+        .arg("--registry")
+        .arg(&registry)
+        .args(["check"])
+        .run();
+    out.code(0).stdout_has("16MB, tuned: median");
+}

@@ -72,7 +72,7 @@ pub(super) fn attempt_row<'a>(
         method: outcome.method,
         attempt: outcome.attempts.max(1),
         settings,
-        work_mem: settings.work_mem.map(|m| m.to_string()),
+        work_mem: step.work_mem.value.map(|m| m.to_string()),
         lock_timeout: outcome
             .lock_wait
             .map_or(settings.lock_timeout, |wait| wait.timeout),

@@ -175,7 +175,7 @@ async fn open(
     step: &Step,
     relation: &Relation,
 ) -> Result<Opened, tokio_postgres::Error> {
-    let begin = format!("BEGIN; {}", settings_sql(step.settings(), ctx.citus));
+    let begin = format!("BEGIN; {}", settings_sql(step, ctx.citus));
     let (key, view_name) = (lock_key(relation.oid), relation.to_string());
     let lock_params: [(&(dyn ToSql + Sync), Type); 1] = [(&key, Type::INT8)];
     let state_params: [(&(dyn ToSql + Sync), Type); 2] =
@@ -347,7 +347,8 @@ pub(super) async fn vacuum(
 /// propagated to the workers, where a distributed view's aggregation runs
 /// (`set_config` would change the coordinator only). The values come from
 /// validated settings (`65536kB`, `600000ms`) and are quoted all the same.
-fn settings_sql(settings: &ViewSettings, citus: bool) -> String {
+fn settings_sql(step: &Step, citus: bool) -> String {
+    let settings = step.settings();
     // First, for this coordinator session only (before Citus propagation, as
     // a worker's connection may idle while the coordinator works): a
     // transaction whose client went away (an abandoned connection behind a
@@ -363,7 +364,7 @@ fn settings_sql(settings: &ViewSettings, citus: bool) -> String {
         sql.push_str("SET LOCAL citus.propagate_set_commands = 'local'; ");
     }
     // Without a work_mem of its own the view keeps the server's.
-    if let Some(work_mem) = settings.work_mem {
+    if let Some(work_mem) = step.work_mem.value {
         sql.push_str(&format!(
             "SET LOCAL work_mem = {}; ",
             quote_literal(&work_mem.setting())
