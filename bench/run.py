@@ -31,6 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VIEWS = ["tenants_summary_view", "user_activity_view", "top_bets_today"]
 WORK_MEMS = ["4MB", "64MB", "256MB"]
+# The exhaustive sweep the tuner is held against: every setting it may reach
+# from the server's 4MB within the default cap that is worth a look.
+SWEEP = ["1MB", "2MB", "4MB", "8MB", "16MB", "32MB", "64MB", "128MB", "256MB"]
 EVENT_IDS = count()  # unique idempotency keys across every writer of a run
 
 BASELINE_FUNCTION = """
@@ -238,6 +241,7 @@ class Bench:
         if bets == self.args.work_mem_scale:
             r["work_mem"] = self.work_mem_matrix(db)
             r["plans"] = self.diff_plans(db)
+            r["tuner"] = self.tuner_vs_sweep(db)
         print(f"   baseline {r['baseline']['seconds']:.2f} s, jobs1 {r['jobs1']['seconds']:.2f} s, "
               f"jobs2 {r['jobs2']['seconds']:.2f} s", flush=True)
         self.results[bets] = r
@@ -253,6 +257,58 @@ class Bench:
                 sql = f"BEGIN; SET LOCAL work_mem = '{wm}'; REFRESH MATERIALIZED VIEW {keyword} {view}; COMMIT;"
                 samples[(view, method, wm)].append(self.timed_psql(db, sql))
         return {combo: median(times) for combo, times in samples.items()}
+
+    def registry(self, db, work_mem):
+        path = Path(f"/tmp/mv-refresher-bench-{db}-{work_mem}.toml")
+        path.write_text("".join(f'[[view]]\nname = "{v}"\nwork_mem = "{work_mem}"\n\n' for v in VIEWS))
+        return str(path)
+
+    def durations(self, db, run_ids, schema="public"):
+        """Each view's refresh durations (seconds) and work_mem in the runs `run_ids`, in order."""
+        ids = ",".join(f"'{r}'" for r in run_ids)
+        rows = self.psql(db, f"SELECT view_name, duration_ms / 1000, work_mem FROM {schema}.materialized_views_refresh_history "
+                             f"WHERE run_id IN ({ids}) AND status = 'success' ORDER BY id")
+        out = {v: [] for v in VIEWS}
+        for line in rows.strip().splitlines():
+            view, seconds, wm = line.split("|")
+            out[view.split(".")[-1]].append((float(seconds), wm))
+        return out
+
+    def refresh_run(self, db, registry, schema="public"):
+        env = {"DATABASE_URL": self.cluster.url(db), "RUST_LOG": "warn", "MV_REFRESHER_LOG_SCHEMA": schema}
+        out = subprocess.run([str(self.binary), "--registry", registry, "refresh"], env=env,
+                             capture_output=True, text=True, check=True)
+        return re.search(r"run ([0-9a-f-]{36})", out.stdout).group(1)
+
+    def tuner_vs_sweep(self, db):
+        """work_mem = "auto" against every fixed setting: each fixed setting
+        refreshed `reps` times (the settings taking turns), then the tuner left
+        to settle over `tuner_runs` refreshes and measured over `settled_runs`
+        more; durations are the refresher's own (history rows), no load."""
+        fixed = {wm: [] for wm in SWEEP}
+        for _ in range(self.args.work_mem_reps):
+            for wm in SWEEP:
+                fixed[wm].append(self.refresh_run(db, self.registry(db, wm)))
+        sweep = {v: {} for v in VIEWS}
+        for wm, runs in fixed.items():
+            for v, samples in self.durations(db, runs).items():
+                sweep[v][wm] = median([s for s, _ in samples])
+        # The tuner starts from a history of its own: the sweep's rows would
+        # hand it every measurement at once.
+        auto, schema = self.registry(db, "auto"), "tuner"
+        self.psql(db, f"CREATE SCHEMA {schema}")
+        for _ in range(self.args.tuner_runs):
+            self.refresh_run(db, auto, schema)
+        settled = self.durations(db, [self.refresh_run(db, auto, schema) for _ in range(self.args.settled_runs)],
+                                 schema)
+        result = {}
+        for v in VIEWS:
+            settings = [wm for _, wm in settled[v]]
+            chosen = max(set(settings), key=settings.count)
+            best = min(sweep[v], key=sweep[v].get)
+            result[v] = {"sweep": sweep[v], "best": best, "chosen": chosen,
+                         "tuned": median([s for s, wm in settled[v] if wm == chosen])}
+        return result
 
     def diff_plans(self, db):
         """The plans of user_activity_view's concurrent refresh (its diff query and
@@ -365,6 +421,22 @@ class Bench:
             for w, log in wm["plans"].items():
                 lines += [f"<details><summary>work_mem = {w}</summary>", "", "```", plan_excerpt(log), "```",
                           "", "</details>", ""]
+        tuned = next((r["tuner"] for r in self.results.values() if "tuner" in r), None)
+        if tuned:
+            lines += ["", f"## work_mem = \"auto\" against every fixed setting ({self.args.work_mem_scale:,} bets)", "",
+                      f"Seconds of `REFRESH ... CONCURRENTLY` as the refresher measures it (history rows), no "
+                      f"load: each fixed setting {self.args.work_mem_reps} times (medians, the settings taking "
+                      f"turns); then `work_mem = \"auto\"` left to settle over {self.args.tuner_runs} "
+                      f"refreshes and measured over {self.args.settled_runs} more (the median at the setting "
+                      "it settled on).", "",
+                      "| view | " + " | ".join(SWEEP) + " | best fixed | auto settled on | auto (s) | auto / best |",
+                      "|---|" + "---|" * (len(SWEEP) + 4)]
+            for v in VIEWS:
+                t = tuned[v]
+                cells = " | ".join(f"{t['sweep'][w]:.3f}" for w in SWEEP)
+                best_s = t["sweep"][t["best"]]
+                lines.append(f"| {v} | {cells} | {t['best']} | {t['chosen']} | {t['tuned']:.3f} | "
+                             f"{t['tuned'] / best_s:.2f} |")
         findings = ROOT / "bench/findings.md"
         if findings.exists():
             lines += ["", findings.read_text().rstrip()]
@@ -446,11 +518,14 @@ def main():
     parser.add_argument("--work-mem-scale", type=int, default=1000000,
                         help="the scale at which to run the work_mem matrix")
     parser.add_argument("--work-mem-reps", type=int, default=5)
+    parser.add_argument("--tuner-runs", type=int, default=30, help="refreshes the work_mem tuner may settle in")
+    parser.add_argument("--settled-runs", type=int, default=9, help="refreshes measured after it settled")
     parser.add_argument("--out", default=str(ROOT / "docs"))
     parser.add_argument("--short", action="store_true", help="20k bets, 1 repetition, report to /tmp")
     args = parser.parse_args()
     if args.short:
         args.scales, args.reps, args.work_mem_scale, args.work_mem_reps = "20000", 1, 20000, 1
+        args.tuner_runs, args.settled_runs = 3, 2
         if args.out == str(ROOT / "docs"):
             args.out = f"/tmp/mv-refresher-bench-report-{os.getpid()}"
     args.scales = [int(s) for s in args.scales.split(",")]
