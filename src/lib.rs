@@ -435,6 +435,17 @@ async fn check(
     }
     print_table(&t);
 
+    for step in plan.steps.iter().filter(|s| s.auto_blocks_readers()) {
+        outln!(
+            "\nwarning: {} is refreshed without CONCURRENTLY ({}): its plain refresh takes an \
+             ACCESS EXCLUSIVE lock, so its readers wait for the whole refresh, and queue behind it \
+             while it waits for the lock (plain_lock_timeout = {}); a unique index on plain \
+             columns lets it refresh CONCURRENTLY",
+            step.view_name(),
+            step.method.map_or("", |(_, reason)| reason),
+            step.settings().plain_lock_timeout
+        );
+    }
     let problems: Vec<_> = plan.steps.iter().filter(|s| s.problem.is_some()).collect();
     if problems.is_empty() {
         outln!("\nno problems: every view can be refreshed as configured");

@@ -39,6 +39,8 @@ pub struct Step {
     pub method: Option<(Method, &'static str)>,
     /// The `work_mem` its refresh sets.
     pub work_mem: WorkMemChoice,
+    /// The view holds rows (readers read it): a plain refresh blocks them.
+    pub populated: bool,
 }
 
 /// The `work_mem` a refresh sets, and why.
@@ -58,6 +60,14 @@ impl Step {
 
     pub fn settings(&self) -> &ViewSettings {
         &self.spec.settings
+    }
+
+    /// Whether `concurrently = "auto"` resolved to a plain refresh of a view
+    /// people read: it takes an ACCESS EXCLUSIVE lock, and readers queue.
+    pub fn auto_blocks_readers(&self) -> bool {
+        self.settings().concurrently == Concurrently::Auto
+            && self.populated
+            && matches!(self.method, Some((Method::Full, _)))
     }
 
     /// Whether the name is a materialized view at all; anything else (a typo,
@@ -164,6 +174,7 @@ impl Plan {
                     problem,
                     method,
                     work_mem,
+                    populated: found.state.is_some_and(|state| state.populated),
                 }
             })
             .collect();
@@ -368,6 +379,7 @@ mod tests {
                 value: None,
                 reason: String::new(),
             },
+            populated: false,
         }
     }
 

@@ -633,3 +633,30 @@ fn a_failed_statement_prints_its_context_and_the_servers_message_once() {
     assert_eq!(stderr.matches("permission denied").count(), 1, "{out}");
     db.execute(&format!("DROP ROLE denied_{}", db.name));
 }
+
+/// `auto` resolving to a plain refresh of a view people read is a trap worth
+/// a warning: readers wait for the whole refresh.
+#[test]
+fn check_warns_when_auto_resolves_to_a_refresh_that_blocks_readers() {
+    let db = TestDb::empty("check_blocking");
+    db.execute(
+        "CREATE MATERIALIZED VIEW no_key AS SELECT 1 AS x; \
+         CREATE MATERIALIZED VIEW keyed AS SELECT 1 AS x; CREATE UNIQUE INDEX ON keyed (x); \
+         CREATE MATERIALIZED VIEW empty_yet AS SELECT 1 AS x WITH NO DATA;",
+    );
+    let registry = db.registry(
+        "[[view]]\nname = \"no_key\"\n\n[[view]]\nname = \"keyed\"\n\n\
+         [[view]]\nname = \"empty_yet\"\n",
+    );
+    let out = db
+        .mvr()
+        .arg("--registry")
+        .arg(&registry)
+        .args(["check"])
+        .run();
+    out.code(0).stdout_has(
+        "warning: public.no_key is refreshed without CONCURRENTLY (no unique index usable by \
+         CONCURRENTLY): its plain refresh takes an ACCESS EXCLUSIVE lock",
+    );
+    assert_eq!(out.stdout.matches("warning:").count(), 1, "{out}");
+}
