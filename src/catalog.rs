@@ -256,6 +256,21 @@ fn found(row: &tokio_postgres::Row, name: &ViewName) -> Found {
     }
 }
 
+/// The schema-qualified names of `views`, as the log tables and the metrics
+/// know them: each found the way PostgreSQL would, in one statement.
+pub async fn qualified_names(
+    client: &impl GenericClient,
+    views: &[crate::registry::ViewSpec],
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let names: Vec<ViewName> = views.iter().map(|view| view.name.clone()).collect();
+    let catalog = find(client, &names).await?;
+    Ok(catalog
+        .views
+        .iter()
+        .map(|found| found.lookup.qualified_name())
+        .collect())
+}
+
 /// Finds one name; see [`find`].
 pub async fn lookup(
     client: &impl GenericClient,

@@ -1,12 +1,16 @@
 //! The command line: clap types only, as other tools and scripts drive them.
 //!
 //! Every option can also come from the environment. Nothing here validates beyond
-//! what clap does; `config` turns these raw values into a checked `Config`.
+//! what clap does; `config` turns these raw values into a checked
+//! [`Config`](crate::config::Config), and no clap type goes further.
 
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
+
+pub use crate::output::{ResultsFormat, StatusFormat};
+pub use crate::telemetry::LogFormat;
 
 use crate::units::PgDuration;
 
@@ -94,12 +98,6 @@ impl std::fmt::Debug for ConnString {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Refresh all registry views, or the named ones, once.
@@ -131,7 +129,7 @@ pub struct RefreshArgs {
     /// Results on stdout: a table for people, or one JSON object for scripts
     /// (default: json with --log-format json, else table).
     #[arg(long, value_enum)]
-    pub format: Option<OutputFormat>,
+    pub format: Option<ResultsFormat>,
 
     /// After the run, PUT its metrics to this Prometheus Pushgateway (job
     /// "mv-refresher"), like http://pushgateway.monitoring:9091: a CronJob has
@@ -156,12 +154,6 @@ pub struct RefreshArgs {
 
     #[command(flatten)]
     pub cycle: CycleArgs,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormat {
-    Table,
-    Json,
 }
 
 /// Options of every refresh cycle, `refresh` and `run` alike.
@@ -249,11 +241,4 @@ pub struct StatusArgs {
     /// refreshed): an alert check or a probe.
     #[arg(long, env = "MV_REFRESHER_MAX_AGE", value_name = "DURATION")]
     pub max_age: Option<PgDuration>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum StatusFormat {
-    Table,
-    Json,
-    Prometheus,
 }

@@ -1,5 +1,6 @@
-//! The `mv-refresher` binary: parse the command line, start logging, run the
-//! command, map the result to an exit code. Everything else is in the library.
+//! The `mv-refresher` binary: parse the command line, start logging, validate
+//! the configuration, run the command, map the result to an exit code.
+//! Everything else is in the library.
 
 #![forbid(unsafe_code)]
 
@@ -7,9 +8,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use clap::error::ErrorKind;
-use mv_refresher::cli::{Cli, LogFormat};
+use mv_refresher::cli::Cli;
+use mv_refresher::commands;
+use mv_refresher::config::Config;
 use mv_refresher::error::{Chain, Exit};
-use mv_refresher::{run, telemetry};
+use mv_refresher::telemetry::{self, LogFormat};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -18,11 +21,14 @@ fn main() -> ExitCode {
     };
     let log_format = cli.global.log_format;
     telemetry::init(log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("the tokio runtime starts");
-    match runtime.block_on(run(cli)) {
+    let ran = Config::from_cli(cli).and_then(|config| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("the tokio runtime starts");
+        runtime.block_on(commands::run(config))
+    });
+    match ran {
         Ok(exit) => exit.into(),
         Err(err) => {
             // Printed even when RUST_LOG silences the logs; as JSON for machines.

@@ -27,6 +27,24 @@ macro_rules! out {
     }};
 }
 
+/// `refresh --format`: the results on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ResultsFormat {
+    /// A line per view, for people.
+    Table,
+    /// One JSON object, for scripts.
+    Json,
+}
+
+/// `status --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusFormat {
+    Table,
+    Json,
+    /// The per-view metrics, for a textfile collector or a Pushgateway.
+    Prometheus,
+}
+
 /// A borderless, left-aligned table with `header`, like `kubectl get`.
 pub fn table<const N: usize>(header: [&str; N]) -> Table {
     let mut table = Table::new();

@@ -17,11 +17,11 @@ use std::time::Duration;
 use base64::Engine;
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
+use crate::catalog;
 use crate::cycle::{Cycle, Refresher};
 use crate::error::Error;
 use crate::metrics::{self, Metrics};
 use crate::registry::ViewSpec;
-use crate::status;
 
 /// The `job` label of every push.
 pub const JOB: &str = "mv-refresher";
@@ -294,7 +294,7 @@ pub async fn body(
     metrics.observe_run(cycle);
     let client = refresher.target.connect(&refresher.pool).await?;
     let db_err = |context| Error::in_context(context, &refresher.target);
-    let mut names = status::registry_names(&*client, registry_views)
+    let mut names = catalog::qualified_names(&*client, registry_views)
         .await
         .map_err(db_err("looking up the registry views"))?;
     for outcome in &cycle.outcomes {

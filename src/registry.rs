@@ -368,31 +368,8 @@ impl Registry {
 
         let mut views: Vec<ViewSpec> = Vec::with_capacity(raw.view.len());
         for table in &raw.view {
-            let Some(name) = &table.get_ref().name else {
-                return Err(error_at(
-                    Some(table.span()),
-                    "[[view]] table has no key \"name\"".into(),
-                ));
-            };
-            let parsed: ViewName = name
-                .get_ref()
-                .parse()
-                .map_err(|msg| error_at(Some(name.span()), format!("key \"name\": {msg}")))?;
-            if let Some(earlier) = views.iter().find(|v| v.name.matches(&parsed)) {
-                return Err(error_at(
-                    Some(name.span()),
-                    format!(
-                        "key \"name\": view {parsed} is listed twice (also as {})",
-                        earlier.name
-                    ),
-                ));
-            }
-            let settings =
-                apply(table.get_ref(), &defaults).map_err(|(span, msg)| error_at(span, msg))?;
-            views.push(ViewSpec {
-                name: parsed,
-                settings,
-            });
+            let view = view_spec(table, &defaults, &views).map_err(|(s, m)| error_at(s, m))?;
+            views.push(view);
         }
 
         Ok(Self {
@@ -435,39 +412,73 @@ impl Registry {
 
 type Span = Option<std::ops::Range<usize>>;
 
+/// One `[[view]]` table over `defaults`; a name already among `earlier` is an
+/// error.
+fn view_spec(
+    table: &Spanned<RawTable>,
+    defaults: &ViewSettings,
+    earlier: &[ViewSpec],
+) -> Result<ViewSpec, (Span, String)> {
+    let Some(name) = &table.get_ref().name else {
+        return Err((
+            Some(table.span()),
+            "[[view]] table has no key \"name\"".into(),
+        ));
+    };
+    let parsed: ViewName = name
+        .get_ref()
+        .parse()
+        .map_err(|msg| (Some(name.span()), format!("key \"name\": {msg}")))?;
+    if let Some(earlier) = earlier.iter().find(|v| v.name.matches(&parsed)) {
+        return Err((
+            Some(name.span()),
+            format!(
+                "key \"name\": view {parsed} is listed twice (also as {})",
+                earlier.name
+            ),
+        ));
+    }
+    Ok(ViewSpec {
+        name: parsed,
+        settings: apply(table.get_ref(), defaults)?,
+    })
+}
+
+/// The value of `key`, parsed and then checked by `check`.
+fn parse<T: FromStr>(
+    key: &str,
+    value: &Spanned<String>,
+    check: impl Fn(&T) -> Option<String>,
+) -> Result<T, (Span, String)>
+where
+    T::Err: fmt::Display,
+{
+    let fail = |msg: String| (Some(value.span()), format!("key {key:?}: {msg}"));
+    let parsed = value
+        .get_ref()
+        .parse::<T>()
+        .map_err(|e| fail(e.to_string()))?;
+    match check(&parsed) {
+        Some(msg) => Err(fail(msg)),
+        None => Ok(parsed),
+    }
+}
+
+/// A timeout PostgreSQL accepts.
+fn timeout_range(d: &PgDuration) -> Option<String> {
+    (d.as_millis() > PG_INT_MAX).then(|| {
+        format!("{d} is out of range: PostgreSQL accepts at most {PG_INT_MAX}ms (about 24 days)")
+    })
+}
+
+/// A `work_mem` PostgreSQL accepts.
+fn memory_range(m: &Memory) -> Option<String> {
+    (!(MIN_WORK_MEM_KB..=PG_INT_MAX).contains(&m.as_kilobytes()))
+        .then(|| format!("{m} is out of range: PostgreSQL accepts 64kB to {PG_INT_MAX}kB"))
+}
+
 /// Layers the keys of `table` over `base`, checking each value and its range.
 fn apply(table: &RawTable, base: &ViewSettings) -> Result<ViewSettings, (Span, String)> {
-    fn parse<T: FromStr>(
-        key: &str,
-        value: &Spanned<String>,
-        check: impl Fn(&T) -> Option<String>,
-    ) -> Result<T, (Span, String)>
-    where
-        T::Err: fmt::Display,
-    {
-        let fail = |msg: String| (Some(value.span()), format!("key {key:?}: {msg}"));
-        let parsed = value
-            .get_ref()
-            .parse::<T>()
-            .map_err(|e| fail(e.to_string()))?;
-        match check(&parsed) {
-            Some(msg) => Err(fail(msg)),
-            None => Ok(parsed),
-        }
-    }
-    let timeout_range = |d: &PgDuration| {
-        (d.as_millis() > PG_INT_MAX).then(|| {
-            format!(
-                "{d} is out of range: PostgreSQL accepts at most {PG_INT_MAX}ms (about 24 days)"
-            )
-        })
-    };
-
-    let memory_range = |m: &Memory| {
-        (!(MIN_WORK_MEM_KB..=PG_INT_MAX).contains(&m.as_kilobytes()))
-            .then(|| format!("{m} is out of range: PostgreSQL accepts 64kB to {PG_INT_MAX}kB"))
-    };
-
     let mut settings = base.clone();
     if let Some(v) = &table.work_mem {
         settings.work_mem = match v.get_ref().as_str() {

@@ -21,6 +21,7 @@ use chrono::Utc;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
+use crate::catalog;
 use crate::cycle::{Cycle, Refresher, Stops};
 use crate::db::{describe_error, describe_pool_error};
 use crate::error::{Error, Exit};
@@ -29,7 +30,6 @@ use crate::metrics::{CycleOutcome, Metrics};
 use crate::registry::ViewSpec;
 use crate::schedule::Schedule;
 use crate::shutdown::{self, StopReason};
-use crate::status;
 
 /// The longest wait after the database was unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -78,55 +78,18 @@ pub async fn run(
         None => None,
     };
 
-    let grace = options.shutdown_grace;
-    tokio::spawn(async move {
-        let reason = shutdown.await;
-        tracing::info!(%reason, grace_s = grace.as_secs_f64(), "shutting down: no new refresh starts");
-        drain_handle.stop(reason);
-        tokio::time::sleep(grace).await;
-        cancel_handle.stop(reason);
-    });
-
+    shut_down_on(
+        shutdown,
+        options.shutdown_grace,
+        drain_handle,
+        cancel_handle,
+    );
     let serving = listener.is_some();
     let server = match listener {
-        Some(listener) => {
-            // Before the first scrape, so the views' state is right from it: a
-            // database that does not answer delays the endpoints by its connect
-            // timeout at most (the listener queues the requests meanwhile).
-            tokio::select! {
-                () = load_views(&refresher, &views, None, &shared) => {}
-                _ = stops.drain.stopped() => {}
-            }
-            if let Ok(addr) = listener.local_addr() {
-                tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
-            }
-            let until_drained = {
-                let drain = stops.drain.clone();
-                async move {
-                    drain.stopped().await;
-                }
-            };
-            Some(tokio::spawn(http::serve(
-                listener,
-                shared.clone(),
-                until_drained,
-            )))
-        }
+        Some(listener) => Some(serve(listener, &refresher, &views, &stops, &shared).await),
         None => None,
     };
-
-    let next: Vec<String> = options
-        .schedule
-        .upcoming(Utc::now(), 3)
-        .into_iter()
-        .map(|at| options.schedule.local(at))
-        .collect();
-    tracing::info!(
-        schedule = %options.schedule,
-        next = next.join(", "),
-        views = views.len(),
-        "refreshing on schedule"
-    );
+    log_schedule(&options.schedule, views.len());
     let backoff = Arc::new(Mutex::new(Backoff::default()));
     let mut cycle: Option<JoinHandle<()>> = None;
     loop {
@@ -176,6 +139,63 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(Exit::Success)
+}
+
+/// On `shutdown`: no cycle or view starts (the drain); after `grace`, running
+/// statements are cancelled on the server.
+fn shut_down_on(
+    shutdown: impl Future<Output = StopReason> + Send + 'static,
+    grace: Duration,
+    drain: shutdown::StopHandle,
+    cancel: shutdown::StopHandle,
+) {
+    tokio::spawn(async move {
+        let reason = shutdown.await;
+        tracing::info!(%reason, grace_s = grace.as_secs_f64(), "shutting down: no new refresh starts");
+        drain.stop(reason);
+        tokio::time::sleep(grace).await;
+        cancel.stop(reason);
+    });
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until the drain, once the views'
+/// state was read, so it is right from the first scrape: a database that does
+/// not answer delays the endpoints by its connect timeout at most (the
+/// listener queues the requests meanwhile).
+async fn serve(
+    listener: tokio::net::TcpListener,
+    refresher: &Refresher,
+    views: &[ViewSpec],
+    stops: &Stops,
+    shared: &Arc<Shared>,
+) -> JoinHandle<std::io::Result<()>> {
+    tokio::select! {
+        () = load_views(refresher, views, None, shared) => {}
+        _ = stops.drain.stopped() => {}
+    }
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    }
+    let drain = stops.drain.clone();
+    let until_drained = async move {
+        drain.stopped().await;
+    };
+    tokio::spawn(http::serve(listener, shared.clone(), until_drained))
+}
+
+/// The schedule and its next three runs, at start.
+fn log_schedule(schedule: &Schedule, views: usize) {
+    let next: Vec<String> = schedule
+        .upcoming(Utc::now(), 3)
+        .into_iter()
+        .map(|at| schedule.local(at))
+        .collect();
+    tracing::info!(
+        schedule = %schedule,
+        next = next.join(", "),
+        views,
+        "refreshing on schedule"
+    );
 }
 
 /// One scheduled cycle, its metrics and its effect on readiness and backoff;
@@ -237,7 +257,7 @@ async fn load_views(
             .map_err(|e| describe_pool_error(&e))?;
         let names = match cycle {
             Some(cycle) => cycle.outcomes.iter().map(|o| o.view_name.clone()).collect(),
-            None => status::registry_names(&**client, views)
+            None => catalog::qualified_names(&**client, views)
                 .await
                 .map_err(|e| describe_error(&e))?,
         };

@@ -13,8 +13,15 @@ use tracing::{Level, Metadata};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
-use crate::cli::LogFormat;
 use crate::progress;
+
+/// How logs are written: text for people, JSON (one object per line) for
+/// machines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// Installs the global subscriber; call once, first thing.
 pub fn init(format: LogFormat) {

@@ -1,21 +1,22 @@
 //! `status`: how fresh each registry view is, from the log tables alone.
 //!
-//! Reads `materialized_views_refresh_log` and the recent history; never
-//! refreshes and never creates anything. A view the log has no row for is
+//! Reads `materialized_views_refresh_log` and the recent history, and shows
+//! the `work_mem` the next refresh would use and why; never refreshes and
+//! never creates anything. A view the log has no row for is
 //! reported as never refreshed. With `--max-age` it is also a check: exit code 1
 //! when any view is older (or was never refreshed), for an alert or a probe.
 
-use serde::Serialize;
-use tokio_postgres::GenericClient;
+use std::collections::HashMap;
 
-use crate::catalog;
-use crate::cli::{StatusArgs, StatusFormat};
+use serde::Serialize;
+
+use crate::config::StatusConfig;
 use crate::db::DbTarget;
 use crate::error::{Error, Exit};
 use crate::metrics;
-use crate::output::{age, millis, print_table, table};
+use crate::output::{StatusFormat, age, millis, print_table, table};
+use crate::plan::{Plan, Tuning};
 use crate::refresh_log::{LogRow, RefreshLog};
-use crate::registry::{Registry, ViewSpec};
 use crate::units::PgDuration;
 use crate::{out, outln};
 
@@ -40,105 +41,113 @@ struct ViewReport {
     next_due_at: Option<String>,
     /// Durations of the latest successful refreshes, oldest first.
     recent_durations_ms: Vec<f64>,
+    /// The `work_mem` the next refresh would use, and why.
+    work_mem: String,
 }
 
 /// Prints the freshness of every registry view.
-pub async fn run(
-    registry: &Registry,
+pub(super) async fn status(
     target: &DbTarget,
     log: &RefreshLog,
-    args: &StatusArgs,
+    options: &StatusConfig,
 ) -> Result<Exit, Error> {
     let pool = target.pool(1);
     let client = target.connect(&pool).await?;
     let db_err = |context| Error::in_context(context, target);
-
-    let names = registry_names(&*client, &registry.views)
-        .await
-        .map_err(db_err("looking up the registry views"))?;
     let exists = log
         .exists(&*client)
         .await
         .map_err(db_err("looking for the log tables"))?;
-    let (mut rows, mut recent) = if exists {
-        let rows = log
-            .rows(&*client, &names)
-            .await
-            .map_err(db_err("reading the refresh log"))?;
-        let recent = log
-            .recent_durations(&*client, &names, SPARK_POINTS)
-            .await
-            .map_err(db_err("reading the refresh history"))?;
-        (rows, recent)
-    } else {
-        tracing::warn!(
-            schema = log.schema(),
-            "the log tables do not exist yet: run `mv-refresher init` or a refresh"
-        );
-        Default::default()
+    // The plan names each view as the log tables do, and knows its work_mem.
+    let tuning = Tuning {
+        log: exists.then_some(log),
+        jobs: 1,
     };
-
-    let now = chrono::Utc::now();
-    let views: Vec<ViewReport> = names
-        .into_iter()
-        .zip(&registry.views)
-        .map(|(name, spec)| {
+    let plan = Plan::build(&*client, options.registry.views.clone(), tuning)
+        .await
+        .map_err(db_err("looking up the registry views"))?;
+    let views = options.registry.views.iter().map(|spec| {
+        let step = plan.steps.iter().find(|s| s.spec.name == spec.name);
+        let step = step.expect("the plan holds every registry view");
+        (
+            step.view_name(),
+            spec.settings.min_interval,
+            step.work_mem.reason.clone(),
+        )
+    });
+    let names: Vec<String> = views.clone().map(|(name, _, _)| name).collect();
+    let (mut rows, mut recent) = match exists {
+        true => read_log(&client, log, &names)
+            .await
+            .map_err(db_err("reading the refresh log"))?,
+        false => {
+            tracing::warn!(
+                schema = log.schema(),
+                "the log tables do not exist yet: run `mv-refresher init` or a refresh"
+            );
+            Default::default()
+        }
+    };
+    let reports: Vec<ViewReport> = views
+        .map(|(name, min_interval, work_mem)| {
             let log = match rows.iter().position(|r| r.view_name == name) {
                 Some(i) => rows.swap_remove(i),
                 None => LogRow::never(name),
             };
-            let min_interval = spec.settings.min_interval;
-            let next_due_at = next_due(&log, min_interval).map(|due_in| {
-                (now + chrono::Duration::milliseconds((due_in * 1000.0) as i64))
-                    .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-                    .to_string()
-            });
             ViewReport {
                 recent_durations_ms: recent.remove(&log.view_name).unwrap_or_default(),
+                next_due_at: next_due_at(&log, min_interval),
                 log,
                 min_interval: min_interval.map(|d| d.to_string()),
-                next_due_at,
+                work_mem,
             }
         })
         .collect();
-
-    let exit = max_age_exit(&views, args.max_age);
-    match args.format {
-        StatusFormat::Json => {
-            let report = Report {
-                log_schema: log.schema(),
-                log_tables_exist: exists,
-                views,
-            };
-            outln!(
-                "{}",
-                serde_json::to_string_pretty(&report).expect("plain data serializes")
-            );
-        }
+    let exit = max_age_exit(&reports, options.max_age);
+    match options.format {
+        StatusFormat::Json => print_json(log, exists, reports),
         StatusFormat::Prometheus => {
-            let names: Vec<String> = views.into_iter().map(|v| v.log.view_name).collect();
             let states = log
                 .view_states(&*client, &names)
                 .await
                 .map_err(db_err("reading the refresh log"))?;
             out!("{}", metrics::encode_views(&states));
         }
-        StatusFormat::Table => print_status_table(&views),
+        StatusFormat::Table => print_status_table(&reports),
     }
     Ok(exit)
 }
 
-/// The schema-qualified names of `views`, as the log tables and the metrics
-/// know them: each looked up the way PostgreSQL would find it.
-pub async fn registry_names(
-    client: &impl GenericClient,
-    views: &[ViewSpec],
-) -> Result<Vec<String>, tokio_postgres::Error> {
-    let mut names = Vec::with_capacity(views.len());
-    for view in views {
-        names.push(catalog::lookup(client, &view.name).await?.qualified_name());
-    }
-    Ok(names)
+/// The summary rows of `names` and their latest durations.
+async fn read_log(
+    client: &tokio_postgres::Client,
+    log: &RefreshLog,
+    names: &[String],
+) -> Result<(Vec<LogRow>, HashMap<String, Vec<f64>>), tokio_postgres::Error> {
+    let rows = log.rows(client, names).await?;
+    let recent = log.recent_durations(client, names, SPARK_POINTS).await?;
+    Ok((rows, recent))
+}
+
+fn print_json(log: &RefreshLog, exists: bool, views: Vec<ViewReport>) {
+    let report = Report {
+        log_schema: log.schema(),
+        log_tables_exist: exists,
+        views,
+    };
+    outln!(
+        "{}",
+        serde_json::to_string_pretty(&report).expect("plain data serializes")
+    );
+}
+
+/// When `log`'s view is next due, RFC 3339 in UTC; `None` when it is due now.
+fn next_due_at(log: &LogRow, min_interval: Option<PgDuration>) -> Option<String> {
+    next_due(log, min_interval).map(|due_in| {
+        (chrono::Utc::now() + chrono::Duration::milliseconds((due_in * 1000.0) as i64))
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string()
+    })
 }
 
 /// Seconds until `log`'s view is due again under `min_interval`; `None` when it
@@ -209,6 +218,7 @@ fn print_status_table(views: &[ViewReport]) {
         "OK",
         "FAILED",
         "STATUS",
+        "WORK_MEM",
         "ERROR",
     ]);
     for view in views {
@@ -231,6 +241,12 @@ fn print_status_table(views: &[ViewReport]) {
             row.refresh_count.to_string(),
             row.failure_count.to_string(),
             row.last_status.clone().unwrap_or_else(dash),
+            // The value and its short why; JSON has the whole reason.
+            view.work_mem
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
             row.last_error.clone().unwrap_or_default(),
         ]);
     }

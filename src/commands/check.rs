@@ -1,0 +1,185 @@
+//! `check`: the plan and its problems, without refreshing or creating
+//! anything: where it would run, in which order, how, with which settings, and
+//! what would fail. Exit code 1 when a view cannot be refreshed as configured.
+
+use crate::catalog;
+use crate::config::CheckConfig;
+use crate::db::DbTarget;
+use crate::error::{Error, Exit};
+use crate::outln;
+use crate::output::{self, print_table, table};
+use crate::plan::{Plan, Step, Tuning};
+use crate::refresh_log::RefreshLog;
+use crate::schedule::Schedule;
+
+/// What `check` learns from the server besides the plan.
+struct Server {
+    version: String,
+    /// `Some(coordinator?)` on Citus.
+    citus: Option<bool>,
+    log_exists: bool,
+}
+
+pub(super) async fn check(
+    target: &DbTarget,
+    log: &RefreshLog,
+    options: &CheckConfig,
+) -> Result<Exit, Error> {
+    let pool = target.pool(1);
+    let client = target.connect(&pool).await?;
+    let db_err = |context| Error::in_context(context, target);
+    let version: String = client
+        .query_typed_one("SELECT current_setting('server_version')", &[])
+        .await
+        .map_err(db_err("reading the server's settings"))?
+        .get(0);
+    let log_exists = log
+        .exists(&*client)
+        .await
+        .map_err(db_err("looking for the log tables"))?;
+    let tuning = Tuning {
+        log: log_exists.then_some(log),
+        jobs: 1,
+    };
+    let plan = Plan::build(&*client, options.registry.views.clone(), tuning)
+        .await
+        .map_err(db_err("planning the refresh"))?;
+    let citus = match plan.citus {
+        true => Some(
+            catalog::is_citus_coordinator(&*client)
+                .await
+                .map_err(db_err("asking citus_is_coordinator()"))?,
+        ),
+        false => None,
+    };
+    let server = Server {
+        version,
+        citus,
+        log_exists,
+    };
+    print_header(options, target, log, &server);
+    print_plan(&plan);
+    print_warnings(&plan);
+    Ok(print_problems(&plan))
+}
+
+fn print_header(options: &CheckConfig, target: &DbTarget, log: &RefreshLog, server: &Server) {
+    let registry = &options.registry;
+    outln!(
+        "registry:   {} ({})",
+        registry.source,
+        output::count(registry.views.len(), "view", "views")
+    );
+    outln!(
+        "database:   {target}, PostgreSQL {}{}",
+        server.version,
+        match server.citus {
+            Some(true) => ", Citus coordinator (per-view settings are propagated to the workers)",
+            Some(false) => ", a Citus node that is NOT the coordinator",
+            None => "",
+        }
+    );
+    if server.citus == Some(false) {
+        outln!(
+            "warning:    citus_is_coordinator() is false here: connect to the coordinator, \
+             where distributed tables are whole and materialized views live"
+        );
+    }
+    outln!(
+        "log tables: {}",
+        match server.log_exists {
+            true => format!("present in schema {}", log.schema()),
+            false => format!(
+                "missing in schema {} (refresh or init creates them)",
+                log.schema()
+            ),
+        }
+    );
+    if let Some(schedule) = &options.schedule {
+        outln!("schedule:   {schedule}, next runs {}", next_runs(schedule));
+    }
+    outln!();
+}
+
+/// The next three run times, in the schedule's time zone.
+fn next_runs(schedule: &Schedule) -> String {
+    let next: Vec<String> = schedule
+        .upcoming(chrono::Utc::now(), 3)
+        .iter()
+        .map(|at| schedule.local(*at))
+        .collect();
+    next.join(", ")
+}
+
+fn print_plan(plan: &Plan) {
+    let mut t = table([
+        "#",
+        "VIEW",
+        "METHOD",
+        "WORK_MEM",
+        "STATEMENT_TIMEOUT",
+        "LOCK_TIMEOUT",
+        "RETRIES",
+        "MIN_INTERVAL",
+        "AFTER",
+    ]);
+    for (i, step) in plan.steps.iter().enumerate() {
+        let s = step.settings();
+        let after: Vec<String> = step
+            .depends_on
+            .iter()
+            .map(|&d| (d + 1).to_string())
+            .collect();
+        t.add_row([
+            (i + 1).to_string(),
+            step.view_name(),
+            match (&step.problem, step.method) {
+                (None, Some((method, reason))) => format!("{} ({reason})", method.as_str()),
+                _ => "cannot refresh".into(),
+            },
+            step.work_mem.reason.clone(),
+            s.statement_timeout.to_string(),
+            s.lock_timeout.to_string(),
+            s.retries.to_string(),
+            s.min_interval.map_or("-".into(), |d| d.to_string()),
+            match after.is_empty() {
+                true => "-".into(),
+                false => after.join(","),
+            },
+        ]);
+    }
+    print_table(&t);
+}
+
+fn print_warnings(plan: &Plan) {
+    for step in plan.steps.iter().filter(|s| s.auto_blocks_readers()) {
+        outln!(
+            "\nwarning: {} is refreshed without CONCURRENTLY ({}): its plain refresh takes an \
+             ACCESS EXCLUSIVE lock, so its readers wait for the whole refresh, and queue behind it \
+             while it waits for the lock (plain_lock_timeout = {}); a unique index on plain \
+             columns lets it refresh CONCURRENTLY",
+            step.view_name(),
+            step.method.map_or("", |(_, reason)| reason),
+            step.settings().plain_lock_timeout
+        );
+    }
+}
+
+/// Prints the problems; exit code 1 when there are any.
+fn print_problems(plan: &Plan) -> Exit {
+    let problems: Vec<&Step> = plan.steps.iter().filter(|s| s.problem.is_some()).collect();
+    if problems.is_empty() {
+        outln!("\nno problems: every view can be refreshed as configured");
+        return Exit::Success;
+    }
+    outln!("\nproblems:");
+    for step in problems {
+        outln!(
+            "  {} {} (registry name {:?})",
+            step.view_name(),
+            step.problem.as_deref().unwrap_or_default(),
+            step.spec.name.to_string()
+        );
+    }
+    Exit::ViewsFailed
+}

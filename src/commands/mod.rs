@@ -1,0 +1,109 @@
+//! The commands, one module each, every one a thin function over the library:
+//! `refresh` and `run` refresh (once, or on a schedule), `check` shows the
+//! plan, `status` the freshness, `init` creates the log tables, `forget`
+//! removes views from them.
+
+mod check;
+mod forget;
+mod init;
+mod refresh;
+mod run;
+mod status;
+
+use crate::catalog;
+use crate::config::{CommandConfig, Config};
+use crate::db::DbTarget;
+use crate::error::{Error, Exit};
+use crate::registry::ViewSpec;
+use crate::shutdown::{self, Stop, StopHandle};
+
+/// Runs the command `config` holds and says how the process should exit.
+pub async fn run(config: Config) -> Result<Exit, Error> {
+    let Config {
+        target,
+        log,
+        command,
+        ..
+    } = config;
+    match command {
+        CommandConfig::Refresh(options) => refresh::refresh(target, log, options).await,
+        CommandConfig::Run(options) => run::run(target, log, options).await,
+        CommandConfig::Check(options) => check::check(&target, &log, &options).await,
+        CommandConfig::Status(options) => status::status(&target, &log, &options).await,
+        CommandConfig::Init => init::init(&target, &log).await,
+        CommandConfig::Forget { views } => forget::forget(&target, &log, &views).await,
+    }
+}
+
+/// A stop that SIGTERM and SIGINT fire, from now on; the handle, to add other
+/// reasons (the deadline).
+fn stop_on_signals() -> Result<(StopHandle, Stop), Error> {
+    let (handle, stop) = shutdown::channel();
+    handle
+        .on_signals()
+        .map_err(|e| Error::Usage(format!("cannot listen for signals: {e}")))?;
+    Ok((handle, stop))
+}
+
+/// Before anything is written: names given on the command line (`named`)
+/// must be materialized views, a typo is a bad invocation; and the embedded
+/// default registry must name at least one view here, or it is surely not the
+/// registry meant. One catalog query for all names.
+async fn preflight(
+    target: &DbTarget,
+    specs: &[ViewSpec],
+    named: bool,
+    embedded: bool,
+) -> Result<(), Error> {
+    if !named && !embedded {
+        return Ok(());
+    }
+    let pool = target.pool(1);
+    let client = target.connect(&pool).await?;
+    let db_err = |context| Error::in_context(context, target);
+    let names: Vec<_> = specs.iter().map(|spec| spec.name.clone()).collect();
+    let found = catalog::find(&*client, &names)
+        .await
+        .map_err(db_err("looking up the views"))?;
+    let missing: Vec<_> = specs
+        .iter()
+        .zip(found.views)
+        .filter(|(_, f)| !matches!(f.lookup, catalog::Lookup::MatView(_)))
+        .map(|(spec, f)| (spec.name.to_string(), f.lookup))
+        .collect();
+    if named && !missing.is_empty() {
+        let known = catalog::materialized_views(&*client)
+            .await
+            .map_err(db_err("listing the materialized views"))?;
+        let lines: Vec<String> = missing
+            .iter()
+            .map(|(name, lookup)| not_a_view(name, lookup, &known))
+            .collect();
+        return Err(Error::Usage(format!(
+            "{} (nothing was refreshed)",
+            lines.join("; ")
+        )));
+    }
+    if embedded && missing.len() == specs.len() {
+        let names: Vec<String> = specs.iter().map(|s| s.name.to_string()).collect();
+        return Err(Error::Usage(format!(
+            "none of the embedded default registry's views ({}) exist in {target}: give your \
+             registry with --registry FILE or MV_REFRESHER_REGISTRY (nothing was written)",
+            names.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// What a name given on the command line is instead of a materialized view,
+/// and the closest of `known` it may have meant.
+fn not_a_view(name: &str, lookup: &catalog::Lookup, known: &[String]) -> String {
+    let what = match lookup {
+        catalog::Lookup::Other { kind, .. } => format!("{name} is {kind}, not a materialized view"),
+        _ => format!("there is no materialized view {name}"),
+    };
+    match catalog::closest(name, known) {
+        Some(like) => format!("{what}; did you mean {like}?"),
+        None => what,
+    }
+}

@@ -1,0 +1,195 @@
+//! Everything a command needs, checked before anything connects: the command
+//! line (clap's types end here), the environment and the registry become one
+//! [`Config`]. A bad value is exit code 2 with the option, variable, file, line
+//! or key named, and nothing was executed.
+
+use std::net::SocketAddr;
+
+use crate::cli::{CheckArgs, Cli, Command, CycleArgs, GlobalArgs, RefreshArgs};
+use crate::db::DbTarget;
+use crate::error::Error;
+use crate::output::{ResultsFormat, StatusFormat};
+use crate::push::Pushgateway;
+use crate::refresh_log::RefreshLog;
+use crate::registry::{Registry, ViewSpec};
+use crate::schedule::Schedule;
+
+use crate::telemetry::LogFormat;
+use crate::units::PgDuration;
+
+/// A command, validated.
+#[derive(Debug)]
+pub struct Config {
+    pub target: DbTarget,
+    pub log: RefreshLog,
+    pub log_format: LogFormat,
+    pub command: CommandConfig,
+}
+
+/// What each command was asked to do.
+#[derive(Debug)]
+pub enum CommandConfig {
+    Refresh(RefreshConfig),
+    Run(RunConfig),
+    Status(StatusConfig),
+    Check(CheckConfig),
+    Init,
+    Forget { views: Vec<String> },
+}
+
+/// Options of every refresh cycle, `refresh` and `run` alike.
+#[derive(Debug, Clone, Copy)]
+pub struct CycleConfig {
+    /// Views refreshed at once.
+    pub jobs: usize,
+    /// History older than this is pruned after each cycle; zero keeps it all.
+    pub history_retention: PgDuration,
+}
+
+#[derive(Debug)]
+pub struct RefreshConfig {
+    pub registry: Registry,
+    /// The views to refresh: the registry's, or those named.
+    pub views: Vec<ViewSpec>,
+    /// The views were named on the command line.
+    pub named: bool,
+    pub cycle: CycleConfig,
+    pub deadline: Option<PgDuration>,
+    /// The results on stdout; `None`: none (JSON logs are the results).
+    pub format: Option<ResultsFormat>,
+    pub pushgateway: Option<Pushgateway>,
+}
+
+#[derive(Debug)]
+pub struct RunConfig {
+    pub registry: Registry,
+    pub cycle: CycleConfig,
+    pub schedule: Schedule,
+    pub listen: Option<SocketAddr>,
+    /// How long running refreshes may go on after the shutdown began.
+    pub shutdown_grace: PgDuration,
+}
+
+#[derive(Debug)]
+pub struct StatusConfig {
+    pub registry: Registry,
+    pub format: StatusFormat,
+    pub max_age: Option<PgDuration>,
+}
+
+#[derive(Debug)]
+pub struct CheckConfig {
+    pub registry: Registry,
+    pub schedule: Option<Schedule>,
+}
+
+impl Config {
+    /// Validates the command line, with the environment it read and the
+    /// registry it names.
+    pub fn from_cli(cli: Cli) -> Result<Self, Error> {
+        let global = &cli.global;
+        if global.jobs.is_some() && !matches!(cli.command, Command::Refresh(_) | Command::Run(_)) {
+            return Err(Error::Usage(
+                "--jobs applies to refresh and run only".into(),
+            ));
+        }
+        let url = database_url(global)?;
+        let target = DbTarget::new(url.as_deref(), |key| std::env::var(key).ok())?;
+        let registry = || Registry::load(global.registry.as_deref());
+        let command = match &cli.command {
+            Command::Refresh(args) => CommandConfig::Refresh(refresh(global, args, registry()?)?),
+            Command::Run(args) => CommandConfig::Run(RunConfig {
+                registry: registry()?,
+                cycle: cycle(global, &args.cycle),
+                schedule: schedule(&args.schedule, &args.timezone)?,
+                listen: args.listen,
+                shutdown_grace: args.shutdown_grace,
+            }),
+            Command::Status(args) => CommandConfig::Status(StatusConfig {
+                registry: registry()?,
+                format: args.format,
+                max_age: args.max_age,
+            }),
+            Command::Check(CheckArgs {
+                schedule: s,
+                timezone,
+            }) => CommandConfig::Check(CheckConfig {
+                registry: registry()?,
+                schedule: s.as_deref().map(|s| schedule(s, timezone)).transpose()?,
+            }),
+            Command::Init => CommandConfig::Init,
+            Command::Forget(args) => CommandConfig::Forget {
+                views: args.views.clone(),
+            },
+        };
+        Ok(Self {
+            target,
+            log: RefreshLog::new(&global.log_schema),
+            log_format: global.log_format,
+            command,
+        })
+    }
+}
+
+fn refresh(
+    global: &GlobalArgs,
+    args: &RefreshArgs,
+    registry: Registry,
+) -> Result<RefreshConfig, Error> {
+    let views = registry.select(&args.views).map_err(Error::Usage)?;
+    let pushgateway = args
+        .pushgateway
+        .as_deref()
+        .map(|url| Pushgateway::new(url, &args.pushgateway_labels))
+        .transpose()
+        .map_err(|e| Error::Usage(format!("--pushgateway: {e}")))?;
+    // Without --format, the results follow the logs: a table beside text logs,
+    // nothing beside JSON logs, whose events (one per view, then the summary)
+    // are the results.
+    let format = args.format.or(match global.log_format {
+        LogFormat::Text => Some(ResultsFormat::Table),
+        LogFormat::Json => None,
+    });
+    Ok(RefreshConfig {
+        registry,
+        views,
+        named: !args.views.is_empty(),
+        cycle: cycle(global, &args.cycle),
+        deadline: args.deadline,
+        format,
+        pushgateway,
+    })
+}
+
+/// `--jobs` before the command (as SPEC §2.1 writes it) or after it.
+fn cycle(global: &GlobalArgs, args: &CycleArgs) -> CycleConfig {
+    CycleConfig {
+        jobs: global.jobs.or(args.jobs).map_or(1, |n| n.get()),
+        history_retention: args.history_retention,
+    }
+}
+
+fn schedule(expression: &str, timezone: &str) -> Result<Schedule, Error> {
+    Schedule::new(expression, timezone).map_err(|e| Error::Usage(format!("--schedule: {e}")))
+}
+
+/// The URL from --database-url, or read from --database-url-file.
+fn database_url(global: &GlobalArgs) -> Result<Option<String>, Error> {
+    match (&global.database_url, &global.database_url_file) {
+        (Some(_), Some(_)) => Err(Error::Usage(
+            "give the database URL inline (--database-url, DATABASE_URL) or in a file \
+             (--database-url-file, MV_REFRESHER_DATABASE_URL_FILE), not both"
+                .into(),
+        )),
+        (Some(url), None) => Ok(Some(url.0.clone())),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map(|text| Some(text.trim().to_owned()))
+            .map_err(|e| {
+                Error::Usage(format!(
+                    "cannot read --database-url-file {}: {e}",
+                    path.display()
+                ))
+            }),
+        (None, None) => Ok(None),
+    }
+}
