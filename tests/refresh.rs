@@ -610,4 +610,11 @@ fn work_mem_auto_settles_on_the_best_setting_and_says_why() {
         .args(["check"])
         .run();
     out.code(0).stdout_has("16MB, tuned: median");
+    let out = db
+        .mvr()
+        .arg("--registry")
+        .arg(&registry)
+        .args(["status", "--format", "json"])
+        .run();
+    out.code(0).stdout_has("\"work_mem\": \"16MB, tuned: median");
 }
