@@ -654,12 +654,7 @@ fn check_warns_when_auto_resolves_to_a_refresh_that_blocks_readers() {
         "[[view]]\nname = \"no_key\"\n\n[[view]]\nname = \"keyed\"\n\n\
          [[view]]\nname = \"empty_yet\"\n",
     );
-    let out = db
-        .mvr()
-        .arg("--registry")
-        .arg(&registry)
-        .args(["check"])
-        .run();
+    let out = db.mvr_with(&registry).args(["check"]).run();
     out.code(0).stdout_has(
         "warning: public.no_key is refreshed without CONCURRENTLY (no unique index usable by \
          CONCURRENTLY): its plain refresh takes an ACCESS EXCLUSIVE lock",

@@ -429,12 +429,7 @@ fn a_plain_refresh_of_a_populated_view_gives_way_to_readers_after_two_seconds() 
         .unwrap();
     let registry =
         db.registry("[[view]]\nname = \"no_key\"\nlock_timeout = \"10min\"\nretries = 0\n");
-    let out = db
-        .mvr()
-        .arg("--registry")
-        .arg(&registry)
-        .args(["refresh"])
-        .run();
+    let out = db.mvr_with(&registry).args(["refresh"]).run();
     out.code(1)
         .stderr_has("plain_lock_timeout = 2s")
         .stderr_has("readers queue behind it");
@@ -446,12 +441,7 @@ fn a_plain_refresh_of_a_populated_view_gives_way_to_readers_after_two_seconds() 
     assert_eq!(row, vec![expected.to_vec()], "{out}");
     reader.batch_execute("COMMIT").unwrap();
     // Nobody reading: the same refresh goes through.
-    db.mvr()
-        .arg("--registry")
-        .arg(&registry)
-        .args(["refresh"])
-        .run()
-        .code(0);
+    db.mvr_with(&registry).args(["refresh"]).run().code(0);
 }
 
 /// A success row the refresh's own transaction could not write is written
@@ -470,12 +460,7 @@ fn a_success_the_transaction_could_not_record_is_recorded_after_the_commit() {
              FOR EACH ROW EXECUTE FUNCTION refuse_inside();",
     );
     let registry = db.registry("[[view]]\nname = \"tenants_summary_view\"\nwork_mem = \"7MB\"\n");
-    let out = db
-        .mvr()
-        .arg("--registry")
-        .arg(&registry)
-        .args(["refresh"])
-        .run();
+    let out = db.mvr_with(&registry).args(["refresh"]).run();
     out.code(0)
         .stderr_has("not inside the refresh today")
         .stderr_has("writing it again")
@@ -517,12 +502,7 @@ fn losing_a_views_lock_to_another_refresher_does_not_skip_its_dependents() {
         )
         .unwrap();
     let registry = db.registry("[[view]]\nname = \"reader_mv\"\n\n[[view]]\nname = \"base_mv\"\n");
-    let out = db
-        .mvr()
-        .arg("--registry")
-        .arg(&registry)
-        .args(["refresh"])
-        .run();
+    let out = db.mvr_with(&registry).args(["refresh"]).run();
     out.code(0).stdout_has("1 refreshed, 1 skipped, 0 failed");
     let statuses =
         db.rows("SELECT view_name, status FROM materialized_views_refresh_history ORDER BY id");
@@ -548,12 +528,7 @@ fn a_locked_log_table_fails_the_recording_and_the_run_still_ends() {
         )
         .unwrap();
     let registry = db.registry("[[view]]\nname = \"broken_mv\"\nretries = 0\n");
-    let out = db
-        .mvr()
-        .arg("--registry")
-        .arg(&registry)
-        .args(["refresh"])
-        .run();
+    let out = db.mvr_with(&registry).args(["refresh"]).run();
     out.code(1)
         .stdout_has("division by zero")
         .stderr_has("could not record the outcome")
@@ -578,12 +553,7 @@ fn work_mem_auto_settles_on_the_best_setting_and_says_why() {
     );
     let registry = db.registry("[[view]]\nname = \"tuned_mv\"\nwork_mem = \"auto\"\n");
     for _ in 0..14 {
-        db.mvr()
-            .arg("--registry")
-            .arg(&registry)
-            .args(["refresh"])
-            .run()
-            .code(0);
+        db.mvr_with(&registry).args(["refresh"]).run().code(0);
     }
     let used: Vec<String> = db
         .rows(
@@ -603,18 +573,12 @@ fn work_mem_auto_settles_on_the_best_setting_and_says_why() {
         "the next step up is measured: {used:?}"
     );
     assert_eq!(used[12..], ["16MB"; 2], "and the best kept: {used:?}");
-    let out = db
-        .mvr()
-        .arg("--registry")
-        .arg(&registry)
-        .args(["check"])
-        .run();
+    let out = db.mvr_with(&registry).args(["check"]).run();
     out.code(0).stdout_has("16MB, tuned: median");
     let out = db
-        .mvr()
-        .arg("--registry")
-        .arg(&registry)
+        .mvr_with(&registry)
         .args(["status", "--format", "json"])
         .run();
-    out.code(0).stdout_has("\"work_mem\": \"16MB, tuned: median");
+    out.code(0)
+        .stdout_has("\"work_mem\": \"16MB, tuned: median");
 }

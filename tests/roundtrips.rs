@@ -65,12 +65,7 @@ fn a_views_refresh_takes_at_most_six_round_trips_and_planning_a_constant_number(
     db.mvr().args(["init"]).run().code(0);
     // The first refresh of each view writes its first summary row.
     let registry = db.registry("[[view]]\nname = \"rt_a\"\n");
-    db.mvr()
-        .arg("--registry")
-        .arg(&registry)
-        .args(["refresh"])
-        .run()
-        .code(0);
+    db.mvr_with(&registry).args(["refresh"]).run().code(0);
 
     let proxy = CountingProxy::start(db.cluster.port);
     let (one_view, one_planning) = refresh_through(&db, &proxy, &views[..1]);

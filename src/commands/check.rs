@@ -8,7 +8,7 @@ use crate::db::DbTarget;
 use crate::error::{Error, Exit};
 use crate::outln;
 use crate::output::{self, print_table, table};
-use crate::plan::{Plan, Step, Tuning};
+use crate::plan::{Plan, Step};
 use crate::refresh_log::RefreshLog;
 use crate::schedule::Schedule;
 
@@ -33,17 +33,7 @@ pub(super) async fn check(
         .await
         .map_err(db_err("reading the server's settings"))?
         .get(0);
-    let log_exists = log
-        .exists(&*client)
-        .await
-        .map_err(db_err("looking for the log tables"))?;
-    let tuning = Tuning {
-        log: log_exists.then_some(log),
-        jobs: 1,
-    };
-    let plan = Plan::build(&*client, options.registry.views.clone(), tuning)
-        .await
-        .map_err(db_err("planning the refresh"))?;
+    let (log_exists, plan) = super::plan(&client, target, log, &options.registry.views).await?;
     let citus = match plan.citus {
         true => Some(
             catalog::is_citus_coordinator(&*client)

@@ -14,6 +14,8 @@ use crate::catalog;
 use crate::config::{CommandConfig, Config};
 use crate::db::DbTarget;
 use crate::error::{Error, Exit};
+use crate::plan::{Plan, Tuning};
+use crate::refresh_log::RefreshLog;
 use crate::registry::ViewSpec;
 use crate::shutdown::{self, Stop, StopHandle};
 
@@ -43,6 +45,29 @@ fn stop_on_signals() -> Result<(StopHandle, Stop), Error> {
         .on_signals()
         .map_err(|e| Error::Usage(format!("cannot listen for signals: {e}")))?;
     Ok((handle, stop))
+}
+
+/// The plan of `views` that `check` and `status` show (`work_mem = "auto"`
+/// tuned for one job at a time), and whether the log tables exist.
+async fn plan(
+    client: &tokio_postgres::Client,
+    target: &DbTarget,
+    log: &RefreshLog,
+    views: &[ViewSpec],
+) -> Result<(bool, Plan), Error> {
+    let db_err = |context| Error::in_context(context, target);
+    let exists = log
+        .exists(client)
+        .await
+        .map_err(db_err("looking for the log tables"))?;
+    let tuning = Tuning {
+        log: exists.then_some(log),
+        jobs: 1,
+    };
+    let plan = Plan::build(client, views.to_vec(), tuning)
+        .await
+        .map_err(db_err("planning the refresh"))?;
+    Ok((exists, plan))
 }
 
 /// Before anything is written: names given on the command line (`named`)

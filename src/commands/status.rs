@@ -15,7 +15,6 @@ use crate::db::DbTarget;
 use crate::error::{Error, Exit};
 use crate::metrics;
 use crate::output::{StatusFormat, age, millis, print_table, table};
-use crate::plan::{Plan, Tuning};
 use crate::refresh_log::{LogRow, RefreshLog};
 use crate::units::PgDuration;
 use crate::{out, outln};
@@ -54,18 +53,8 @@ pub(super) async fn status(
     let pool = target.pool(1);
     let client = target.connect(&pool).await?;
     let db_err = |context| Error::in_context(context, target);
-    let exists = log
-        .exists(&*client)
-        .await
-        .map_err(db_err("looking for the log tables"))?;
     // The plan names each view as the log tables do, and knows its work_mem.
-    let tuning = Tuning {
-        log: exists.then_some(log),
-        jobs: 1,
-    };
-    let plan = Plan::build(&*client, options.registry.views.clone(), tuning)
-        .await
-        .map_err(db_err("looking up the registry views"))?;
+    let (exists, plan) = super::plan(&client, target, log, &options.registry.views).await?;
     let views = options.registry.views.iter().map(|spec| {
         let step = plan.steps.iter().find(|s| s.spec.name == spec.name);
         let step = step.expect("the plan holds every registry view");

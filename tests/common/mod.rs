@@ -354,6 +354,11 @@ impl TestDb {
     pub fn mvr(&self) -> Mvr {
         Mvr::new().env("DATABASE_URL", &self.url())
     }
+
+    /// The binary, pointed at this database and at `registry`.
+    pub fn mvr_with(&self, registry: &Path) -> Mvr {
+        self.mvr().arg("--registry").arg(registry)
+    }
 }
 
 impl Drop for TestDb {
