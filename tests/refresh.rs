@@ -538,8 +538,8 @@ fn a_locked_log_table_fails_the_recording_and_the_run_still_ends() {
 
 /// `work_mem = "auto"` finds the best setting of a view whose refresh time is
 /// known for every setting: its query sleeps 30 ms plus 40 ms per power of two
-/// away from 16MB, so from the server's 4MB the tuner must climb to 16MB, see
-/// that 32MB is slower, and stay.
+/// away from 16MB. From the server's 4MB the tuner surveys 4MB, 16MB, 64MB,
+/// 256MB, 1GB and 1MB, refines around 16MB (32MB, 8MB), and stays on 16MB.
 #[test]
 fn work_mem_auto_settles_on_the_best_setting_and_says_why() {
     let db = TestDb::empty("work_mem_auto");
@@ -552,7 +552,7 @@ fn work_mem_auto_settles_on_the_best_setting_and_says_why() {
          CREATE UNIQUE INDEX ON tuned_mv (id);",
     );
     let registry = db.registry("[[view]]\nname = \"tuned_mv\"\nwork_mem = \"auto\"\n");
-    for _ in 0..14 {
+    for _ in 0..26 {
         db.mvr_with(&registry).args(["refresh"]).run().code(0);
     }
     let used: Vec<String> = db
@@ -563,16 +563,10 @@ fn work_mem_auto_settles_on_the_best_setting_and_says_why() {
         .into_iter()
         .map(|row| row[0].clone().unwrap())
         .collect();
-    let climb = [
-        "4MB", "4MB", "4MB", "8MB", "8MB", "8MB", "16MB", "16MB", "16MB",
-    ];
-    assert_eq!(used[..9], climb, "{used:?}");
-    assert_eq!(
-        used[9..12],
-        ["32MB"; 3],
-        "the next step up is measured: {used:?}"
-    );
-    assert_eq!(used[12..], ["16MB"; 2], "and the best kept: {used:?}");
+    let steps = ["4MB", "16MB", "64MB", "256MB", "1GB", "1MB", "32MB", "8MB"];
+    let expected: Vec<&str> = steps.iter().flat_map(|&s| [s; 3]).collect();
+    assert_eq!(used[..24], expected, "survey, then refinement: {used:?}");
+    assert_eq!(used[24..], ["16MB"; 2], "and the best kept: {used:?}");
     let out = db.mvr_with(&registry).args(["check"]).run();
     out.code(0).stdout_has("16MB, tuned: median");
     let out = db
