@@ -19,13 +19,16 @@
 //!   of the fastest are a tie, won by the server's value when it is among them
 //!   (no change without a measured gain), else by the smallest (memory is
 //!   shared).
+//! * Data grows: every [`REEXPLORE_EVERY`]th refresh re-measures the neighbour
+//!   measured longest ago, so a change of the best setting is found.
+//!
 //! From a 4MB server with the default cap (1GB), the survey takes 6 settings ×
 //! 3 runs, the refinement 6 more: settled after about 24 refreshes, wherever
 //! the best setting is. (A pure local search from the server's value stopped
 //! on plateaus: at a million bets, `user_activity_view` is as slow at 8MB as
-//! at 4MB and 15% faster at 16-32MB.) This module decides;
-//! it reads nothing and runs nothing (`plan` reads the history, in one
-//! statement for all views).
+//! at 4MB and 15% faster at 16-32MB.) This module decides; it reads nothing
+//! and runs nothing (`plan` reads the history, in one statement for all
+//! views).
 
 use std::collections::HashMap;
 
