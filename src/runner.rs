@@ -90,47 +90,14 @@ pub async fn run(
         None => None,
     };
     log_schedule(&options.schedule, views.len());
-    let backoff = Arc::new(Mutex::new(Backoff::default()));
-    let mut cycle: Option<JoinHandle<()>> = None;
-    loop {
-        let Some(next) = options.schedule.next_after(Utc::now()) else {
-            tracing::warn!("the schedule has no future run: stopping");
-            break;
-        };
-        shared
-            .metrics
-            .next_run(next.timestamp_millis() as f64 / 1000.0);
-        let wait = (next - Utc::now()).to_std().unwrap_or_default();
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stops.drain.stopped() => break,
-        }
-        if cycle.as_ref().is_some_and(|task| !task.is_finished()) {
-            tracing::warn!("the previous cycle is still running: this tick is skipped");
-            shared.metrics.cycle(CycleOutcome::Overlapped);
-            continue;
-        }
-        if backoff
-            .lock()
-            .await
-            .until
-            .is_some_and(|until| Instant::now() < until)
-        {
-            tracing::debug!("backing off after the database was unreachable");
-            continue;
-        }
-        let (refresher, views, stops, shared, backoff) = (
-            refresher.clone(),
-            views.clone(),
-            stops.clone(),
-            shared.clone(),
-            backoff.clone(),
-        );
-        cycle = Some(tokio::spawn(async move {
-            run_cycle(&refresher, views, &stops, &shared, &backoff, serving).await;
-        }));
-    }
-
+    let ticks = Ticks {
+        refresher,
+        views,
+        stops,
+        shared,
+        serving,
+    };
+    let cycle = ticks.run(&options.schedule).await;
     if let Some(task) = cycle {
         let _ = task.await;
     }
@@ -139,6 +106,65 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(Exit::Success)
+}
+
+/// What the ticks of `run` share.
+struct Ticks {
+    refresher: Arc<Refresher>,
+    views: Vec<ViewSpec>,
+    stops: Stops,
+    shared: Arc<Shared>,
+    /// The metrics are served: the views' state is read after each cycle.
+    serving: bool,
+}
+
+impl Ticks {
+    /// A cycle per tick of `schedule` until the drain; returns the last one,
+    /// which may still run.
+    async fn run(&self, schedule: &Schedule) -> Option<JoinHandle<()>> {
+        let backoff = Arc::new(Mutex::new(Backoff::default()));
+        let mut cycle: Option<JoinHandle<()>> = None;
+        loop {
+            let Some(next) = schedule.next_after(Utc::now()) else {
+                tracing::warn!("the schedule has no future run: stopping");
+                break;
+            };
+            self.shared
+                .metrics
+                .next_run(next.timestamp_millis() as f64 / 1000.0);
+            let wait = (next - Utc::now()).to_std().unwrap_or_default();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.stops.drain.stopped() => break,
+            }
+            if cycle.as_ref().is_some_and(|task| !task.is_finished()) {
+                tracing::warn!("the previous cycle is still running: this tick is skipped");
+                self.shared.metrics.cycle(CycleOutcome::Overlapped);
+                continue;
+            }
+            if backoff
+                .lock()
+                .await
+                .until
+                .is_some_and(|until| Instant::now() < until)
+            {
+                tracing::debug!("backing off after the database was unreachable");
+                continue;
+            }
+            let (refresher, views, stops, shared, backoff) = (
+                self.refresher.clone(),
+                self.views.clone(),
+                self.stops.clone(),
+                self.shared.clone(),
+                backoff.clone(),
+            );
+            let serving = self.serving;
+            cycle = Some(tokio::spawn(async move {
+                run_cycle(&refresher, views, &stops, &shared, &backoff, serving).await;
+            }));
+        }
+        cycle
+    }
 }
 
 /// On `shutdown`: no cycle or view starts (the drain); after `grace`, running
