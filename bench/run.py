@@ -299,16 +299,35 @@ class Bench:
         self.psql(db, f"CREATE SCHEMA {schema}")
         for _ in range(self.args.tuner_runs):
             self.refresh_run(db, auto, schema)
-        settled = self.durations(db, [self.refresh_run(db, auto, schema) for _ in range(self.args.settled_runs)],
-                                 schema)
+        best = {v: min(sweep[v], key=sweep[v].get) for v in VIEWS}
+        fixed_best = Path(f"/tmp/mv-refresher-bench-{db}-best.toml")
+        fixed_best.write_text("".join(f'[[view]]\nname = "{v}"\nwork_mem = "{best[v]}"\n\n' for v in VIEWS))
+        # Settled: the tuner's runs and the best fixed settings' take turns, so
+        # that drift touches both alike.
+        auto_runs, best_runs = [], []
+        for _ in range(self.args.settled_runs):
+            auto_runs.append(self.refresh_run(db, auto, schema))
+            best_runs.append(self.refresh_run(db, str(fixed_best)))
+        settled, fixed_again = self.durations(db, auto_runs, schema), self.durations(db, best_runs)
         result = {}
         for v in VIEWS:
             settings = [wm for _, wm in settled[v]]
-            chosen = max(set(settings), key=settings.count)
-            best = min(sweep[v], key=sweep[v].get)
-            result[v] = {"sweep": sweep[v], "best": best, "chosen": chosen,
-                         "tuned": median([s for s, wm in settled[v] if wm == chosen])}
+            result[v] = {"sweep": sweep[v], "best": best[v],
+                         "chosen": max(set(settings), key=settings.count),
+                         "tuned": median([s for s, _ in settled[v]]),
+                         "best_again": median([s for s, _ in fixed_again[v]])}
         return result
+
+    def tuner_only(self):
+        """Only the tuner against the sweep, at --work-mem-scale: its section of the report."""
+        db = f"bench_{self.args.work_mem_scale}"
+        self.load_platform(db, self.args.work_mem_scale)
+        self.mvr(db, "refresh")
+        self.results[self.args.work_mem_scale] = {"tuner": self.tuner_vs_sweep(db)}
+        out = Path(self.args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "TUNER.md").write_text("\n".join(self.tuner_section()) + "\n")
+        print(f"wrote {out / 'TUNER.md'}")
 
     def diff_plans(self, db):
         """The plans of user_activity_view's concurrent refresh (its diff query and
@@ -421,27 +440,32 @@ class Bench:
             for w, log in wm["plans"].items():
                 lines += [f"<details><summary>work_mem = {w}</summary>", "", "```", plan_excerpt(log), "```",
                           "", "</details>", ""]
-        tuned = next((r["tuner"] for r in self.results.values() if "tuner" in r), None)
-        if tuned:
-            lines += ["", f"## work_mem = \"auto\" against every fixed setting ({self.args.work_mem_scale:,} bets)", "",
-                      f"Seconds of `REFRESH ... CONCURRENTLY` as the refresher measures it (history rows), no "
-                      f"load: each fixed setting {self.args.work_mem_reps} times (medians, the settings taking "
-                      f"turns); then `work_mem = \"auto\"` left to settle over {self.args.tuner_runs} "
-                      f"refreshes and measured over {self.args.settled_runs} more (the median at the setting "
-                      "it settled on).", "",
-                      "| view | " + " | ".join(SWEEP) + " | best fixed | auto settled on | auto (s) | auto / best |",
-                      "|---|" + "---|" * (len(SWEEP) + 4)]
-            for v in VIEWS:
-                t = tuned[v]
-                cells = " | ".join(f"{t['sweep'][w]:.3f}" for w in SWEEP)
-                best_s = t["sweep"][t["best"]]
-                lines.append(f"| {v} | {cells} | {t['best']} | {t['chosen']} | {t['tuned']:.3f} | "
-                             f"{t['tuned'] / best_s:.2f} |")
+        lines += self.tuner_section()
         findings = ROOT / "bench/findings.md"
         if findings.exists():
             lines += ["", findings.read_text().rstrip()]
         (out / "BENCHMARKS.md").write_text("\n".join(lines) + "\n")
         print(f"wrote {out / 'BENCHMARKS.md'} and {svg}")
+
+    def tuner_section(self):
+        tuned = next((r["tuner"] for r in self.results.values() if "tuner" in r), None)
+        if not tuned:
+            return []
+        lines = ["", f"## work_mem = \"auto\" against every fixed setting ({self.args.work_mem_scale:,} bets)", "",
+                 "Seconds of `REFRESH ... CONCURRENTLY` as the refresher measures it (history rows), no load. "
+                 f"First each fixed setting {self.args.work_mem_reps} times (medians, the settings taking turns): "
+                 f"the sweep. Then `work_mem = \"auto\"`, on a history of its own, left to settle over "
+                 f"{self.args.tuner_runs} refreshes; then {self.args.settled_runs} more of it, taking turns with "
+                 "as many at each view's best fixed setting (medians of both, so that drift touches them alike; "
+                 "the tuner's re-measuring runs count).", "",
+                 "| view | " + " | ".join(SWEEP) + " | best fixed | auto settled on | auto (s) | best fixed, same turns (s) | auto / best |",
+                 "|---|" + "---|" * (len(SWEEP) + 5)]
+        for v in VIEWS:
+            t = tuned[v]
+            cells = " | ".join(f"{t['sweep'][w]:.3f}" for w in SWEEP)
+            lines.append(f"| {v} | {cells} | {t['best']} | {t['chosen']} | {t['tuned']:.3f} | "
+                         f"{t['best_again']:.3f} | {t['tuned'] / t['best_again']:.2f} |")
+        return lines
 
     def plot(self):
         series = {
@@ -520,6 +544,8 @@ def main():
     parser.add_argument("--work-mem-reps", type=int, default=5)
     parser.add_argument("--tuner-runs", type=int, default=30, help="refreshes the work_mem tuner may settle in")
     parser.add_argument("--settled-runs", type=int, default=9, help="refreshes measured after it settled")
+    parser.add_argument("--tuner-only", action="store_true",
+                        help="only work_mem = auto against the sweep, at --work-mem-scale, to OUT/TUNER.md")
     parser.add_argument("--out", default=str(ROOT / "docs"))
     parser.add_argument("--short", action="store_true", help="20k bets, 1 repetition, report to /tmp")
     args = parser.parse_args()
@@ -533,6 +559,13 @@ def main():
     if not shutil.which("/usr/bin/time"):
         sys.exit("bench: /usr/bin/time is missing (Debian: apt-get install time)")
     subprocess.run(["cargo", "build", "--release", "--locked", "--quiet"], cwd=ROOT, check=True)
+    if args.tuner_only:
+        bench = Bench(args)
+        try:
+            bench.tuner_only()
+        finally:
+            bench.cluster.stop()
+        return
     Bench(args).run()
 
 
