@@ -22,7 +22,10 @@ fn main() -> ExitCode {
     let log_format = cli.global.log_format;
     telemetry::init(log_format);
     let ran = Config::from_cli(cli).and_then(|config| {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
+        // One thread: the work is the server's, and statements sent together
+        // leave in one write (a connection's task cannot flush the first
+        // before the others are queued), so pipelining saves its round trips.
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("the tokio runtime starts");

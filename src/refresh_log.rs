@@ -203,6 +203,15 @@ impl RefreshLog {
             &[(&DDL_LOCK_KEY, Type::INT8)],
         )
         .await?;
+        // Another refresher may have created or upgraded them while this one
+        // waited for the lock: then there is nothing to do, and the DDL (whose
+        // ALTER TABLEs lock the tables even when they change nothing) must not
+        // run under refreshes that already use the tables.
+        if self.version(&tx).await? >= SCHEMA_VERSION {
+            tx.commit().await?;
+            self.outcome_counts.store(true, Ordering::Relaxed);
+            return Ok(());
+        }
         // IF NOT EXISTS on existing tables says so in NOTICEs: not news.
         tx.batch_execute(&format!(
             "SET LOCAL client_min_messages = warning; {}",
