@@ -176,16 +176,22 @@ impl RefreshLog {
     }
 
     /// The version of the tables: 0 when missing, 1 before versions were noted.
+    /// A plain query over the catalogs, read with the statement's snapshot:
+    /// `to_regclass` reads through the catalog cache, which in a transaction
+    /// that waited for the DDL lock may not show tables another refresher
+    /// created meanwhile.
     async fn version(&self, client: &impl GenericClient) -> Result<i32, tokio_postgres::Error> {
         let row = client
             .query_typed_one(
-                "SELECT CASE WHEN to_regclass($1) IS NULL OR to_regclass($2) IS NULL THEN 0 \
-                     ELSE coalesce(substring(obj_description(to_regclass($2), 'pg_class') \
-                                             FROM 'schema version (\\d+)')::int, 1) END",
-                &[
-                    (&self.log_table, Type::TEXT),
-                    (&self.history_table, Type::TEXT),
-                ],
+                "SELECT CASE WHEN count(*) < 2 THEN 0 \
+                     ELSE coalesce(max(substring(d.description FROM 'schema version (\\d+)')::int), 1) END \
+                 FROM pg_catalog.pg_class c \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 LEFT JOIN pg_catalog.pg_description d ON d.objoid = c.oid \
+                  AND d.classoid = 'pg_catalog.pg_class'::regclass AND d.objsubid = 0 \
+                 WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') \
+                   AND c.relname IN ('materialized_views_refresh_log', 'materialized_views_refresh_history')",
+                &[(&self.schema, Type::TEXT)],
             )
             .await?;
         Ok(row.get(0))

@@ -576,3 +576,37 @@ fn work_mem_auto_settles_on_the_best_setting_and_says_why() {
     out.code(0)
         .stdout_has("\"work_mem\": \"16MB, tuned: median");
 }
+
+/// Refreshers starting together on a database without log tables: the ones
+/// that waited while another created them must not run the DDL again (its
+/// ALTER TABLEs take ACCESS EXCLUSIVE locks, which deadlocked with a refresh
+/// already reading the tables). Seen as a rare deadlock of three refreshers
+/// behind PgBouncer; here made certain: the tables are created while this
+/// refresher waits for the DDL lock, and a reader holds them meanwhile.
+#[test]
+fn a_refresher_that_waited_while_another_created_the_log_tables_leaves_them_alone() {
+    let db = TestDb::empty("log_tables_created_meanwhile");
+    db.execute("CREATE MATERIALIZED VIEW m AS SELECT 1 AS id; CREATE UNIQUE INDEX ON m (id);");
+    let mut holder = db.client();
+    holder
+        .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(x'6d76726600000000'::bigint)")
+        .unwrap();
+    let registry = db.registry("[[view]]\nname = \"m\"\n");
+    let mut refresher = db.mvr_with(&registry).args(["refresh"]).spawn();
+    refresher.wait_until("the refresher waiting for the DDL lock", || {
+        let waiting: i64 =
+            db.scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted");
+        (waiting > 0).then_some(())
+    });
+    // Another refresher's tables, committed while this one waits.
+    let ddl = std::fs::read_to_string(common::repo().join("src/sql/log_tables.sql")).unwrap();
+    db.execute(&ddl.replace("{schema}", "public"));
+    let mut reader = db.client();
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM materialized_views_refresh_log")
+        .unwrap();
+    holder.batch_execute("COMMIT").unwrap();
+    let out = refresher.wait();
+    out.code(0).stdout_has("1 refreshed");
+    reader.batch_execute("COMMIT").unwrap();
+}

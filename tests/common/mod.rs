@@ -40,7 +40,7 @@ static CLUSTER: OnceLock<Cluster> = OnceLock::new();
 static CREATE_DB: Mutex<()> = Mutex::new(());
 static NEXT_DB: AtomicUsize = AtomicUsize::new(0);
 
-fn repo() -> &'static Path {
+pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
