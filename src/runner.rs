@@ -238,10 +238,12 @@ async fn run_cycle(
         Ok(cycle) => {
             *backoff.lock().await = Backoff::default();
             shared.reached_database.store(true, Ordering::Relaxed);
-            shared.metrics.observe_run(&cycle);
+            // The log tables' state first: a scrape never sees this process's
+            // counts of the cycle without the views' state after it.
             if serving {
                 load_views(refresher, &views, Some(&cycle), shared).await;
             }
+            shared.metrics.observe_run(&cycle);
             let failed = cycle.failed();
             shared.metrics.cycle(if failed {
                 CycleOutcome::Failed
