@@ -27,6 +27,7 @@ pub mod cycle;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod incremental;
 pub mod metrics;
 pub mod output;
 pub mod plan;

@@ -368,6 +368,7 @@ mod tests {
             spec: ViewSpec {
                 name: name.parse().unwrap(),
                 settings: ViewSettings::default(),
+                incremental: None,
             },
             lookup: Lookup::Missing {
                 qualified: format!("public.{name}"),

@@ -13,6 +13,7 @@ use std::str::FromStr;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::incremental::Template;
 use crate::quote::display_ident;
 use crate::units::{Memory, PgDuration};
 
@@ -38,6 +39,49 @@ pub struct Registry {
 pub struct ViewSpec {
     pub name: ViewName,
     pub settings: ViewSettings,
+    /// Set for an incremental view: a table kept equal to a query.
+    pub incremental: Option<Incremental>,
+}
+
+/// An incremental view (SPEC §2.5): a table the refresher keeps equal to
+/// `query`, recomputing only the keys whose inputs changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incremental {
+    /// The table's key columns, as the catalog spells them.
+    pub key: Vec<String>,
+    pub query: Template,
+    /// The tables whose changes matter, each with its marker.
+    pub changes: Vec<Source>,
+}
+
+/// One `[[view.changes]]`: a source table and how its changed keys are found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Source {
+    pub table: ViewName,
+    /// SQL expressions over the table giving the view's key, in key order.
+    pub key: Vec<String>,
+    /// A column that grows with every insert and update of a row.
+    pub marker: String,
+    /// How far below the watermark each cycle looks again, for late commits.
+    pub lag: Lag,
+}
+
+/// A source's `lag`, in the marker's own units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lag {
+    /// For numeric markers (a sequence, a version).
+    Units(i64),
+    /// For timestamp markers.
+    Duration(PgDuration),
+}
+
+impl fmt::Display for Lag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Units(n) => write!(f, "{n}"),
+            Self::Duration(d) => write!(f, "{d}"),
+        }
+    }
 }
 
 /// Per-view settings, with `[defaults]` and the built-in defaults applied.
@@ -62,6 +106,8 @@ pub struct ViewSettings {
     /// Whether a concurrent refresh that leaves many dead rows is followed by
     /// `VACUUM (ANALYZE)`.
     pub vacuum: Vacuum,
+    /// How often an incremental view is fully reconciled; `None`: never.
+    pub full_every: Option<PgDuration>,
 }
 
 /// The `work_mem` a view's refresh runs with.
@@ -151,6 +197,7 @@ impl Default for ViewSettings {
             retries: 2,
             min_interval: None,
             vacuum: Vacuum::Auto,
+            full_every: Some("24h".parse().expect("valid constant")),
         }
     }
 }
@@ -193,7 +240,7 @@ impl FromStr for ViewName {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let mut parts = split_identifiers(text)?;
+        let mut parts = split_identifiers(text, "view name")?;
         match parts.len() {
             1 => Ok(Self {
                 schema: None,
@@ -223,8 +270,8 @@ impl fmt::Display for ViewName {
 const MAX_IDENTIFIER_BYTES: usize = 63;
 
 /// Splits `schema."View"` into identifiers, applying SQL's case folding.
-fn split_identifiers(text: &str) -> Result<Vec<String>, String> {
-    let invalid = |why: &str| format!("invalid view name {text:?}: {why}");
+fn split_identifiers(text: &str, what: &str) -> Result<Vec<String>, String> {
+    let invalid = |why: &str| format!("invalid {what} {text:?}: {why}");
     let mut parts = Vec::new();
     let mut chars = text.trim().chars().peekable();
     loop {
@@ -292,6 +339,28 @@ struct RawTable {
     retries: Option<Spanned<i64>>,
     min_interval: Option<Spanned<String>>,
     vacuum: Option<Spanned<String>>,
+    full_every: Option<Spanned<String>>,
+    key: Option<Spanned<Vec<String>>>,
+    query: Option<Spanned<String>>,
+    query_file: Option<Spanned<String>>,
+    changes: Option<Vec<Spanned<RawChange>>>,
+}
+
+/// One `[[view.changes]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChange {
+    table: Option<Spanned<String>>,
+    key: Option<Spanned<Vec<String>>>,
+    marker: Option<Spanned<String>>,
+    lag: Option<Spanned<RawLag>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawLag {
+    Units(i64),
+    Text(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -346,12 +415,29 @@ impl Registry {
             .map_err(|err| error_at(err.span(), err.message().trim_end().to_owned()))?;
 
         let builtin = ViewSettings::default();
+        let dir = (source != EMBEDDED_SOURCE)
+            .then(|| Path::new(source).parent())
+            .flatten();
         let defaults = match &raw.defaults {
             Some(table) => {
-                if let Some(name) = &table.get_ref().name {
+                let t = table.get_ref();
+                let view_only = [
+                    ("name", t.name.as_ref().map(Spanned::span)),
+                    ("key", t.key.as_ref().map(Spanned::span)),
+                    ("query", t.query.as_ref().map(Spanned::span)),
+                    ("query_file", t.query_file.as_ref().map(Spanned::span)),
+                    (
+                        "changes",
+                        t.changes
+                            .as_ref()
+                            .and_then(|c| c.first())
+                            .map(Spanned::span),
+                    ),
+                ];
+                if let Some((key, span)) = view_only.into_iter().find(|(_, s)| s.is_some()) {
                     return Err(error_at(
-                        Some(name.span()),
-                        "key \"name\" belongs in a [[view]] table, not in [defaults]".into(),
+                        span,
+                        format!("key {key:?} belongs in a [[view]] table, not in [defaults]"),
                     ));
                 }
                 apply(table.get_ref(), &builtin).map_err(|(span, msg)| error_at(span, msg))?
@@ -368,7 +454,7 @@ impl Registry {
 
         let mut views: Vec<ViewSpec> = Vec::with_capacity(raw.view.len());
         for table in &raw.view {
-            let view = view_spec(table, &defaults, &views).map_err(|(s, m)| error_at(s, m))?;
+            let view = view_spec(table, &defaults, &views, dir).map_err(|(s, m)| error_at(s, m))?;
             views.push(view);
         }
 
@@ -396,12 +482,13 @@ impl Registry {
             let spec = match self.views.iter().find(|v| v.name.matches(&name)) {
                 Some(listed) if name.schema.is_some() => ViewSpec {
                     name,
-                    settings: listed.settings.clone(),
+                    ..listed.clone()
                 },
                 Some(listed) => listed.clone(),
                 None => ViewSpec {
                     name,
                     settings: self.defaults.clone(),
+                    incremental: None,
                 },
             };
             picked.push(spec);
@@ -418,6 +505,7 @@ fn view_spec(
     table: &Spanned<RawTable>,
     defaults: &ViewSettings,
     earlier: &[ViewSpec],
+    dir: Option<&Path>,
 ) -> Result<ViewSpec, (Span, String)> {
     let Some(name) = &table.get_ref().name else {
         return Err((
@@ -441,7 +529,175 @@ fn view_spec(
     Ok(ViewSpec {
         name: parsed,
         settings: apply(table.get_ref(), defaults)?,
+        incremental: incremental(table, dir)?,
     })
+}
+
+/// The incremental form of a `[[view]]`, when it has one: `key`, the query
+/// and its `[[view.changes]]`, all or none.
+fn incremental(
+    table: &Spanned<RawTable>,
+    dir: Option<&Path>,
+) -> Result<Option<Incremental>, (Span, String)> {
+    let raw = table.get_ref();
+    let query = match (&raw.query, &raw.query_file) {
+        (Some(_), Some(file)) => {
+            return Err((
+                Some(file.span()),
+                "keys \"query\" and \"query_file\" both give the query: keep one".into(),
+            ));
+        }
+        (Some(query), None) => Some((query.get_ref().clone(), query.span())),
+        (None, Some(file)) => {
+            let path = dir.unwrap_or(Path::new(".")).join(file.get_ref());
+            let text = std::fs::read_to_string(&path).map_err(|err| {
+                (
+                    Some(file.span()),
+                    format!("key \"query_file\": cannot read {}: {err}", path.display()),
+                )
+            })?;
+            Some((text, file.span()))
+        }
+        (None, None) => None,
+    };
+    let (Some(key), Some((query, query_span))) = (&raw.key, query) else {
+        return match (&raw.key, &raw.query, &raw.query_file, &raw.changes) {
+            (None, None, None, None) => Ok(None),
+            (Some(key), ..) => Err((
+                Some(key.span()),
+                "an incremental view needs \"query\" (or \"query_file\") beside \"key\"".into(),
+            )),
+            _ => Err((
+                Some(table.span()),
+                "an incremental view needs \"key\": the columns that identify its rows".into(),
+            )),
+        };
+    };
+    let key_columns = identifiers("key", key)?;
+    let template = Template::parse(&query)
+        .map_err(|msg| (Some(query_span.clone()), format!("key \"query\": {msg}")))?;
+    if let Some(n) = template.arities().find(|&n| n != key_columns.len()) {
+        return Err((
+            Some(query_span),
+            format!(
+                "key \"query\": $changed(...) has {n} argument(s), and the key has {} column(s): \
+                 give one expression per key column, in key order",
+                key_columns.len()
+            ),
+        ));
+    }
+    let Some(changes) = raw.changes.as_ref().filter(|c| !c.is_empty()) else {
+        return Err((
+            Some(table.span()),
+            "an incremental view needs at least one [[view.changes]]: the tables whose \
+             changes matter, each with its marker"
+                .into(),
+        ));
+    };
+    let changes = changes
+        .iter()
+        .map(|change| source(change, key_columns.len()))
+        .collect::<Result<_, _>>()?;
+    Ok(Some(Incremental {
+        key: key_columns,
+        query: template,
+        changes,
+    }))
+}
+
+/// One `[[view.changes]]`; `arity`: the number of key columns.
+fn source(change: &Spanned<RawChange>, arity: usize) -> Result<Source, (Span, String)> {
+    let raw = change.get_ref();
+    let missing = |key: &str, what: &str| {
+        (
+            Some(change.span()),
+            format!("[[view.changes]] has no key {key:?}: {what}"),
+        )
+    };
+    let table = raw
+        .table
+        .as_ref()
+        .ok_or_else(|| missing("table", "the source table"))?;
+    let name: ViewName = table.get_ref().parse().map_err(|msg: String| {
+        (
+            Some(table.span()),
+            format!("key \"table\": {}", msg.replace("view name", "table name")),
+        )
+    })?;
+    let key = raw
+        .key
+        .as_ref()
+        .ok_or_else(|| missing("key", "expressions over the table giving the view's key"))?;
+    if key.get_ref().len() != arity || key.get_ref().iter().any(|e| e.trim().is_empty()) {
+        return Err((
+            Some(key.span()),
+            format!(
+                "key \"key\": {} expression(s), and the view's key has {arity} column(s): give \
+                 one non-empty expression per key column, in key order",
+                key.get_ref().len()
+            ),
+        ));
+    }
+    let marker = raw.marker.as_ref().ok_or_else(|| {
+        missing(
+            "marker",
+            "a column that grows with every insert and update (a sequence, a timestamp)",
+        )
+    })?;
+    let marker_name = identifier("marker", marker)?;
+    let lag = match &raw.lag {
+        None => Lag::Units(0),
+        Some(lag) => match lag.get_ref() {
+            RawLag::Units(n) if *n >= 0 => Lag::Units(*n),
+            RawLag::Units(n) => {
+                return Err((Some(lag.span()), format!("key \"lag\": {n} is negative")));
+            }
+            RawLag::Text(text) => Lag::Duration(text.parse().map_err(|err| {
+                (
+                    Some(lag.span()),
+                    format!("key \"lag\": {err} (a number in the marker's units, or a duration)"),
+                )
+            })?),
+        },
+    };
+    Ok(Source {
+        table: name,
+        key: key.get_ref().iter().map(|e| e.trim().to_owned()).collect(),
+        marker: marker_name,
+        lag,
+    })
+}
+
+/// A list of column names, each one SQL identifier.
+fn identifiers(key: &str, names: &Spanned<Vec<String>>) -> Result<Vec<String>, (Span, String)> {
+    let fail = |msg: String| (Some(names.span()), format!("key {key:?}: {msg}"));
+    if names.get_ref().is_empty() {
+        return Err(fail("names no column".into()));
+    }
+    let mut columns: Vec<String> = Vec::new();
+    for name in names.get_ref() {
+        let column = one_identifier(name).map_err(fail)?;
+        if columns.contains(&column) {
+            return Err(fail(format!("column {column:?} is listed twice")));
+        }
+        columns.push(column);
+    }
+    Ok(columns)
+}
+
+/// One column name.
+fn identifier(key: &str, name: &Spanned<String>) -> Result<String, (Span, String)> {
+    one_identifier(name.get_ref()).map_err(|msg| (Some(name.span()), format!("key {key:?}: {msg}")))
+}
+
+fn one_identifier(text: &str) -> Result<String, String> {
+    let mut parts = split_identifiers(text, "column name")?;
+    match parts.len() {
+        1 => Ok(parts.remove(0)),
+        _ => Err(format!(
+            "invalid column name {text:?}: expected a plain column name"
+        )),
+    }
 }
 
 /// The value of `key`, parsed and then checked by `check`.
@@ -508,6 +764,10 @@ fn apply(table: &RawTable, base: &ViewSettings) -> Result<ViewSettings, (Span, S
     }
     if let Some(v) = &table.vacuum {
         settings.vacuum = parse("vacuum", v, |_: &Vacuum| None)?;
+    }
+    if let Some(v) = &table.full_every {
+        let every = parse("full_every", v, |_: &PgDuration| None)?;
+        settings.full_every = (every.as_millis() > 0).then_some(every);
     }
     if let Some(v) = &table.min_interval {
         let interval = parse("min_interval", v, |d: &PgDuration| {
@@ -637,6 +897,41 @@ mod tests {
         )));
         let e = error(&format!("[[view]]\nname = \"{}\"\n", "ж".repeat(32)));
         assert!(e.message.contains("64 bytes long"), "{e}");
+    }
+
+    const INCREMENTAL: &str = "[[view]]\nname = \"r.ua\"\nkey = [\"tenant_id\", \"User_Id\"]\n\
+        query = \"SELECT 1 WHERE $changed(a, b)\"\nfull_every = \"1h\"\n\
+        [[view.changes]]\ntable = \"bets\"\nkey = [\"tenant_id\", \"user_id\"]\nmarker = \"id\"\n\
+        [[view.changes]]\ntable = \"s.b\"\nkey = [\"t\", \"u\"]\nmarker = \"ts\"\nlag = \"1min\"\n";
+
+    #[test]
+    fn the_incremental_form_reads_and_each_mistake_is_placed() {
+        let registry = Registry::parse(INCREMENTAL, "r.toml").unwrap();
+        let view = &registry.views[0];
+        let inc = view.incremental.as_ref().expect("incremental");
+        assert_eq!(inc.key, ["tenant_id", "user_id"]);
+        assert_eq!(inc.changes[0].lag, Lag::Units(0));
+        assert_eq!(inc.changes[1].lag.to_string(), "1min");
+        assert_eq!(inc.changes[1].table.to_string(), "s.b");
+        assert_eq!(view.settings.full_every.unwrap().as_millis(), 3_600_000);
+
+        let e = error(&INCREMENTAL.replace("$changed(a, b)", "$changed(a)"));
+        assert_eq!(e.line, 4);
+        assert!(e.message.contains("1 argument(s)"), "{e}");
+        let e = error(&INCREMENTAL.replace("key = [\"t\", \"u\"]", "key = [\"t\"]"));
+        assert_eq!(e.line, 12);
+        let e = error(&INCREMENTAL.replace("marker = \"ts\"\n", ""));
+        assert!(e.message.contains("no key \"marker\""), "{e}");
+        let e = error(&INCREMENTAL.replace("lag = \"1min\"", "lag = -5"));
+        assert_eq!(e.line, 14);
+        let e = error(&INCREMENTAL.replace("marker = \"id\"", "marker = \"id\"\nmarkr = 1"));
+        assert!(e.message.contains("markr"), "{e}");
+        let e = error(&INCREMENTAL.replace("SELECT 1 WHERE $changed(a, b)", "SELECT 1"));
+        assert!(e.message.contains("no $changed"), "{e}");
+        let e = error(&INCREMENTAL.replace("query = ", "query_file = \"nope.sql\"\nquery = "));
+        assert!(e.message.contains("both"), "{e}");
+        let e = error("[defaults]\nkey = [\"a\"]\n[[view]]\nname = \"a\"\n");
+        assert!(e.message.contains("not in [defaults]"), "{e}");
     }
 
     #[test]
