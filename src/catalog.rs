@@ -28,13 +28,20 @@ pub struct Relation {
 pub enum Lookup {
     /// A materialized view.
     MatView(Relation),
+    /// A table (plain or partitioned): what an incremental view is.
+    Table(Relation),
     /// Something else, e.g. a table or a plain view; `kind` says what.
     Other {
         relation: Relation,
         kind: &'static str,
     },
-    /// Nothing; `qualified` is the name with the schema it was expected in.
-    Missing { qualified: String },
+    /// Nothing; `qualified` is the name with the schema it was expected in,
+    /// for people, `schema` and `name` the same unquoted.
+    Missing {
+        qualified: String,
+        schema: String,
+        name: String,
+    },
 }
 
 /// The state of a materialized view that decides how it can be refreshed.
@@ -69,8 +76,10 @@ impl Lookup {
     /// The schema-qualified name to report this view under.
     pub fn qualified_name(&self) -> String {
         match self {
-            Self::MatView(relation) | Self::Other { relation, .. } => relation.to_string(),
-            Self::Missing { qualified } => qualified.clone(),
+            Self::MatView(relation) | Self::Table(relation) | Self::Other { relation, .. } => {
+                relation.to_string()
+            }
+            Self::Missing { qualified, .. } => qualified.clone(),
         }
     }
 }
@@ -219,6 +228,8 @@ fn found(row: &tokio_postgres::Row, name: &ViewName) -> Found {
         return Found {
             lookup: Lookup::Missing {
                 qualified: format!("{}.{}", display_ident(&schema), display_ident(&name.name)),
+                schema,
+                name: name.name.clone(),
             },
             state: None,
             denied: None,
@@ -230,6 +241,13 @@ fn found(row: &tokio_postgres::Row, name: &ViewName) -> Found {
         name: row.get(2),
     };
     let kind: i8 = row.get(3);
+    if matches!(kind as u8, b'r' | b'p') {
+        return Found {
+            lookup: Lookup::Table(relation),
+            state: None,
+            denied: None,
+        };
+    }
     if kind as u8 != b'm' {
         return Found {
             lookup: Lookup::Other {

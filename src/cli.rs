@@ -126,6 +126,11 @@ pub struct RefreshArgs {
     #[arg(long, env = "MV_REFRESHER_DEADLINE", value_name = "DURATION")]
     pub deadline: Option<PgDuration>,
 
+    /// Incremental views: a full reconcile (every key recomputed, only the
+    /// differences written) instead of the changed keys.
+    #[arg(long)]
+    pub full: bool,
+
     /// Results on stdout: a table for people, or one JSON object for scripts
     /// (default: json with --log-format json, else table).
     #[arg(long, value_enum)]

@@ -55,6 +55,8 @@ pub struct RefreshConfig {
     pub named: bool,
     pub cycle: CycleConfig,
     pub deadline: Option<PgDuration>,
+    /// Incremental views are fully reconciled.
+    pub full: bool,
     /// The results on stdout; `None`: none (JSON logs are the results).
     pub format: Option<ResultsFormat>,
     pub pushgateway: Option<Pushgateway>,
@@ -156,6 +158,7 @@ fn refresh(
         named: !args.views.is_empty(),
         cycle: cycle(global, &args.cycle),
         deadline: args.deadline,
+        full: args.full,
         format,
         pushgateway,
     })

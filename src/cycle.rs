@@ -34,6 +34,8 @@ pub struct Refresher {
     pub history_retention: PgDuration,
     /// `REFRESH` statements running now, across cycles (for the metrics).
     pub in_progress: Arc<AtomicUsize>,
+    /// Incremental views are fully reconciled (`refresh --full`).
+    pub full: bool,
 }
 
 /// When a cycle must wind down.
@@ -119,6 +121,7 @@ impl Refresher {
             host: gethostname::gethostname().to_string_lossy().into_owned(),
             history_retention,
             in_progress: Arc::default(),
+            full: false,
         }
     }
 

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use tokio_postgres::GenericClient;
 
 use crate::catalog::{self, Lookup, ViewState};
+use crate::incremental::catalog::{Target, Wanted, describe};
 use crate::refresh::Method;
 use crate::refresh_log::RefreshLog;
 use crate::registry::{Concurrently, ViewSettings, ViewSpec, WorkMem};
@@ -41,6 +42,8 @@ pub struct Step {
     pub work_mem: WorkMemChoice,
     /// The view holds rows (readers read it): a plain refresh blocks them.
     pub populated: bool,
+    /// An incremental view's table, query and sources, as the catalog shows them.
+    pub incremental: Option<Target>,
 }
 
 /// The `work_mem` a refresh sets, and why.
@@ -74,6 +77,15 @@ impl Step {
     /// a table) is reported but never written to the log tables.
     pub fn is_matview(&self) -> bool {
         matches!(self.lookup, Lookup::MatView(_))
+    }
+
+    /// Whether its outcomes belong in the log tables: a materialized view, or
+    /// an incremental view (whose table may not exist yet).
+    pub fn is_recorded(&self) -> bool {
+        match self.spec.incremental {
+            Some(_) => matches!(self.lookup, Lookup::Table(_) | Lookup::Missing { .. }),
+            None => self.is_matview(),
+        }
     }
 }
 
@@ -134,6 +146,7 @@ pub fn choose_method(
 fn lookup_problem(lookup: &Lookup) -> Option<String> {
     match lookup {
         Lookup::MatView(_) => None,
+        Lookup::Table(_) => Some("is a table, not a materialized view".into()),
         Lookup::Other { kind, .. } => Some(format!("is {kind}, not a materialized view")),
         Lookup::Missing { .. } => Some("does not exist (no relation of that name)".into()),
     }
@@ -154,6 +167,19 @@ impl Plan {
             .into_iter()
             .zip(catalog.views)
             .map(|(spec, found)| {
+                if spec.incremental.is_some() {
+                    let work_mem = WorkMemChoice::untuned(spec.settings.work_mem, server_work_mem);
+                    return Step {
+                        spec,
+                        lookup: found.lookup,
+                        depends_on: Vec::new(),
+                        problem: None,
+                        method: Some((Method::Incremental, "incremental view")),
+                        work_mem,
+                        populated: false,
+                        incremental: None,
+                    };
+                }
                 let mut problem = lookup_problem(&found.lookup).or(found.denied);
                 let method = match found
                     .state
@@ -175,11 +201,12 @@ impl Plan {
                     method,
                     work_mem,
                     populated: found.state.is_some_and(|state| state.populated),
+                    incremental: None,
                 }
             })
             .collect();
 
-        if steps.iter().any(|s| !s.is_matview()) {
+        if steps.iter().any(|s| !s.is_recorded()) {
             suggest_names(client, &mut steps).await?;
         }
 
@@ -187,11 +214,14 @@ impl Plan {
             .iter()
             .enumerate()
             .filter_map(|(i, step)| match &step.lookup {
-                Lookup::MatView(relation) => Some((relation.oid, i)),
+                Lookup::MatView(relation) | Lookup::Table(relation) => Some((relation.oid, i)),
                 _ => None,
             })
             .collect();
         let oids: Vec<u32> = index_of.keys().copied().collect();
+        if steps.iter().any(|s| s.spec.incremental.is_some()) {
+            describe_incremental(client, &mut steps, &index_of).await?;
+        }
         for (viewer, source) in catalog::dependencies(client, &oids).await? {
             if let (Some(&v), Some(&s)) = (index_of.get(&viewer), index_of.get(&source)) {
                 steps[v].depends_on.push(s);
@@ -205,6 +235,50 @@ impl Plan {
             citus: catalog.citus,
         })
     }
+}
+
+/// Describes the incremental steps: their tables, queries and sources, and
+/// the registry views their queries read (dependencies).
+async fn describe_incremental(
+    client: &impl GenericClient,
+    steps: &mut [Step],
+    index_of: &HashMap<u32, usize>,
+) -> Result<(), tokio_postgres::Error> {
+    let which: Vec<usize> = (0..steps.len())
+        .filter(|&i| steps[i].spec.incremental.is_some())
+        .collect();
+    let wanted: Vec<Wanted<'_>> = which
+        .iter()
+        .map(|&i| Wanted {
+            spec: steps[i].spec.incremental.as_ref().expect("filtered"),
+            lookup: &steps[i].lookup,
+        })
+        .collect();
+    let known: Vec<u32> = index_of.keys().copied().collect();
+    let described = describe(client, &wanted, &known).await?;
+    for (i, found) in which.into_iter().zip(described) {
+        let mut reads: Vec<u32> = found.reads;
+        if let Ok(target) = &found.target {
+            reads.extend(target.sources.iter().map(|s| s.relation.oid));
+        }
+        let step = &mut steps[i];
+        for oid in reads {
+            if let Some(&d) = index_of.get(&oid)
+                && d != i
+                && !step.depends_on.contains(&d)
+            {
+                step.depends_on.push(d);
+            }
+        }
+        match found.target {
+            Ok(target) => step.incremental = Some(target),
+            Err(problem) => {
+                step.problem = Some(problem);
+                step.method = None;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What `work_mem = "auto"` is tuned with.
@@ -281,7 +355,7 @@ async fn suggest_names(
     steps: &mut [Step],
 ) -> Result<(), tokio_postgres::Error> {
     let known = catalog::materialized_views(client).await?;
-    for step in steps.iter_mut().filter(|s| !s.is_matview()) {
+    for step in steps.iter_mut().filter(|s| !s.is_recorded()) {
         if let (Some(problem), Some(like)) = (
             &mut step.problem,
             catalog::closest(&step.spec.name.to_string(), &known),
@@ -372,6 +446,8 @@ mod tests {
             },
             lookup: Lookup::Missing {
                 qualified: format!("public.{name}"),
+                schema: "public".into(),
+                name: name.into(),
             },
             depends_on,
             problem: None,
@@ -381,6 +457,7 @@ mod tests {
                 reason: String::new(),
             },
             populated: false,
+            incremental: None,
         }
     }
 

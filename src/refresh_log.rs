@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use tokio_postgres::GenericClient;
 use tokio_postgres::error::SqlState;
@@ -16,17 +16,21 @@ use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
 use crate::quote::quote_ident;
-use crate::refresh::{Method, Status};
+use crate::refresh::{Counts, Method, Status};
 use crate::registry::ViewSettings;
 use crate::units::PgDuration;
 
 const DDL: &str = include_str!("sql/log_tables.sql");
 
 /// The version `sql/log_tables.sql` ends with (in the history table's comment).
-const SCHEMA_VERSION: i32 = 3;
+const SCHEMA_VERSION: i32 = 4;
 
 /// The version that added `skip_count` and `cancel_count` to the summary table.
 const OUTCOME_COUNTS_VERSION: i32 = 3;
+
+/// The version that added incremental views: the state table, the counts in
+/// the history, method `incremental`.
+const INCREMENTAL_VERSION: i32 = 4;
 
 /// Rows deleted per statement when pruning the history: short locks, small WAL bursts.
 const PRUNE_BATCH: u64 = 1000;
@@ -41,10 +45,10 @@ pub struct RefreshLog {
     schema: String,
     log_table: String,
     history_table: String,
-    /// Whether the summary table has `skip_count` and `cancel_count`: known once
-    /// [`RefreshLog::ensure`] ran (a role that may not upgrade older tables
-    /// keeps writing them as they are). Shared by the clones.
-    outcome_counts: Arc<AtomicBool>,
+    /// The tables' version, known once [`RefreshLog::ensure`] ran: a role
+    /// that may not upgrade older tables keeps writing them as they are.
+    /// Shared by the clones.
+    version: Arc<AtomicI32>,
 }
 
 /// One attempt at one view, as the history table records it.
@@ -69,6 +73,8 @@ pub struct Attempt<'a> {
     /// Why: the reason for the method chosen or for a skip.
     pub note: Option<&'a str>,
     pub host: &'a str,
+    /// What an incremental cycle touched.
+    pub counts: Option<Counts>,
     /// A failed attempt that will be retried: a history row only, the summary
     /// row counts the refresh once it has its final outcome.
     pub retried: bool,
@@ -151,7 +157,7 @@ impl RefreshLog {
             schema: schema.to_owned(),
             log_table: format!("{quoted}.materialized_views_refresh_log"),
             history_table: format!("{quoted}.materialized_views_refresh_history"),
-            outcome_counts: Arc::default(),
+            version: Arc::default(),
         }
     }
 
@@ -168,6 +174,19 @@ impl RefreshLog {
     /// The schema the tables live in.
     pub fn schema(&self) -> &str {
         &self.schema
+    }
+
+    /// Whether the tables have what incremental views need (the state table).
+    pub fn has_incremental(&self) -> bool {
+        self.version.load(Ordering::Relaxed) >= INCREMENTAL_VERSION
+    }
+
+    /// The state table of incremental views, schema-qualified and quoted.
+    pub fn state_table(&self) -> String {
+        format!(
+            "{}.materialized_views_refresh_state",
+            quote_ident(&self.schema)
+        )
     }
 
     /// Whether both tables exist.
@@ -215,7 +234,7 @@ impl RefreshLog {
         // run under refreshes that already use the tables.
         if self.version(&tx).await? >= SCHEMA_VERSION {
             tx.commit().await?;
-            self.outcome_counts.store(true, Ordering::Relaxed);
+            self.version.store(SCHEMA_VERSION, Ordering::Relaxed);
             return Ok(());
         }
         // IF NOT EXISTS on existing tables says so in NOTICEs: not news.
@@ -227,7 +246,7 @@ impl RefreshLog {
         tx.batch_execute(&DDL.replace("{schema}", &quote_ident(&self.schema)))
             .await?;
         tx.commit().await?;
-        self.outcome_counts.store(true, Ordering::Relaxed);
+        self.version.store(SCHEMA_VERSION, Ordering::Relaxed);
         Ok(())
     }
 
@@ -238,8 +257,7 @@ impl RefreshLog {
         client: &mut tokio_postgres::Client,
     ) -> Result<bool, tokio_postgres::Error> {
         let version = self.version(&*client).await?;
-        self.outcome_counts
-            .store(version >= OUTCOME_COUNTS_VERSION, Ordering::Relaxed);
+        self.version.store(version, Ordering::Relaxed);
         if version >= SCHEMA_VERSION {
             return Ok(true);
         }
@@ -288,6 +306,11 @@ impl RefreshLog {
     ) -> Result<i64, tokio_postgres::Error> {
         let settings = attempt.settings;
         let attempt_no = attempt.attempt as i32;
+        let counts = attempt
+            .counts
+            .map(|c| [c.keys, c.inserted, c.updated, c.deleted]);
+        let count = |i: usize| counts.map(|c| c[i]);
+        let (keys, inserted, updated, deleted) = (count(0), count(1), count(2), count(3));
         let row = client
             .query_typed_one(
                 &self.record_sql(attempt),
@@ -305,6 +328,10 @@ impl RefreshLog {
                     (&attempt.error, Type::TEXT),
                     (&attempt.note, Type::TEXT),
                     (&attempt.host, Type::TEXT),
+                    (&keys, Type::INT8),
+                    (&inserted, Type::INT8),
+                    (&updated, Type::INT8),
+                    (&deleted, Type::INT8),
                 ],
             )
             .await?;
@@ -314,15 +341,24 @@ impl RefreshLog {
     /// The statement of [`RefreshLog::record`]: the history row, and in the same
     /// statement (a data-modifying `WITH`) the summary row's change, if any.
     fn record_sql(&self, attempt: &Attempt<'_>) -> String {
+        // The counts' columns from version 4 on; the parameters are bound either way.
+        let (count_columns, count_values) = match self.has_incremental() {
+            true => (
+                ", keys_scanned, rows_inserted, rows_updated, rows_deleted",
+                ", $14, $15, $16, $17",
+            ),
+            false => ("", ""),
+        };
         let history = format!(
             "INSERT INTO {} (run_id, view_name, started_at, finished_at, duration_ms, status, \
-                 method, attempt, work_mem, statement_timeout, lock_timeout, sqlstate, error, note, host) \
+                 method, attempt, work_mem, statement_timeout, lock_timeout, sqlstate, error, note, \
+                 host{count_columns}) \
              SELECT $1, $2, now - make_interval(secs => $3::float8 / 1000), now, $3::float8, $4, $5, $6, \
-                 coalesce($7, current_setting('work_mem')), $8, $9, $10, $11, $12, $13 \
+                 coalesce($7, current_setting('work_mem')), $8, $9, $10, $11, $12, $13{count_values} \
              FROM t RETURNING id",
             self.history_table
         );
-        let outcome_counts = self.outcome_counts.load(Ordering::Relaxed);
+        let outcome_counts = self.version.load(Ordering::Relaxed) >= OUTCOME_COUNTS_VERSION;
         let summary = match attempt.status {
             _ if attempt.retried => None,
             Status::Skipped if !outcome_counts => None,

@@ -49,8 +49,61 @@ pub(super) async fn check(
     };
     print_header(options, target, log, &server);
     print_plan(&plan);
+    print_incremental(&plan);
     print_warnings(&plan);
     Ok(print_problems(&plan))
+}
+
+/// For each incremental view, how each source's changes are found: the
+/// marker, how late commits are caught, and the indexes that serve it.
+fn print_incremental(plan: &Plan) {
+    use crate::incremental::catalog::MarkerKind;
+    for step in &plan.steps {
+        let Some(target) = &step.incremental else {
+            continue;
+        };
+        let table = match &target.table {
+            Some(_) => "its table",
+            None => "its table, created on the first refresh,",
+        };
+        let every = step
+            .settings()
+            .full_every
+            .map_or("never".to_owned(), |d| format!("every {d}"));
+        outln!(
+            "
+incremental {}: {table} kept equal to its query by key ({}); full reconcile {every}",
+            step.view_name(),
+            step.spec
+                .incremental
+                .as_ref()
+                .map_or(String::new(), |i| i.key.join(", "))
+        );
+        for source in &target.sources {
+            let late = match &source.marker_kind {
+                MarkerKind::Sequence(seq) => {
+                    format!("from sequence {seq}: its writers are waited for")
+                }
+                MarkerKind::Clock => "from clock_timestamp(): its writers are waited for".into(),
+                MarkerKind::Other => {
+                    format!("late commits caught within lag = {}", source.spec.lag)
+                }
+            };
+            let index = |name: &Option<String>| name.as_deref().unwrap_or("none").to_owned();
+            outln!(
+                "  {}: marker {} ({}, {late}; index {}), key ({}; index {})",
+                source.relation,
+                source.spec.marker,
+                source.marker_type,
+                index(&source.marker_index),
+                source.spec.key.join(", "),
+                index(&source.key_index)
+            );
+        }
+        for warning in &target.warnings {
+            outln!("\nwarning: {}: {warning}", step.view_name());
+        }
+    }
 }
 
 fn print_header(options: &CheckConfig, target: &DbTarget, log: &RefreshLog, server: &Server) {

@@ -64,9 +64,16 @@ async fn plan(
         log: exists.then_some(log),
         jobs: 1,
     };
-    let plan = Plan::build(client, views.to_vec(), tuning)
+    // In a transaction, rolled back: incremental views are described through
+    // temporary views of their queries.
+    client
+        .batch_execute("BEGIN")
         .await
         .map_err(db_err("planning the refresh"))?;
+    let plan = Plan::build(client, views.to_vec(), tuning).await;
+    let ended = client.batch_execute("ROLLBACK").await;
+    let plan = plan.map_err(db_err("planning the refresh"))?;
+    ended.map_err(db_err("planning the refresh"))?;
     Ok((exists, plan))
 }
 
@@ -93,6 +100,7 @@ async fn preflight(
     let missing: Vec<_> = specs
         .iter()
         .zip(found.views)
+        .filter(|(spec, _)| spec.incremental.is_none())
         .filter(|(_, f)| !matches!(f.lookup, catalog::Lookup::MatView(_)))
         .map(|(spec, f)| (spec.name.to_string(), f.lookup))
         .collect();
@@ -124,6 +132,7 @@ async fn preflight(
 /// and the closest of `known` it may have meant.
 fn not_a_view(name: &str, lookup: &catalog::Lookup, known: &[String]) -> String {
     let what = match lookup {
+        catalog::Lookup::Table(_) => format!("{name} is a table, not a materialized view"),
         catalog::Lookup::Other { kind, .. } => format!("{name} is {kind}, not a materialized view"),
         _ => format!("there is no materialized view {name}"),
     };

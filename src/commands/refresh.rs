@@ -23,12 +23,13 @@ pub(super) async fn refresh(
 ) -> Result<Exit, Error> {
     let embedded = options.registry.is_embedded();
     super::preflight(&target, &options.views, options.named, embedded).await?;
-    let refresher = Refresher::new(
+    let mut refresher = Refresher::new(
         target,
         log,
         options.cycle.jobs,
         options.cycle.history_retention,
     );
+    refresher.full = options.full;
     let (stop_handle, stop) = super::stop_on_signals()?;
     if let Some(deadline) = options.deadline {
         stop_handle.after(deadline.to_std());

@@ -3,7 +3,12 @@
 //!
 //! * [`template`] finds the query's `$changed(...)` marks with a tokenizer
 //!   that respects strings, comments and dollar quotes.
+//! * [`catalog`] reads, while planning, the query's columns and what it reads,
+//!   the table's keys, and each source's marker and indexes.
+//! * [`sql`] makes the statements of a cycle; `refresh::incremental` runs them.
 
+pub mod catalog;
+pub mod sql;
 mod template;
 
 pub use template::Template;

@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::incremental;
 use super::record::{Slot, record, report};
 use super::transaction::{self, Done};
 use super::{Failure, Outcome, Status};
@@ -50,6 +51,8 @@ pub struct RunContext {
     pub citus: bool,
     /// `REFRESH` statements running now, for the metrics.
     pub in_progress: Arc<AtomicUsize>,
+    /// Incremental views are fully reconciled (`refresh --full`).
+    pub full: bool,
     /// The statement that reads a view's state in its transaction.
     pub(super) state_sql: String,
 }
@@ -79,6 +82,7 @@ impl RunContext {
             progress,
             citus,
             in_progress: refresher.in_progress.clone(),
+            full: refresher.full,
         }
     }
 
@@ -181,14 +185,24 @@ async fn refresh_step(ctx: &RunContext, step: &Step, blocked_by: Option<String>)
         outcome.blocks_dependents = true;
         return record(ctx, &mut slot, step, outcome, false).await;
     }
-    let relation = match (&step.lookup, &step.problem) {
-        (Lookup::MatView(relation), None) => relation,
+    let relation = match (&step.lookup, &step.problem, &step.incremental) {
+        (Lookup::MatView(relation), None, None) => Some(relation),
+        (_, None, Some(_)) => None,
         _ => return unrefreshable(ctx, &mut slot, step).await,
     };
     let retries = step.settings().retries;
     let mut attempt = 1;
     loop {
-        let failure = match transaction::attempt(ctx, &mut slot, step, relation, attempt).await {
+        let done = match (relation, &step.incremental) {
+            (Some(relation), _) => {
+                transaction::attempt(ctx, &mut slot, step, relation, attempt).await
+            }
+            (None, Some(target)) => {
+                incremental::attempt(ctx, &mut slot, step, target, attempt).await
+            }
+            (None, None) => unreachable!("matched above"),
+        };
+        let failure = match done {
             Ok(done) => return finish(ctx, &mut slot, step, relation, done, attempt).await,
             Err(failure) => failure,
         };
@@ -248,7 +262,7 @@ async fn unrefreshable(ctx: &RunContext, slot: &mut Slot, step: &Step) -> Outcom
         .as_deref()
         .unwrap_or("is not a materialized view");
     let name = step.view_name();
-    if !step.is_matview() {
+    if !step.is_recorded() {
         let outcome = Outcome::new(step, Status::Failed, format!("{name} {why}"));
         report(ctx, &outcome);
         return outcome;
@@ -262,7 +276,7 @@ async fn finish(
     ctx: &RunContext,
     slot: &mut Slot,
     step: &Step,
-    relation: &Relation,
+    relation: Option<&Relation>,
     done: Done,
     attempt: u32,
 ) -> Outcome {
@@ -288,6 +302,7 @@ async fn finish(
         } => (outcome, history_id, bloat),
     };
     if let Some(bloat) = bloat.filter(|b| b.needs_vacuum())
+        && let Some(relation) = relation
         && let Some(note) = transaction::vacuum(ctx, slot, step, relation, bloat, history_id).await
     {
         let reason = outcome.message.take().unwrap_or_default();

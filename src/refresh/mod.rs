@@ -13,6 +13,7 @@
 //! [`Outcome`]); `refresh_log` only writes them down.
 
 mod executor;
+mod incremental;
 mod record;
 mod statement;
 mod transaction;
@@ -39,6 +40,19 @@ pub enum Status {
 pub enum Method {
     Concurrently,
     Full,
+    /// An incremental view's cycle: the changed keys recomputed, or all of
+    /// them in a full reconcile.
+    Incremental,
+}
+
+/// What an incremental cycle touched.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    /// Keys recomputed: the changed ones, or every key of a full reconcile.
+    pub keys: i64,
+    pub inserted: i64,
+    pub updated: i64,
+    pub deleted: i64,
 }
 
 impl Status {
@@ -59,6 +73,7 @@ impl Method {
         match self {
             Self::Concurrently => "concurrently",
             Self::Full => "full",
+            Self::Incremental => "incremental",
         }
     }
 }
@@ -84,6 +99,8 @@ pub struct Outcome {
     pub lock_skipped: bool,
     /// How long the `REFRESH` could wait for its lock, when it was sent.
     pub lock_wait: Option<LockWait>,
+    /// What an incremental cycle touched.
+    pub counts: Option<Counts>,
 }
 
 impl Outcome {
@@ -102,6 +119,7 @@ impl Outcome {
             blocks_dependents: matches!(status, Status::Failed | Status::Cancelled),
             lock_skipped: false,
             lock_wait: None,
+            counts: None,
         }
     }
 }

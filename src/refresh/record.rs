@@ -80,6 +80,7 @@ pub(super) fn attempt_row<'a>(
         error,
         note,
         host: &ctx.host,
+        counts: outcome.counts,
         retried,
     }
 }

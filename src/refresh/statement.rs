@@ -11,7 +11,6 @@ use tracing::Instrument;
 
 use super::executor::RunContext;
 use super::{Failure, Method};
-use crate::catalog::Relation;
 use crate::db::describe_error;
 use crate::plan::{LockWait, Step};
 use crate::registry::ViewSettings;
@@ -97,7 +96,7 @@ impl Interrupted {
 /// backend running.
 pub(super) async fn cancellable(
     ctx: &RunContext,
-    relation: &Relation,
+    view: &str,
     token: &CancelToken,
     silence: Option<Duration>,
     statement: impl Future<Output = Result<(), tokio_postgres::Error>>,
@@ -118,7 +117,7 @@ pub(super) async fn cancellable(
     };
     if reason.is_none() {
         tracing::warn!(
-            view = %relation,
+            view,
             silence_s = silence.unwrap_or_default().as_secs(),
             "no answer from the server past the statement timeout; cancelling"
         );
@@ -131,7 +130,7 @@ pub(super) async fn cancellable(
     // for, at most one request's CANCEL_TIMEOUT.
     let (done, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let repeater = tokio::spawn({
-        let (target, token, view) = (ctx.target.clone(), token.clone(), relation.to_string());
+        let (target, token, view) = (ctx.target.clone(), token.clone(), view.to_owned());
         async move {
             loop {
                 if let Err(error) = target.cancel(&token).await {

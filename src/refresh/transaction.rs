@@ -72,7 +72,7 @@ struct Opened {
 }
 
 /// Key of the per-view advisory lock: a constant prefix ("mvrf") and the OID.
-fn lock_key(oid: u32) -> i64 {
+pub(super) fn lock_key(oid: u32) -> i64 {
     (0x6d76_7266_i64 << 32) | i64::from(oid)
 }
 
@@ -128,7 +128,8 @@ pub(super) async fn attempt(
     outcome.attempts = attempt;
     outcome.lock_wait = Some(lock_wait);
     let want_bloat = method == Method::Concurrently && step.settings().vacuum == Vacuum::Auto;
-    let (history_id, bloat) = commit(ctx, client, step, relation, &mut outcome, want_bloat)
+    let bloat_of = want_bloat.then_some(relation.oid);
+    let (history_id, bloat) = commit(ctx, client, step, bloat_of, &mut outcome)
         .await
         .map_err(pg(Some(method)))?;
     *session.in_transaction = false;
@@ -159,7 +160,14 @@ async fn refresh(
         let sql = refresh_sql(relation, method, &lock_wait);
         let silence = silence_limit(step.settings());
         let token = client.cancel_token();
-        cancellable(ctx, relation, &token, silence, client.batch_execute(&sql)).await
+        cancellable(
+            ctx,
+            &relation.to_string(),
+            &token,
+            silence,
+            client.batch_execute(&sql),
+        )
+        .await
     };
     let duration_ms = round_ms(started.elapsed().as_secs_f64() * 1000.0);
     refreshed.map_err(|interrupted| {
@@ -225,7 +233,7 @@ pub(super) fn state_sql(log: Option<&RefreshLog>) -> String {
 
 /// The reason to skip a view refreshed `age_s` seconds ago, when that is more
 /// recent than its `min_interval`.
-fn fresh(settings: &ViewSettings, age_s: Option<f64>) -> Option<String> {
+pub(super) fn fresh(settings: &ViewSettings, age_s: Option<f64>) -> Option<String> {
     let interval = settings.min_interval?;
     let age = age_s?;
     (age * 1000.0 < interval.as_millis() as f64)
@@ -247,27 +255,27 @@ fn refresh_sql(relation: &Relation, method: Method, lock_wait: &LockWait) -> Str
             relation.quoted()
         ),
         Method::Full => format!("{wait}REFRESH MATERIALIZED VIEW {}", relation.quoted()),
+        Method::Incremental => unreachable!("an incremental view is no materialized view"),
     }
 }
 
-/// The third round trip: the dead rows, the success row behind a savepoint,
-/// the commit. Returns the success row's id and the dead rows; an error means
+/// The third round trip: the dead rows (when `bloat_of` names the relation),
+/// the success row behind a savepoint, the commit. Returns the success row's id and the dead rows; an error means
 /// nothing was committed. A success row that cannot be written is noted in
 /// `outcome.log_error`, and the refresh committed without it.
-async fn commit(
+pub(super) async fn commit(
     ctx: &RunContext,
     client: &Client,
     step: &Step,
-    relation: &Relation,
+    bloat_of: Option<u32>,
     outcome: &mut Outcome,
-    want_bloat: bool,
 ) -> Result<(Option<i64>, Option<Bloat>), tokio_postgres::Error> {
-    // Dead rows this refresh left, read inside its transaction: statistics of
-    // committed transactions arrive later.
+    // Dead rows this refresh left (of the relation `bloat_of`), read inside
+    // its transaction: statistics of committed transactions arrive later.
     let bloat = async {
-        match want_bloat {
-            true => catalog::bloat(client, relation.oid).await.map(Some),
-            false => Ok(None),
+        match bloat_of {
+            Some(oid) => catalog::bloat(client, oid).await.map(Some),
+            None => Ok(None),
         }
     };
     let Some(log) = &ctx.log else {
@@ -317,7 +325,15 @@ pub(super) async fn vacuum(
     let started = Instant::now();
     let sql = format!("VACUUM (ANALYZE, SKIP_LOCKED) {}", relation.quoted());
     let silence = silence_limit(step.settings());
-    match cancellable(ctx, relation, &cancel, silence, client.batch_execute(&sql)).await {
+    match cancellable(
+        ctx,
+        &relation.to_string(),
+        &cancel,
+        silence,
+        client.batch_execute(&sql),
+    )
+    .await
+    {
         Ok(()) => {
             let vacuum_ms = round_ms(started.elapsed().as_secs_f64() * 1000.0);
             tracing::info!(view = %relation, dead_rows = bloat.dead, live_rows = bloat.live, vacuum_ms, "vacuumed after the refresh");
@@ -347,7 +363,7 @@ pub(super) async fn vacuum(
 /// propagated to the workers, where a distributed view's aggregation runs
 /// (`set_config` would change the coordinator only). The values come from
 /// validated settings (`65536kB`, `600000ms`) and are quoted all the same.
-fn settings_sql(step: &Step, citus: bool) -> String {
+pub(super) fn settings_sql(step: &Step, citus: bool) -> String {
     let settings = step.settings();
     // First, for this coordinator session only (before Citus propagation, as
     // a worker's connection may idle while the coordinator works): a

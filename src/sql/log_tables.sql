@@ -52,5 +52,27 @@ ALTER TABLE {schema}.materialized_views_refresh_log
     ADD COLUMN IF NOT EXISTS skip_count bigint NOT NULL DEFAULT 0,
     ADD COLUMN IF NOT EXISTS cancel_count bigint NOT NULL DEFAULT 0;
 
+-- Version 4: incremental views. Their cycles are recorded with method
+-- 'incremental' and what they touched; their watermarks live in a table of
+-- their own, one row per view and source.
+ALTER TABLE {schema}.materialized_views_refresh_history
+    ADD COLUMN IF NOT EXISTS keys_scanned bigint,   -- incremental: changed keys recomputed
+    ADD COLUMN IF NOT EXISTS rows_inserted bigint,
+    ADD COLUMN IF NOT EXISTS rows_updated bigint,
+    ADD COLUMN IF NOT EXISTS rows_deleted bigint,
+    DROP CONSTRAINT IF EXISTS materialized_views_refresh_history_method_check,
+    ADD CONSTRAINT materialized_views_refresh_history_method_check
+        CHECK (method IN ('concurrently', 'full', 'incremental'));
+
+CREATE TABLE IF NOT EXISTS {schema}.materialized_views_refresh_state (
+    view_name    text NOT NULL,        -- the incremental view, schema-qualified
+    source       text NOT NULL,        -- one of its [[view.changes]] tables, schema-qualified
+    watermark    text,                 -- the largest marker applied, in the marker's type
+    snapshot     pg_snapshot,          -- the snapshot the cycle read: rows visible in it were applied
+    applied_at   timestamptz NOT NULL, -- when that snapshot was taken
+    last_full_at timestamptz,          -- the last full reconcile
+    PRIMARY KEY (view_name, source)
+);
+
 -- The version `refresh` checks to know whether to run this file again.
-COMMENT ON TABLE {schema}.materialized_views_refresh_history IS 'mv-refresher schema version 3';
+COMMENT ON TABLE {schema}.materialized_views_refresh_history IS 'mv-refresher schema version 4';

@@ -1,0 +1,222 @@
+//! The statements of an incremental cycle, made from the registry's SQL (the
+//! query, the sources' key expressions, trusted like the registry itself)
+//! and the catalog's names, always quoted. Values are bind parameters.
+//!
+//! Two temporary tables live for one transaction (`ON COMMIT DROP`): the
+//! changed keys, and the query's rows for them.
+
+use super::catalog::{SourcePlan, Target, is_time};
+use crate::quote::quote_ident;
+use crate::registry::{Incremental, Lag};
+
+const CHANGED: &str = "pg_temp.mv_refresher_changed";
+const RESULT: &str = "pg_temp.mv_refresher_result";
+
+/// The statements of one incremental view.
+pub struct Statements<'a> {
+    pub spec: &'a Incremental,
+    pub target: &'a Target,
+}
+
+impl Statements<'_> {
+    fn keys(&self, prefix: &str) -> String {
+        let keys: Vec<String> = self
+            .spec
+            .key
+            .iter()
+            .map(|k| format!("{prefix}{}", quote_ident(k)))
+            .collect();
+        keys.join(", ")
+    }
+
+    fn keys_equal(&self, left: &str, right: &str) -> String {
+        let pairs: Vec<String> = self
+            .spec
+            .key
+            .iter()
+            .map(|k| format!("{left}.{k} = {right}.{k}", k = quote_ident(k)))
+            .collect();
+        pairs.join(" AND ")
+    }
+
+    fn values(&self) -> Vec<String> {
+        self.target
+            .columns
+            .iter()
+            .filter(|c| !self.spec.key.contains(&c.name))
+            .map(|c| quote_ident(&c.name))
+            .collect()
+    }
+
+    /// Creates the table on the first refresh, empty, with the key as its
+    /// primary key; the full load that follows fills it.
+    pub fn create_table(&self) -> String {
+        format!(
+            "CREATE TABLE {t} AS {query} WITH NO DATA; ALTER TABLE {t} ADD PRIMARY KEY ({keys})",
+            t = self.target.quoted,
+            query = self.spec.query.full(),
+            keys = self.keys(""),
+        )
+    }
+
+    /// The table of changed keys, typed like the view's key.
+    pub fn changed_table(&self) -> String {
+        let columns: Vec<String> = self
+            .spec
+            .key
+            .iter()
+            .zip(self.target.key_types(self.spec))
+            .map(|(k, ty)| format!("{} {ty}", quote_ident(k)))
+            .collect();
+        format!(
+            "CREATE TEMPORARY TABLE mv_refresher_changed ({}, PRIMARY KEY ({})) ON COMMIT DROP",
+            columns.join(", "),
+            self.keys("")
+        )
+    }
+
+    /// The keys of `source`'s rows changed since the last cycle: markers above
+    /// the watermark (`$1`, text) less its lag; with `seen`, less the rows
+    /// whose transaction ended before the last cycle's snapshot (`$3`, that
+    /// snapshot's xmin; `$2`, the current snapshot's xmax, to widen 32-bit
+    /// `xmin`s to full transaction ids).
+    pub fn changed_keys(&self, source: &SourcePlan, seen: bool) -> String {
+        let types: Vec<&str> = self.target.key_types(self.spec).collect();
+        let exprs: Vec<String> = source
+            .spec
+            .key
+            .iter()
+            .zip(&types)
+            .map(|(e, ty)| format!("({e})::{ty}"))
+            .collect();
+        let mut sql = format!(
+            "INSERT INTO {CHANGED} SELECT DISTINCT {} FROM {} WHERE {}",
+            exprs.join(", "),
+            source.relation.quoted(),
+            window(source, "$1")
+        );
+        if seen {
+            // Transaction ids that ended before the last snapshot's xmin were
+            // seen by it. Those between its xmin and xmax are read again: the
+            // snapshot lists top-level transactions only, and a row written by
+            // a subtransaction of one still running would look seen.
+            sql.push_str(
+                " AND ((($2::bigint & -4294967296) | xmin::text::bigint) \
+                     - CASE WHEN (($2::bigint & -4294967296) | xmin::text::bigint) > $2::bigint \
+                            THEN 4294967296 ELSE 0 END) >= $3::bigint",
+            );
+        } else {
+            sql.push_str(" AND $2::bigint IS NOT NULL AND $3::bigint IS NOT NULL");
+        }
+        sql.push_str(" ON CONFLICT DO NOTHING");
+        sql
+    }
+
+    /// The new watermark of `source`: the largest marker (`$1`: the old one;
+    /// `$2`: the highest value known complete, for waited-on markers).
+    pub fn watermark(&self, source: &SourcePlan) -> String {
+        let (m, ty) = (quote_ident(&source.spec.marker), &source.marker_type);
+        format!(
+            "SELECT greatest($1::text::{ty}, least(max({m}), $2::text::{ty}))::text FROM {}",
+            source.relation.quoted()
+        )
+    }
+
+    /// The query's rows: all of them, or those of the changed keys.
+    pub fn result(&self, full: bool) -> String {
+        let query = match full {
+            true => self.spec.query.full(),
+            false => {
+                let expanded = self.spec.query.expand(|args| {
+                    let args: Vec<String> = args.iter().map(|a| format!("({a})")).collect();
+                    format!(
+                        "({}) IN (SELECT {} FROM {CHANGED})",
+                        args.join(", "),
+                        self.keys("")
+                    )
+                });
+                format!(
+                    "SELECT * FROM ({expanded}\n) AS q WHERE ({}) IN (SELECT {} FROM {CHANGED})",
+                    self.keys("q."),
+                    self.keys("")
+                )
+            }
+        };
+        format!("CREATE TEMPORARY TABLE mv_refresher_result ON COMMIT DROP AS {query}")
+    }
+
+    /// A key the query returns twice, if any.
+    pub fn duplicate(&self) -> String {
+        format!(
+            "SELECT ROW({k})::text FROM {RESULT} GROUP BY {k} HAVING count(*) > 1 LIMIT 1",
+            k = self.keys("")
+        )
+    }
+
+    /// Deletes the rows whose key the query no longer returns.
+    pub fn delete(&self, full: bool) -> String {
+        let scope = match full {
+            true => String::new(),
+            false => format!(
+                "({}) IN (SELECT {} FROM {CHANGED}) AND ",
+                self.keys("t."),
+                self.keys("")
+            ),
+        };
+        format!(
+            "DELETE FROM {} AS t WHERE {scope}NOT EXISTS (SELECT FROM {RESULT} AS r WHERE {})",
+            self.target.quoted,
+            self.keys_equal("r", "t")
+        )
+    }
+
+    /// Updates the rows that differ; `None` when every column is the key.
+    pub fn update(&self) -> Option<String> {
+        let values = self.values();
+        if values.is_empty() {
+            return None;
+        }
+        let set: Vec<String> = values.iter().map(|c| format!("{c} = r.{c}")).collect();
+        let old: Vec<String> = values.iter().map(|c| format!("t.{c}")).collect();
+        let new: Vec<String> = values.iter().map(|c| format!("r.{c}")).collect();
+        Some(format!(
+            "UPDATE {} AS t SET {} FROM {RESULT} AS r WHERE {} \
+             AND ROW({}) IS DISTINCT FROM ROW({})",
+            self.target.quoted,
+            set.join(", "),
+            self.keys_equal("t", "r"),
+            old.join(", "),
+            new.join(", ")
+        ))
+    }
+
+    /// Inserts the rows of new keys.
+    pub fn insert(&self) -> String {
+        let columns: Vec<String> = self
+            .target
+            .columns
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect();
+        let columns = columns.join(", ");
+        format!(
+            "INSERT INTO {t} ({columns}) SELECT {columns} FROM {RESULT} AS r \
+             WHERE NOT EXISTS (SELECT FROM {t} AS t WHERE {})",
+            self.keys_equal("t", "r"),
+            t = self.target.quoted,
+        )
+    }
+}
+
+/// `source`'s rows with a marker above `watermark` (a text parameter) less
+/// the lag; every row when the watermark is NULL.
+fn window(source: &SourcePlan, watermark: &str) -> String {
+    let (m, ty) = (quote_ident(&source.spec.marker), &source.marker_type);
+    let lag = match source.spec.lag {
+        Lag::Units(0) => String::new(),
+        Lag::Units(n) => format!(" - {n}"),
+        Lag::Duration(d) if is_time(ty) => format!(" - interval '{} milliseconds'", d.as_millis()),
+        Lag::Duration(_) => String::new(),
+    };
+    format!("({watermark}::text IS NULL OR {m} > {watermark}::text::{ty}{lag})")
+}

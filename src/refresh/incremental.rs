@@ -1,0 +1,474 @@
+//! One attempt at an incremental view (SPEC §2.5), in one transaction:
+//!
+//! 1. `BEGIN` and the view's `SET LOCAL`s, its advisory lock, its state (the
+//!    sources' watermarks and the last cycle's snapshot) and its last success.
+//! 2. For sources whose marker comes from a sequence or `clock_timestamp()`:
+//!    the highest value drawn so far, then a wait for the transactions
+//!    writing the table at that moment, so that every value up to it is
+//!    committed (or never will be) before anything is read.
+//! 3. The snapshot the cycle reads from, recorded for the next cycle.
+//! 4. The changed keys (or, in a full reconcile, none: every key), the
+//!    query's rows for them, and the differences applied: delete, update
+//!    (`IS DISTINCT FROM` only), insert. Row locks only: readers never wait.
+//! 5. The new watermarks and the success row, then `COMMIT`.
+//!
+//! A failure anywhere rolls all of it back: table and watermarks stay as
+//! they were.
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+use tokio_postgres::types::{ToSql, Type};
+
+use super::executor::RunContext;
+use super::record::Slot;
+use super::statement::cancellable;
+use super::statement::silence_limit;
+use super::transaction::{Done, commit, fresh, settings_sql};
+use super::{Counts, Failure, Method, Outcome, Status};
+use crate::db::describe_pool_error;
+use crate::incremental::catalog::{MarkerKind, Target};
+use crate::incremental::sql::Statements;
+use crate::output::round_ms;
+use crate::plan::Step;
+use crate::registry::Incremental;
+
+/// Class of the incremental views' advisory locks ("mvrf"); the key within
+/// it is the hash of the view's name, as its table may not exist yet.
+const LOCK_CLASS: i32 = 0x6d76_7266;
+
+/// How often the wait for a source's writers looks again.
+const WRITER_POLL: Duration = Duration::from_millis(20);
+
+/// What the state table holds of one source.
+struct SourceState {
+    source: String,
+    watermark: Option<String>,
+}
+
+/// What the first round trip reads.
+struct Opened {
+    locked: bool,
+    states: Vec<SourceState>,
+    /// The last cycle's snapshot's xmin, as a full transaction id.
+    seen_xmin: Option<i64>,
+    /// Seconds since the last full reconcile.
+    full_age_s: Option<f64>,
+    /// Seconds since the last success.
+    age_s: Option<f64>,
+}
+
+/// One attempt at the incremental view `step`.
+pub(super) async fn attempt(
+    ctx: &RunContext,
+    slot: &mut Slot,
+    step: &Step,
+    target: &Target,
+    attempt: u32,
+) -> Result<Done, Failure> {
+    if let Some(reason) = ctx.cancel.reason() {
+        return Err(Failure::not_started(reason));
+    }
+    let spec = step.spec.incremental.as_ref().expect("an incremental step");
+    let Some(log) = ctx.log.as_ref().filter(|log| log.has_incremental()) else {
+        return Err(Failure::permanent(
+            "incremental views keep their watermarks in materialized_views_refresh_state, \
+             which the log tables do not have: run `mv-refresher init` as their owner"
+                .into(),
+        ));
+    };
+    let pg = |err: tokio_postgres::Error| {
+        Failure::from_pg(&err, step, Some(Method::Incremental), 0.0, None)
+    };
+    let session = slot.session(&ctx.pool).await.map_err(|err| Failure {
+        transient: true,
+        ..Failure::permanent(format!("could not connect: {}", describe_pool_error(&err)))
+    })?;
+    let client = session.client;
+    let view_name = step.view_name();
+    let opened = open(ctx, client, step, &view_name, log).await;
+    *session.in_transaction = true;
+    let opened = opened.map_err(pg)?;
+    if !opened.locked {
+        return Ok(Done::Locked);
+    }
+    if let Some(reason) = fresh(step.settings(), opened.age_s) {
+        return Ok(Done::Fresh(reason));
+    }
+    let (full, reason) = mode(ctx, step, spec, target, &opened);
+
+    let started = Instant::now();
+    let mut counts = Counts::default();
+    let statements = Statements { spec, target };
+    let cycle = Cycle {
+        client,
+        statements: &statements,
+        target,
+        opened: &opened,
+        view_name: &view_name,
+        full,
+        citus: ctx.citus,
+        lock_timeout: step.settings().lock_timeout.to_std(),
+        state_table: log.state_table(),
+    };
+    let run = {
+        let _running = ctx.running();
+        let token = client.cancel_token();
+        let work = cycle.run(&mut counts);
+        cancellable(
+            ctx,
+            &view_name,
+            &token,
+            silence_limit(step.settings()),
+            work,
+        )
+        .await
+    };
+    let duration_ms = round_ms(started.elapsed().as_secs_f64() * 1000.0);
+    run.map_err(|interrupted| {
+        interrupted.into_failure(step, Some(Method::Incremental), duration_ms, None)
+    })?;
+
+    let reason = match counts.keys {
+        0 if !full => "nothing changed".to_owned(),
+        _ => reason,
+    };
+    let mut outcome = Outcome::new(step, Status::Success, reason);
+    outcome.blocks_dependents = false;
+    outcome.method = Some(Method::Incremental);
+    outcome.duration_ms = duration_ms;
+    outcome.attempts = attempt;
+    outcome.counts = Some(counts);
+    let (history_id, _) = commit(ctx, client, step, None, &mut outcome)
+        .await
+        .map_err(pg)?;
+    *session.in_transaction = false;
+    Ok(Done::Refreshed {
+        outcome,
+        history_id,
+        bloat: None,
+    })
+}
+
+/// Whether this cycle is a full reconcile, and why it is what it is.
+fn mode(
+    ctx: &RunContext,
+    step: &Step,
+    spec: &Incremental,
+    target: &Target,
+    opened: &Opened,
+) -> (bool, String) {
+    if target.table.is_none() {
+        return (true, "created and fully loaded".into());
+    }
+    if ctx.full {
+        return (true, "full reconcile (--full)".into());
+    }
+    let unknown = target.sources.iter().find(|s| {
+        !opened
+            .states
+            .iter()
+            .any(|st| st.source == s.relation.to_string())
+    });
+    if let Some(source) = unknown {
+        return (
+            true,
+            format!(
+                "full reconcile: no watermark yet for source {}",
+                source.relation
+            ),
+        );
+    }
+    if opened.seen_xmin.is_none() && !ctx.citus {
+        return (true, "full reconcile: no snapshot of the last cycle".into());
+    }
+    match (step.settings().full_every, opened.full_age_s) {
+        (Some(every), Some(age)) if age * 1000.0 >= every.as_millis() as f64 => (
+            true,
+            format!("full reconcile: full_every = {every} has passed"),
+        ),
+        (Some(_), None) => (true, "full reconcile: none recorded yet".into()),
+        _ => (
+            false,
+            format!("changed keys of {} source(s)", spec.changes.len()),
+        ),
+    }
+}
+
+/// The first round trip: `BEGIN`, the settings, the lock, the state.
+async fn open(
+    ctx: &RunContext,
+    client: &Client,
+    step: &Step,
+    view_name: &str,
+    log: &crate::refresh_log::RefreshLog,
+) -> Result<Opened, tokio_postgres::Error> {
+    let begin = format!("BEGIN; {}", settings_sql(step, ctx.citus));
+    let name: [(&(dyn ToSql + Sync), Type); 1] = [(&view_name, Type::TEXT)];
+    let lock_sql = format!("SELECT pg_try_advisory_xact_lock({LOCK_CLASS}, hashtext($1))");
+    let state_sql = format!(
+        "SELECT source, watermark, pg_snapshot_xmin(snapshot)::text::bigint, \
+             extract(epoch FROM clock_timestamp() - last_full_at)::float8 \
+         FROM {} WHERE view_name = $1",
+        log.state_table()
+    );
+    let age_sql = format!(
+        "SELECT extract(epoch FROM clock_timestamp() - last_refreshed_at::timestamptz)::float8 \
+         FROM {} WHERE view_name = $1",
+        log.summary_table()
+    );
+    let (began, locked, states, age) = tokio::join!(
+        biased;
+        client.batch_execute(&begin),
+        client.query_typed_one(&lock_sql, &name),
+        client.query_typed(&state_sql, &name),
+        client.query_typed_opt(&age_sql, &name),
+    );
+    began?;
+    let locked: bool = locked?.get(0);
+    let rows = states?;
+    let age = age?;
+    Ok(Opened {
+        locked,
+        seen_xmin: rows.iter().filter_map(|r| r.get::<_, Option<i64>>(2)).min(),
+        full_age_s: rows
+            .iter()
+            .filter_map(|r| r.get::<_, Option<f64>>(3))
+            .reduce(f64::max),
+        states: rows
+            .iter()
+            .map(|r| SourceState {
+                source: r.get(0),
+                watermark: r.get(1),
+            })
+            .collect(),
+        age_s: age.and_then(|row| row.get(0)),
+    })
+}
+
+/// The work of one cycle after the lock, on the view's transaction.
+struct Cycle<'a> {
+    client: &'a Client,
+    statements: &'a Statements<'a>,
+    target: &'a Target,
+    opened: &'a Opened,
+    view_name: &'a str,
+    full: bool,
+    citus: bool,
+    lock_timeout: Duration,
+    state_table: String,
+}
+
+impl Cycle<'_> {
+    async fn run(self, counts: &mut Counts) -> Result<(), tokio_postgres::Error> {
+        let client = self.client;
+        let uppers = self.wait_for_writers().await?;
+        let snapshot = client
+            .query_typed_one(
+                "SELECT pg_current_snapshot()::text, \
+                     pg_snapshot_xmax(pg_current_snapshot())::text::bigint, clock_timestamp()::text",
+                &[],
+            )
+            .await?;
+        let (snap, xmax, taken): (String, i64, String) =
+            (snapshot.get(0), snapshot.get(1), snapshot.get(2));
+        if self.target.table.is_none() {
+            client
+                .batch_execute(&self.statements.create_table())
+                .await?;
+        }
+        let mut watermarks = Vec::with_capacity(self.target.sources.len());
+        for (source, upper) in self.target.sources.iter().zip(&uppers) {
+            let old = self.watermark_of(&source.relation.to_string());
+            let row = client
+                .query_typed_one(
+                    &self.statements.watermark(source),
+                    &[(&old, Type::TEXT), (upper, Type::TEXT)],
+                )
+                .await?;
+            watermarks.push(row.get::<_, Option<String>>(0));
+        }
+        if !self.full {
+            counts.keys = self.changed_keys(xmax).await?;
+        }
+        if self.full || counts.keys > 0 {
+            self.apply(counts).await?;
+        }
+        self.save_state(&watermarks, &snap, &taken).await
+    }
+
+    fn watermark_of(&self, source: &str) -> Option<String> {
+        self.opened
+            .states
+            .iter()
+            .find(|s| s.source == source)
+            .and_then(|s| s.watermark.clone())
+    }
+
+    /// For each source, the highest marker value drawn so far when its
+    /// writers are waited for (a sequence's, the clock's); then the wait.
+    async fn wait_for_writers(&self) -> Result<Vec<Option<String>>, tokio_postgres::Error> {
+        let mut uppers = Vec::with_capacity(self.target.sources.len());
+        let mut waited: Vec<u32> = Vec::new();
+        for source in &self.target.sources {
+            let sql = match &source.marker_kind {
+                MarkerKind::Sequence(seq) => format!(
+                    "SELECT pg_catalog.pg_sequence_last_value({})::text",
+                    crate::quote::quote_literal(seq)
+                ),
+                MarkerKind::Clock => "SELECT clock_timestamp()::text".to_owned(),
+                MarkerKind::Other => {
+                    uppers.push(None);
+                    continue;
+                }
+            };
+            let row = self.client.query_typed_one(&sql, &[]).await?;
+            uppers.push(row.get(0));
+            waited.push(source.relation.oid);
+        }
+        if waited.is_empty() {
+            return Ok(uppers);
+        }
+        // The transactions writing these tables now: values up to the uppers
+        // were drawn by them or by transactions already over.
+        let writers: Vec<String> = self
+            .client
+            .query_typed_one(
+                "SELECT coalesce(array_agg(DISTINCT virtualtransaction), '{}') \
+                 FROM pg_catalog.pg_locks \
+                 WHERE locktype = 'relation' AND relation = ANY ($1) AND granted \
+                   AND mode IN ('RowExclusiveLock', 'ShareRowExclusiveLock', 'ExclusiveLock', \
+                                'AccessExclusiveLock') \
+                   AND pid <> pg_backend_pid()",
+                &[(&waited, Type::OID_ARRAY)],
+            )
+            .await?
+            .get(0);
+        let started = Instant::now();
+        let mut waiting = writers;
+        while !waiting.is_empty() {
+            if started.elapsed() > self.lock_timeout && !self.lock_timeout.is_zero() {
+                tracing::warn!(
+                    view = self.view_name,
+                    writers = waiting.len(),
+                    "gave up waiting for the sources' writers (lock_timeout): a row they commit later is caught within lag, or by the full reconcile"
+                );
+                break;
+            }
+            tokio::time::sleep(WRITER_POLL).await;
+            waiting = self
+                .client
+                .query_typed_one(
+                    "SELECT coalesce(array_agg(virtualxid), '{}') FROM pg_catalog.pg_locks \
+                     WHERE locktype = 'virtualxid' AND virtualxid = ANY ($1)",
+                    &[(&waiting, Type::TEXT_ARRAY)],
+                )
+                .await?
+                .get(0);
+        }
+        Ok(uppers)
+    }
+
+    /// Collects the changed keys of every source; returns how many.
+    async fn changed_keys(&self, xmax: i64) -> Result<i64, tokio_postgres::Error> {
+        let client = self.client;
+        client
+            .batch_execute(&self.statements.changed_table())
+            .await?;
+        // Across Citus nodes a row's xmin means nothing here: the window is
+        // read again every cycle.
+        let seen = match self.citus {
+            true => None,
+            false => self.opened.seen_xmin,
+        };
+        for source in &self.target.sources {
+            let old = self.watermark_of(&source.relation.to_string());
+            client
+                .execute_typed(
+                    &self.statements.changed_keys(source, seen.is_some()),
+                    &[(&old, Type::TEXT), (&xmax, Type::INT8), (&seen, Type::INT8)],
+                )
+                .await?;
+        }
+        let row = client
+            .query_typed_one("SELECT count(*) FROM pg_temp.mv_refresher_changed", &[])
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// The query's rows for the changed keys (or all), and the differences
+    /// written to the table.
+    async fn apply(&self, counts: &mut Counts) -> Result<(), tokio_postgres::Error> {
+        let (client, sql, full) = (self.client, self.statements, self.full);
+        let rows = client.execute_typed(&sql.result(full), &[]).await?;
+        if full {
+            counts.keys = rows as i64;
+        }
+        if let Some(row) = client.query_typed_opt(&sql.duplicate(), &[]).await? {
+            let key: String = row.get(0);
+            return Err(duplicate_key(client, &key).await);
+        }
+        counts.deleted = client.execute_typed(&sql.delete(full), &[]).await? as i64;
+        if let Some(update) = sql.update() {
+            counts.updated = client.execute_typed(&update, &[]).await? as i64;
+        }
+        counts.inserted = client.execute_typed(&sql.insert(), &[]).await? as i64;
+        Ok(())
+    }
+
+    /// The sources' new watermarks and the snapshot they were read in.
+    async fn save_state(
+        &self,
+        watermarks: &[Option<String>],
+        snapshot: &str,
+        taken: &str,
+    ) -> Result<(), tokio_postgres::Error> {
+        let sources: Vec<String> = self
+            .target
+            .sources
+            .iter()
+            .map(|s| s.relation.to_string())
+            .collect();
+        let sql = format!(
+            "WITH gone AS (DELETE FROM {st} WHERE view_name = $1 AND source <> ALL ($2)) \
+             INSERT INTO {st} AS s (view_name, source, watermark, snapshot, applied_at, last_full_at) \
+             SELECT $1, u.source, u.watermark, $4::pg_snapshot, $5::timestamptz, \
+                 CASE WHEN $6 THEN $5::timestamptz END \
+             FROM unnest($2::text[], $3::text[]) AS u(source, watermark) \
+             ON CONFLICT (view_name, source) DO UPDATE SET watermark = EXCLUDED.watermark, \
+                 snapshot = EXCLUDED.snapshot, applied_at = EXCLUDED.applied_at, \
+                 last_full_at = coalesce(EXCLUDED.last_full_at, s.last_full_at)",
+            st = self.state_table
+        );
+        self.client
+            .execute_typed(
+                &sql,
+                &[
+                    (&self.view_name, Type::TEXT),
+                    (&sources, Type::TEXT_ARRAY),
+                    (&watermarks, Type::TEXT_ARRAY),
+                    (&snapshot, Type::TEXT),
+                    (&taken, Type::TEXT),
+                    (&self.full, Type::BOOL),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// The error of a query that returns a key twice, raised by the server so
+/// that it fails the cycle like any other.
+async fn duplicate_key(client: &Client, key: &str) -> tokio_postgres::Error {
+    let message = format!(
+        "the query returns key {key} more than once: an incremental view holds one row per key"
+    );
+    let sql = format!(
+        "DO $mvr$BEGIN RAISE EXCEPTION '%', {} USING ERRCODE = 'unique_violation'; END$mvr$",
+        crate::quote::quote_literal(&message)
+    );
+    match client.batch_execute(&sql).await {
+        Err(err) => err,
+        Ok(()) => unreachable!("RAISE EXCEPTION raises"),
+    }
+}
