@@ -112,6 +112,9 @@ pub enum Command {
     Init,
     /// Remove views' rows from the log tables (views dropped or renamed).
     Forget(ForgetArgs),
+    /// Incremental views: compare each table with its full query and print
+    /// the keys that differ (exit 1 when any do).
+    Verify(VerifyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -225,6 +228,13 @@ pub struct CheckArgs {
     /// Time zone of --schedule (IANA name).
     #[arg(long, env = "MV_REFRESHER_TIMEZONE", default_value = "UTC")]
     pub timezone: String,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Incremental views to verify (default: every one the registry lists).
+    #[arg(value_name = "VIEW")]
+    pub views: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -34,7 +34,13 @@ pub enum CommandConfig {
     Status(StatusConfig),
     Check(CheckConfig),
     Init,
-    Forget { views: Vec<String> },
+    Forget {
+        views: Vec<String>,
+    },
+    /// The incremental views to compare with their queries.
+    Verify {
+        views: Vec<ViewSpec>,
+    },
 }
 
 /// Options of every refresh cycle, `refresh` and `run` alike.
@@ -85,6 +91,33 @@ pub struct CheckConfig {
     pub schedule: Option<Schedule>,
 }
 
+/// The incremental views of `registry` that `names` pick (all when empty); a
+/// name of anything else is a bad invocation.
+fn incremental_views(registry: &Registry, names: &[String]) -> Result<Vec<ViewSpec>, Error> {
+    let picked = registry.select(names).map_err(Error::Usage)?;
+    if let Some(other) = picked
+        .iter()
+        .find(|v| v.incremental.is_none() && !names.is_empty())
+    {
+        return Err(Error::Usage(format!(
+            "{} is not an incremental view of the registry {} (verify compares incremental \
+             views with their queries)",
+            other.name, registry.source
+        )));
+    }
+    let views: Vec<ViewSpec> = picked
+        .into_iter()
+        .filter(|v| v.incremental.is_some())
+        .collect();
+    if views.is_empty() {
+        return Err(Error::Usage(format!(
+            "the registry {} lists no incremental view to verify",
+            registry.source
+        )));
+    }
+    Ok(views)
+}
+
 impl Config {
     /// Validates the command line, with the environment it read and the
     /// registry it names.
@@ -122,6 +155,9 @@ impl Config {
             Command::Init => CommandConfig::Init,
             Command::Forget(args) => CommandConfig::Forget {
                 views: args.views.clone(),
+            },
+            Command::Verify(args) => CommandConfig::Verify {
+                views: incremental_views(&registry()?, &args.views)?,
             },
         };
         Ok(Self {

@@ -9,6 +9,7 @@ mod init;
 mod refresh;
 mod run;
 mod status;
+mod verify;
 
 use crate::catalog;
 use crate::config::{CommandConfig, Config};
@@ -34,6 +35,7 @@ pub async fn run(config: Config) -> Result<Exit, Error> {
         CommandConfig::Status(options) => status::status(&target, &log, &options).await,
         CommandConfig::Init => init::init(&target, &log).await,
         CommandConfig::Forget { views } => forget::forget(&target, &log, &views).await,
+        CommandConfig::Verify { views } => verify::verify(&target, &log, &views).await,
     }
 }
 

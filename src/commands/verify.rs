@@ -1,0 +1,102 @@
+//! `verify`: each incremental view's table against its full query, in one
+//! read-only snapshot; the keys that differ are printed, and any makes the
+//! exit code 1.
+
+use crate::db::DbTarget;
+use crate::error::{Error, Exit};
+use crate::incremental::catalog::Target;
+use crate::outln;
+use crate::plan::Step;
+use crate::quote::quote_ident;
+use crate::refresh_log::RefreshLog;
+use crate::registry::{Incremental, ViewSpec};
+
+/// Keys printed per view; the rest are counted.
+const SHOWN: usize = 20;
+
+pub(super) async fn verify(
+    target: &DbTarget,
+    log: &RefreshLog,
+    views: &[ViewSpec],
+) -> Result<Exit, Error> {
+    let pool = target.pool(1);
+    let client = target.connect(&pool).await?;
+    let (_, plan) = super::plan(&client, target, log, views).await?;
+    let db_err = |context| Error::in_context(context, target);
+    let mut differs = false;
+    for step in &plan.steps {
+        let (Some(spec), Some(found)) = (&step.spec.incremental, &step.incremental) else {
+            let why = step.problem.as_deref().unwrap_or("cannot be verified");
+            outln!("{}: {why}", step.view_name());
+            differs = true;
+            continue;
+        };
+        if found.table.is_none() {
+            outln!(
+                "{}: has no table yet (its first refresh creates it)",
+                step.view_name()
+            );
+            differs = true;
+            continue;
+        }
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(db_err("verifying"))?;
+        let rows = client.query_typed(&diff_sql(spec, found), &[]).await;
+        let _ = client.batch_execute("ROLLBACK").await;
+        let rows = rows.map_err(db_err("comparing a view with its query"))?;
+        differs |= report(step, &rows);
+    }
+    Ok(match differs {
+        true => Exit::ViewsFailed,
+        false => Exit::Success,
+    })
+}
+
+/// Prints one view's differences; whether there are any.
+fn report(step: &Step, rows: &[tokio_postgres::Row]) -> bool {
+    let Some(first) = rows.first() else {
+        outln!("{}: equal to its query", step.view_name());
+        return false;
+    };
+    let total: i64 = first.get(2);
+    outln!("{}: {total} key(s) differ from its query", step.view_name());
+    for row in rows.iter().take(SHOWN) {
+        let (key, how): (String, String) = (row.get(0), row.get(1));
+        outln!("  {key}: {how}");
+    }
+    if total as usize > SHOWN {
+        outln!("  … and {} more", total as usize - SHOWN);
+    }
+    true
+}
+
+/// The keys whose rows differ between the table and the full query, each
+/// with how, and their count.
+fn diff_sql(spec: &Incremental, target: &Target) -> String {
+    let columns: Vec<String> = target
+        .columns
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect();
+    let keys: Vec<String> = spec.key.iter().map(|k| quote_ident(k)).collect();
+    format!(
+        "WITH q AS MATERIALIZED ({query}), \
+              t AS MATERIALIZED (SELECT {columns} FROM {table}), \
+              d AS ((SELECT 't' AS side, * FROM (SELECT * FROM t EXCEPT ALL SELECT * FROM q) AS x) \
+                    UNION ALL \
+                    (SELECT 'q' AS side, * FROM (SELECT * FROM q EXCEPT ALL SELECT * FROM t) AS y)), \
+              k AS (SELECT ROW({keys})::text AS key, \
+                       CASE WHEN count(DISTINCT side) = 2 THEN 'differs' \
+                            WHEN min(side) = 't' THEN 'in the table, not in the query' \
+                            ELSE 'in the query, not in the table' END AS how \
+                    FROM d GROUP BY {keys}) \
+         SELECT key, how, count(*) OVER () FROM k ORDER BY key LIMIT {limit}",
+        query = spec.query.full(),
+        columns = columns.join(", "),
+        table = target.quoted,
+        keys = keys.join(", "),
+        limit = SHOWN + 1,
+    )
+}
