@@ -308,6 +308,13 @@ fn view_families(views: &[ViewState]) -> Vec<MetricFamily> {
         "1 when the view's latest refresh failed or was cancelled, else 0",
         &["view"],
     );
+    let watermark = gauges(
+        &registry,
+        "mv_refresher_view_watermark_timestamp_seconds",
+        "Incremental views: when the snapshot of the last applied cycle was taken, Unix time \
+         (time() minus it: how old a change not yet in the table can be)",
+        &["view"],
+    );
     let refreshes = counters(
         &registry,
         "mv_refresher_view_refreshes_total",
@@ -322,6 +329,9 @@ fn view_families(views: &[ViewState]) -> Vec<MetricFamily> {
             .set(view.last_success.unwrap_or(0.0));
         if let Some(ms) = view.last_duration_ms {
             last_duration.with_label_values(&[name]).set(ms / 1000.0);
+        }
+        if let Some(at) = view.watermark_at {
+            watermark.with_label_values(&[name]).set(at);
         }
         let failed = matches!(view.last_status.as_deref(), Some("failed" | "cancelled"));
         failing

@@ -108,6 +108,9 @@ pub struct LogRow {
     pub last_method: Option<String>,
     pub last_error: Option<String>,
     pub refreshed_by: Option<String>,
+    /// Incremental views: seconds since the snapshot of the last applied
+    /// cycle, how old a change not yet applied can be.
+    pub watermark_age_seconds: Option<f64>,
 }
 
 /// What the metrics read of one view in the summary table: its totals by
@@ -126,6 +129,9 @@ pub struct ViewState {
     pub last_duration_ms: Option<f64>,
     /// The latest final outcome but a skip: `success`, `failed` or `cancelled`.
     pub last_status: Option<String>,
+    /// Incremental views: when the snapshot of the last applied cycle was
+    /// taken, Unix seconds (changes after it are not in the table yet).
+    pub watermark_at: Option<f64>,
 }
 
 impl LogRow {
@@ -574,6 +580,7 @@ impl RefreshLog {
             Err(err) => return Err(err),
         };
         let count = |row: &tokio_postgres::Row, i| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
+        let watermarks = self.watermarks(client, view_names).await?;
         Ok(rows
             .iter()
             .map(|r| ViewState {
@@ -585,7 +592,34 @@ impl RefreshLog {
                 last_success: r.get(5),
                 last_duration_ms: r.get(6),
                 last_status: r.get(7),
+                watermark_at: watermarks.get(&r.get::<_, String>(0)).map(|w| w.0),
             })
+            .collect())
+    }
+
+    /// For each incremental view among `view_names`: when the snapshot of its
+    /// last applied cycle was taken (Unix seconds), and how long ago. Empty
+    /// when the state table does not exist.
+    pub async fn watermarks(
+        &self,
+        client: &impl GenericClient,
+        view_names: &[String],
+    ) -> Result<HashMap<String, (f64, f64)>, tokio_postgres::Error> {
+        if !self.has_incremental() && self.version(client).await? < INCREMENTAL_VERSION {
+            return Ok(HashMap::new());
+        }
+        let sql = format!(
+            "SELECT view_name, extract(epoch FROM min(applied_at))::float8, \
+                 round(extract(epoch FROM clock_timestamp() - min(applied_at))::numeric, 3)::float8 \
+             FROM {} WHERE view_name = ANY ($1) GROUP BY view_name",
+            self.state_table()
+        );
+        let rows = client
+            .query_typed(&sql, &[(&view_names, Type::TEXT_ARRAY)])
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), (r.get(1), r.get(2))))
             .collect())
     }
 
@@ -616,9 +650,11 @@ impl RefreshLog {
         let rows = client
             .query_typed(&sql, &[(&view_names, Type::TEXT_ARRAY)])
             .await?;
+        let watermarks = self.watermarks(client, view_names).await?;
         Ok(rows
             .iter()
             .map(|r| LogRow {
+                watermark_age_seconds: watermarks.get(&r.get::<_, String>(0)).map(|w| w.1),
                 view_name: r.get(0),
                 refresh_count: r.get(1),
                 failure_count: r.get(2),

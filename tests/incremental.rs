@@ -273,6 +273,24 @@ fn a_failed_cycle_leaves_table_and_watermarks_as_they_were_and_verify_finds_drif
         [Some("1".into()), Some("1".into()), Some("1".into())]
     );
     db.mvr_with(&registry).arg("verify").run().code(0);
+
+    // status and the metrics show how old the applied snapshot is.
+    let json = db
+        .mvr_with(&registry)
+        .args(["status", "--format", "json"])
+        .run();
+    json.code(0);
+    let status: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let age = &status["views"][0]["watermark_age_seconds"];
+    assert!(
+        age.as_f64().is_some_and(|a| (0.0..60.0).contains(&a)),
+        "{status}"
+    );
+    db.mvr_with(&registry)
+        .args(["status", "--format", "prometheus"])
+        .run()
+        .code(0)
+        .stdout_has("mv_refresher_view_watermark_timestamp_seconds{view=\"public.user_totals\"} 1");
 }
 
 #[test]

@@ -208,6 +208,7 @@ fn print_status_table(views: &[ViewReport]) {
         "FAILED",
         "STATUS",
         "WORK_MEM",
+        "WATERMARK AGE",
         "ERROR",
     ]);
     for view in views {
@@ -236,6 +237,7 @@ fn print_status_table(views: &[ViewReport]) {
                 .next()
                 .unwrap_or_default()
                 .to_owned(),
+            row.watermark_age_seconds.map_or_else(dash, age),
             row.last_error.clone().unwrap_or_default(),
         ]);
     }
