@@ -10,6 +10,8 @@ docs/refresh-vs-scale.svg. No assertions: numbers, written down.
 
     bench/run.py                 # 100k, 1M and 3M bets, 3 repetitions (about 30 min)
     bench/run.py --short         # 20k bets, 1 repetition, to /tmp (CI: the harness runs)
+    bench/run.py --incremental-only --scales 100000,1000000,3000000
+                                 # the incremental views' section alone (OUT/INCREMENTAL.md)
 """
 
 import argparse
@@ -98,9 +100,9 @@ class Load:
     """Readers doing point reads on the views and a writer inserting bet events,
     from their own connections, while a scenario runs."""
 
-    def __init__(self, url, users, tenants, readers=2):
+    def __init__(self, url, users, tenants, readers=2, activity="user_activity_view"):
         import psycopg
-        self.url, self.users, self.tenants = url, users, tenants
+        self.url, self.users, self.tenants, self.activity = url, users, tenants, activity
         self.stop = threading.Event()
         self.latencies = []
         self.inserts = 0
@@ -113,7 +115,7 @@ class Load:
             while not self.stop.is_set():
                 u = rng.randint(1, self.users)
                 started = time.perf_counter()
-                conn.execute("SELECT current_balance, total_bets FROM user_activity_view "
+                conn.execute(f"SELECT current_balance, total_bets FROM {self.activity} "
                              "WHERE tenant_id = %s AND user_id = %s",
                              (10001 + u % self.tenants, f"user-{u}")).fetchall()
                 conn.execute("SELECT total_bets FROM tenants_summary_view WHERE tenant_id = %s",
@@ -179,9 +181,13 @@ class Bench:
         return users, tenants, load_s
 
     def mvr(self, db, *args):
-        """Runs the binary; returns wall seconds, peak RSS (kB), and the server-side
-        span of the run's refreshes (seconds, from its history rows)."""
-        env = {"DATABASE_URL": self.cluster.url(db), "RUST_LOG": "warn"}
+        """Runs the binary on the seeds' three views (the function's); returns
+        wall seconds, peak RSS (kB), and the server-side span of the run's
+        refreshes (seconds, from its history rows)."""
+        matviews = Path(f"/tmp/mv-refresher-bench-{db}-matviews.toml")
+        matviews.write_text("".join(f'[[view]]\nname = "{v}"\n\n' for v in VIEWS))
+        env = {"DATABASE_URL": self.cluster.url(db), "RUST_LOG": "warn",
+               "MV_REFRESHER_REGISTRY": str(matviews)}
         started = time.perf_counter()
         out = subprocess.run(["/usr/bin/time", "-f", "%M", str(self.binary), *args],
                              env=env, capture_output=True, text=True)
@@ -196,14 +202,14 @@ class Bench:
                        ) if run_id else 0.0
         return wall, rss, server
 
-    def scenarios(self, db, users, tenants, runs):
+    def scenarios(self, db, users, tenants, runs, activity="user_activity_view"):
         """Runs each of `runs` (name -> function) `reps` times under load, taking
         turns so that drift (autovacuum, caches, a noisy neighbour) touches all
         alike; medians of each one's time and of the load meanwhile."""
         samples = {name: ([], [], []) for name in runs}
         for _ in range(self.args.reps):
             for name, run in runs.items():
-                with Load(self.cluster.url(db), users, tenants) as load:
+                with Load(self.cluster.url(db), users, tenants, activity=activity) as load:
                     value = run()
                 times, extra, loads = samples[name]
                 times.append(value[0] if isinstance(value, tuple) else value)
@@ -218,6 +224,121 @@ class Bench:
             for name, (times, extra, loads) in samples.items()
         }
 
+    # -- incremental views --------------------------------------------------
+
+    def cycle(self, db, view, *extra):
+        """One `mv-refresher refresh VIEW` from the embedded default registry
+        (which lists user_activity, the incremental twin); returns the
+        refresher's own duration (s) and, for an incremental view, its counts."""
+        env = {"DATABASE_URL": self.cluster.url(db), "RUST_LOG": "warn"}
+        out = subprocess.run([str(self.binary), "refresh", *extra, view], env=env,
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"mv-refresher refresh {view} failed: {out.stdout}\n{out.stderr}")
+        run_id = re.search(r"run ([0-9a-f-]{36})", out.stdout).group(1)
+        row = self.psql(db, "SELECT duration_ms / 1000, coalesce(keys_scanned, 0), "
+                            "coalesce(rows_inserted, 0) + coalesce(rows_updated, 0) + coalesce(rows_deleted, 0), "
+                            "coalesce(rows_updated, 0) + coalesce(rows_deleted, 0) "
+                            "FROM materialized_views_refresh_history "
+                            f"WHERE run_id = '{run_id}' AND status = 'success'").strip().split("|")
+        return float(row[0]), {"keys": int(row[1]), "rows": int(row[2]), "replaced": int(row[3])}
+
+    def change_users(self, db, share, seed):
+        """One bet of about `share` of the users changes (as the application
+        changes it: the marker moves); returns how many users."""
+        modulo = round(1 / share)
+        return int(self.psql(db, f"""
+            WITH picked AS (
+                SELECT DISTINCT ON (tenant_id, user_id) tenant_id, bet_id FROM bets_view
+                WHERE abs(hashtext(user_id || ':{seed}')) % {modulo} = 0
+                ORDER BY tenant_id, user_id, bet_id),
+            changed AS (
+                UPDATE bets_view b SET stake = b.stake + 1,
+                    last_updated_timestamp = (extract(epoch FROM clock_timestamp()) * 1000)::bigint
+                FROM picked p WHERE b.tenant_id = p.tenant_id AND b.bet_id = p.bet_id
+                RETURNING b.user_id)
+            SELECT count(*) FROM changed""").strip())
+
+    def dead_rows(self, db, relation):
+        time.sleep(1)  # the refresher's backend flushes its statistics as it exits
+        return int(self.psql(db, "SELECT coalesce(pg_stat_get_dead_tuples("
+                                 f"'{relation}'::regclass), 0)").strip())
+
+    def incremental(self, db, users, tenants):
+        """user_activity (incremental) beside user_activity_view (materialized),
+        the same changes applied to both, taking turns: 1% of the users
+        changed, then nothing changed; then a full reconcile and a concurrent
+        refresh under readers of each."""
+        self.psql(db, "ALTER TABLE user_activity SET (autovacuum_enabled = off); "
+                      "ALTER MATERIALIZED VIEW user_activity_view SET (autovacuum_enabled = off)")
+        self.cycle(db, "user_activity")  # the first, full load
+        self.cycle(db, "user_activity")
+        s = {k: [] for k in ("inc", "conc", "none", "keys", "users", "dead_inc", "dead_conc", "replaced")}
+        for rep in range(self.args.reps):
+            s["users"].append(self.change_users(db, 0.01, rep))
+            dead = self.dead_rows(db, "user_activity")
+            seconds, counts = self.cycle(db, "user_activity")
+            s["inc"].append(seconds)
+            s["keys"].append(counts["keys"])
+            s["replaced"].append(counts["replaced"])
+            s["dead_inc"].append(self.dead_rows(db, "user_activity") - dead)
+            dead = self.dead_rows(db, "user_activity_view")
+            s["conc"].append(self.cycle(db, "user_activity_view")[0])
+            s["dead_conc"].append(self.dead_rows(db, "user_activity_view") - dead)
+            s["none"].append(self.cycle(db, "user_activity")[0])
+        r = {k: median(v) for k, v in s.items()}
+        full = self.scenarios(db, users, tenants, {
+            "full": lambda: self.cycle(db, "user_activity", "--full")[0],
+        }, activity="user_activity")
+        conc = self.scenarios(db, users, tenants, {
+            "conc_load": lambda: self.cycle(db, "user_activity_view")[0],
+        })
+        r.update(full)
+        r.update(conc)
+        print(f"   incremental: 1% {r['inc']:.3f} s ({r['keys']:.0f} keys), nothing {r['none']:.3f} s, "
+              f"full {r['full']['seconds']:.2f} s; concurrently {r['conc']:.2f} s", flush=True)
+        return r
+
+    def incremental_section(self):
+        rows = {b: r["incremental"] for b, r in self.results.items() if "incremental" in r}
+        if not rows:
+            return []
+        lines = ["", "## Incremental views: user_activity beside user_activity_view", "",
+                 "`user_activity` is the incremental twin of `user_activity_view` (the embedded default "
+                 "registry; sql/platform.sql): the same query, kept by recomputing only the users whose "
+                 "bets, payments or balance changed. Each repetition changes one bet of 1% of the users "
+                 "(their marker moves, as the application moves it), then runs the incremental cycle, "
+                 "then `REFRESH MATERIALIZED VIEW CONCURRENTLY user_activity_view` over the same "
+                 "changes, then the incremental cycle again with nothing changed. Seconds are the "
+                 "refresher's own (history rows), medians of "
+                 f"{self.args.reps}; the full reconcile and the concurrent refresh are then timed under "
+                 "the readers (who read the relation being refreshed) and the writer.", "",
+                 "| bets | users changed | keys recomputed | CONCURRENTLY (s) | incremental, 1% (s) | ratio | "
+                 "nothing changed (s) | ratio | full reconcile (s) | ratio |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
+        for bets, r in rows.items():
+            c = r["conc"]
+            lines.append(f"| {bets:,} | {r['users']:.0f} | {r['keys']:.0f} | {c:.3f} | {r['inc']:.3f} | "
+                         f"{r['inc'] / c:.3f} | {r['none']:.3f} | {r['none'] / c:.3f} | "
+                         f"{r['full']['seconds']:.3f} | {r['full']['seconds'] / r['conc_load']['seconds']:.2f} |")
+        lines += ["", "The full reconcile's ratio is to the concurrent refresh timed under the same load.", "",
+                  "Rows left dead by one cycle with 1% of the users changed (`pg_stat_get_dead_tuples`, "
+                  "autovacuum off on both for the measurement), and the rows the cycle replaced "
+                  "(updated or deleted, from its history row):", "",
+                  "| bets | incremental: dead rows | rows it replaced | CONCURRENTLY: dead rows |",
+                  "|---|---|---|---|"]
+        for bets, r in rows.items():
+            lines.append(f"| {bets:,} | {r['dead_inc']:.0f} | {r['replaced']:.0f} | {r['dead_conc']:.0f} |")
+        lines += ["", "What readers and writers feel meanwhile (point reads of the relation refreshed, ms):", "",
+                  "| bets | scenario | read p50 | read p99 | read max | inserts/s |", "|---|---|---|---|---|---|"]
+        for bets, r in rows.items():
+            for key, name in (("full", "full reconcile of user_activity"),
+                              ("conc_load", "CONCURRENTLY user_activity_view")):
+                x = r[key]
+                lines.append(f"| {bets:,} | {name} | {x['p50']:.2f} | {x['p99']:.2f} | {x['max']:.1f} | "
+                             f"{x['inserts_per_s']:.0f} |")
+        return lines
+
     def bare_query(self, db, view):
         definition = self.psql(db, f"SELECT pg_get_viewdef('{view}'::regclass)").strip().rstrip(";")
         plan = self.psql(db, f"EXPLAIN (ANALYZE, TIMING OFF, SUMMARY ON) {definition}")
@@ -229,6 +350,10 @@ class Bench:
         print(f"== {bets} bets loaded in {load_s:.1f} s", flush=True)
         self.mvr(db, "refresh")  # creates the log tables, warms the cache
         r = {"users": users, "tenants": tenants, "load_s": load_s}
+        r["incremental"] = self.incremental(db, users, tenants)
+        if self.args.incremental_only:
+            self.results[bets] = r
+            return
         r.update(self.scenarios(db, users, tenants, {
             "idle": lambda: time.sleep(2) or 2.0,
             "baseline": lambda: self.timed_psql(db, "SELECT refresh_aggregate_views()"),
@@ -356,9 +481,29 @@ class Bench:
         try:
             for bets in self.args.scales:
                 self.run_scale(bets)
-            self.write(self.startup())
+            if self.args.incremental_only:
+                self.write_incremental()
+            else:
+                self.write(self.startup())
         finally:
             self.cluster.stop()
+
+    def write_incremental(self):
+        """Only the incremental views' section and plot: OUT/INCREMENTAL.md."""
+        out = Path(self.args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "incremental-vs-scale.svg").write_text(self.incremental_plot())
+        lines = self.incremental_section() + ["", "![incremental against scale](incremental-vs-scale.svg)"]
+        (out / "INCREMENTAL.md").write_text("\n".join(lines) + "\n")
+        print(f"wrote {out / 'INCREMENTAL.md'}")
+
+    def incremental_plot(self):
+        rows = [r["incremental"] for r in self.results.values()]
+        return svg_plot(list(self.results), {
+            "REFRESH CONCURRENTLY user_activity_view": [r["conc"] for r in rows],
+            "incremental user_activity, 1% changed": [r["inc"] for r in rows],
+            "incremental user_activity, full reconcile": [r["full"]["seconds"] for r in rows],
+        })
 
     # -- report -------------------------------------------------------------
 
@@ -441,6 +586,10 @@ class Bench:
                 lines += [f"<details><summary>work_mem = {w}</summary>", "", "```", plan_excerpt(log), "```",
                           "", "</details>", ""]
         lines += self.tuner_section()
+        lines += self.incremental_section()
+        if any("incremental" in r for r in self.results.values()):
+            (out / "incremental-vs-scale.svg").write_text(self.incremental_plot())
+            lines += ["", "![incremental against scale](incremental-vs-scale.svg)"]
         findings = ROOT / "bench/findings.md"
         if findings.exists():
             lines += ["", findings.read_text().rstrip()]
@@ -546,6 +695,8 @@ def main():
     parser.add_argument("--settled-runs", type=int, default=9, help="refreshes measured after it settled")
     parser.add_argument("--tuner-only", action="store_true",
                         help="only work_mem = auto against the sweep, at --work-mem-scale, to OUT/TUNER.md")
+    parser.add_argument("--incremental-only", action="store_true",
+                        help="only the incremental views against user_activity_view, at --scales, to OUT/INCREMENTAL.md")
     parser.add_argument("--out", default=str(ROOT / "docs"))
     parser.add_argument("--short", action="store_true", help="20k bets, 1 repetition, report to /tmp")
     args = parser.parse_args()

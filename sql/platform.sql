@@ -27,7 +27,9 @@ VALUES (10001, 'Default Tenant', 'default', 'active', 'basic')
 ON CONFLICT (id) DO NOTHING;
 
 -- Event tables: one shape for all three. event_type is UPPER_SNAKE_CASE
--- (V1_BETS_BET_PLACED), timestamp is epoch milliseconds.
+-- (V1_BETS_BET_PLACED), timestamp is epoch milliseconds. The seeds' id is a
+-- random uuid; seq numbers the events in the order they were written, the
+-- marker the incremental read models follow.
 CREATE TABLE bet_events (
     id               uuid         NOT NULL DEFAULT gen_random_uuid(),
     tenant_id        bigint       NOT NULL,
@@ -38,17 +40,19 @@ CREATE TABLE bet_events (
     "timestamp"      bigint       NOT NULL,
     version          integer      NOT NULL DEFAULT 1,
     created_at       timestamp    NOT NULL DEFAULT now(),
+    seq              bigint       GENERATED ALWAYS AS IDENTITY,
     PRIMARY KEY (tenant_id, id),
     UNIQUE (tenant_id, idempotency_key)
 );
 CREATE INDEX bet_events_aggregate_idx ON bet_events (tenant_id, aggregate_id, "timestamp");
+CREATE INDEX bet_events_seq_idx ON bet_events (seq);
 
-CREATE TABLE balance_events (LIKE bet_events INCLUDING DEFAULTS INCLUDING CONSTRAINTS,
+CREATE TABLE balance_events (LIKE bet_events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING IDENTITY,
     PRIMARY KEY (tenant_id, id),
     UNIQUE (tenant_id, idempotency_key));
 CREATE INDEX balance_events_aggregate_idx ON balance_events (tenant_id, aggregate_id, "timestamp");
 
-CREATE TABLE payment_events (LIKE bet_events INCLUDING DEFAULTS INCLUDING CONSTRAINTS,
+CREATE TABLE payment_events (LIKE bet_events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING IDENTITY,
     PRIMARY KEY (tenant_id, id),
     UNIQUE (tenant_id, idempotency_key));
 CREATE INDEX payment_events_aggregate_idx ON payment_events (tenant_id, aggregate_id, "timestamp");
@@ -73,6 +77,7 @@ CREATE TABLE bets_view (
 CREATE INDEX bets_view_user_idx ON bets_view (tenant_id, user_id, status);
 CREATE INDEX bets_view_idempotency_idx ON bets_view (tenant_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
+CREATE INDEX bets_view_updated_idx ON bets_view (last_updated_timestamp);
 
 CREATE TABLE payments_view (
     tenant_id               bigint       NOT NULL,
@@ -90,6 +95,7 @@ CREATE TABLE payments_view (
     PRIMARY KEY (tenant_id, payment_id)
 );
 CREATE INDEX payments_view_user_idx ON payments_view (tenant_id, user_id, payment_type);
+CREATE INDEX payments_view_updated_idx ON payments_view (last_updated_timestamp);
 
 CREATE TABLE user_balances_view (
     tenant_id                   bigint       NOT NULL,
@@ -100,6 +106,40 @@ CREATE TABLE user_balances_view (
     last_transaction_at         timestamp,
     PRIMARY KEY (tenant_id, user_id)
 );
+CREATE INDEX user_balances_view_updated_idx ON user_balances_view (last_transaction_timestamp);
+
+-- Incremental read models (mv-refresher's incremental views, SPEC 2.5): plain
+-- tables the refresher keeps equal to the queries in its default registry by
+-- recomputing only the keys whose inputs changed.
+--
+-- user_activity: the incremental twin of user_activity_view, one row per user.
+CREATE TABLE user_activity (
+    tenant_id         bigint            NOT NULL,
+    user_id           character varying NOT NULL,
+    current_balance   numeric,
+    total_bets        integer,
+    total_wagered     numeric,
+    total_winnings    numeric,
+    total_deposited   numeric,
+    total_withdrawn   numeric,
+    last_activity_at  bigint,
+    PRIMARY KEY (tenant_id, user_id)
+);
+CREATE INDEX user_activity_wagered_idx ON user_activity (tenant_id, total_wagered DESC);
+
+-- bets_latest: an entity read model kept from the event log the way the
+-- seeds' batch update keeps bets_view, without the application: the latest
+-- event of every bet, by seq.
+CREATE TABLE bets_latest (
+    tenant_id             bigint                 NOT NULL,
+    aggregate_id          character varying(255) NOT NULL,
+    last_event_type       character varying(100),
+    last_event_data       jsonb,
+    last_event_timestamp  bigint,
+    version               integer,
+    last_event_seq        bigint,
+    PRIMARY KEY (tenant_id, aggregate_id)
+);
 
 DO $$
 BEGIN
@@ -107,7 +147,8 @@ BEGIN
         PERFORM create_reference_table('tenants');
         PERFORM create_distributed_table(t, 'tenant_id')
         FROM unnest(ARRAY['bet_events', 'balance_events', 'payment_events',
-                          'bets_view', 'payments_view', 'user_balances_view']) AS t;
+                          'bets_view', 'payments_view', 'user_balances_view',
+                          'user_activity', 'bets_latest']) AS t;
     END IF;
 END
 $$;

@@ -44,6 +44,9 @@ pub struct Step {
     pub populated: bool,
     /// An incremental view's table, query and sources, as the catalog shows them.
     pub incremental: Option<Target>,
+    /// Why the view is skipped on purpose, when it is: an incremental view
+    /// whose table does not exist here and may not be created.
+    pub skip: Option<String>,
 }
 
 /// The `work_mem` a refresh sets, and why.
@@ -82,6 +85,9 @@ impl Step {
     /// Whether its outcomes belong in the log tables: a materialized view, or
     /// an incremental view (whose table may not exist yet).
     pub fn is_recorded(&self) -> bool {
+        if self.skip.is_some() {
+            return false;
+        }
         match self.spec.incremental {
             Some(_) => matches!(self.lookup, Lookup::Table(_) | Lookup::Missing { .. }),
             None => self.is_matview(),
@@ -174,10 +180,11 @@ impl Plan {
                         lookup: found.lookup,
                         depends_on: Vec::new(),
                         problem: None,
-                        method: Some((Method::Incremental, "incremental view")),
+                        method: Some((Method::Incremental, "the keys whose inputs changed")),
                         work_mem,
                         populated: false,
                         incremental: None,
+                        skip: None,
                     };
                 }
                 let mut problem = lookup_problem(&found.lookup).or(found.denied);
@@ -202,6 +209,7 @@ impl Plan {
                     work_mem,
                     populated: found.state.is_some_and(|state| state.populated),
                     incremental: None,
+                    skip: None,
                 }
             })
             .collect();
@@ -213,8 +221,10 @@ impl Plan {
         let index_of: HashMap<u32, usize> = steps
             .iter()
             .enumerate()
-            .filter_map(|(i, step)| match &step.lookup {
-                Lookup::MatView(relation) | Lookup::Table(relation) => Some((relation.oid, i)),
+            .filter_map(|(i, step)| match (&step.lookup, &step.spec.incremental) {
+                (Lookup::MatView(relation), None) | (Lookup::Table(relation), Some(_)) => {
+                    Some((relation.oid, i))
+                }
                 _ => None,
             })
             .collect();
@@ -270,7 +280,14 @@ async fn describe_incremental(
                 step.depends_on.push(d);
             }
         }
+        let create = step.spec.incremental.as_ref().is_some_and(|i| i.create);
         match found.target {
+            Ok(target) if target.table.is_none() && !create => {
+                step.skip = Some(format!(
+                    "its table {} does not exist here, and create = false",
+                    step.lookup.qualified_name()
+                ));
+            }
             Ok(target) => step.incremental = Some(target),
             Err(problem) => {
                 step.problem = Some(problem);
@@ -458,6 +475,7 @@ mod tests {
             },
             populated: false,
             incremental: None,
+            skip: None,
         }
     }
 

@@ -698,6 +698,11 @@ impl RefreshLog {
         let history = tx
             .execute_typed(&delete(&self.history_table), &names)
             .await?;
+        // An incremental view's watermarks: it starts over with a full load.
+        if self.version(&tx).await? >= INCREMENTAL_VERSION {
+            tx.execute_typed(&delete(&self.state_table()), &names)
+                .await?;
+        }
         tx.commit().await?;
         Ok((summary, history))
     }

@@ -52,6 +52,9 @@ pub struct Incremental {
     pub query: Template,
     /// The tables whose changes matter, each with its marker.
     pub changes: Vec<Source>,
+    /// Whether a missing table is created (and loaded); `false`: the view is
+    /// skipped where its table does not exist.
+    pub create: bool,
 }
 
 /// One `[[view.changes]]`: a source table and how its changed keys are found.
@@ -344,6 +347,7 @@ struct RawTable {
     query: Option<Spanned<String>>,
     query_file: Option<Spanned<String>>,
     changes: Option<Vec<Spanned<RawChange>>>,
+    create: Option<Spanned<bool>>,
 }
 
 /// One `[[view.changes]]` table.
@@ -433,6 +437,7 @@ impl Registry {
                             .and_then(|c| c.first())
                             .map(Spanned::span),
                     ),
+                    ("create", t.create.as_ref().map(Spanned::span)),
                 ];
                 if let Some((key, span)) = view_only.into_iter().find(|(_, s)| s.is_some()) {
                     return Err(error_at(
@@ -562,7 +567,7 @@ fn incremental(
     };
     let (Some(key), Some((query, query_span))) = (&raw.key, query) else {
         return match (&raw.key, &raw.query, &raw.query_file, &raw.changes) {
-            (None, None, None, None) => Ok(None),
+            (None, None, None, None) if raw.create.is_none() => Ok(None),
             (Some(key), ..) => Err((
                 Some(key.span()),
                 "an incremental view needs \"query\" (or \"query_file\") beside \"key\"".into(),
@@ -602,6 +607,7 @@ fn incremental(
         key: key_columns,
         query: template,
         changes,
+        create: raw.create.as_ref().is_none_or(|c| *c.get_ref()),
     }))
 }
 
@@ -810,7 +816,7 @@ mod tests {
     }
 
     #[test]
-    fn embedded_default_lists_the_three_seed_views() {
+    fn embedded_default_lists_the_seed_views_and_the_incremental_twins() {
         let registry = Registry::load(None).unwrap();
         let names: Vec<_> = registry.views.iter().map(|v| v.name.to_string()).collect();
         assert_eq!(
@@ -818,9 +824,17 @@ mod tests {
             [
                 "tenants_summary_view",
                 "user_activity_view",
-                "top_bets_today"
+                "top_bets_today",
+                "user_activity",
+                "bets_latest"
             ]
         );
+        let incremental: Vec<bool> = registry
+            .views
+            .iter()
+            .map(|v| v.incremental.is_some())
+            .collect();
+        assert_eq!(incremental, [false, false, false, true, true]);
     }
 
     #[test]

@@ -254,7 +254,7 @@ fn check_prints_the_plan_and_exits_0_when_all_is_well() {
     let out = db.mvr().arg("check").run();
     let version: String = db.scalar("SHOW server_version");
     out.code(0)
-        .stdout_has("<embedded default registry> (3 views)")
+        .stdout_has("<embedded default registry> (5 views)")
         .stdout_has(&format!("PostgreSQL {version}"))
         .stdout_has("missing in schema public")
         .stdout_has("no problems");
@@ -270,6 +270,11 @@ fn check_prints_the_plan_and_exits_0_when_all_is_well() {
             "{line}"
         );
     }
+    for twin in ["public.user_activity ", "public.bets_latest"] {
+        let line = out.line_with(twin);
+        assert!(line.contains("incremental"), "{line}");
+    }
+    out.stdout_has("public.bet_events: marker seq (bigint, from sequence");
     let created: bool =
         db.scalar("SELECT to_regclass('materialized_views_refresh_log') IS NOT NULL");
     assert!(!created, "check must not create anything");
@@ -530,6 +535,11 @@ fn check_reports_views_the_role_may_not_refresh() {
         !check.stdout.contains("public.top_bets_today may not"),
         "{check}"
     );
+    // The incremental twins: their tables must be written.
+    check.stdout_has(&format!(
+        "public.user_activity may not be maintained by role \"{role}\": it needs SELECT, INSERT, \
+         UPDATE and DELETE on its table"
+    ));
 
     // refresh agrees: those two fail before running anything, the owned one refreshes.
     db.mvr().arg("init").run().code(0);
@@ -539,7 +549,7 @@ fn check_reports_views_the_role_may_not_refresh() {
     let refresh = Mvr::new().env("DATABASE_URL", &url).arg("refresh").run();
     refresh
         .code(1)
-        .stdout_has("1 refreshed, 0 skipped, 2 failed");
+        .stdout_has("1 refreshed, 0 skipped, 4 failed");
 
     // Membership in the owning role is enough.
     db.execute(&format!("GRANT postgres TO {role}"));

@@ -341,3 +341,40 @@ fn late_commits_are_caught_with_lag_0_for_sequence_and_clock_markers_and_within_
     let last = cycles(&db).pop().unwrap();
     assert_eq!((last.0.as_str(), last.1), ("nothing changed", 0));
 }
+
+#[test]
+fn a_missing_table_is_created_unless_create_is_false_then_the_view_is_skipped_unrecorded() {
+    let db = TestDb::empty("incremental_create");
+    db.execute(SCHEMA);
+    let registry = db.registry(&REGISTRY.replace(
+        "name = \"user_totals\"",
+        "name = \"user_totals\"\ncreate = false",
+    ));
+    db.mvr_with(&registry)
+        .arg("check")
+        .run()
+        .code(0)
+        .stdout_has("skipped (no table here, create = false)");
+    db.mvr_with(&registry)
+        .arg("refresh")
+        .run()
+        .code(0)
+        .stdout_has("does not exist here, and create = false")
+        .stdout_has("0 refreshed, 1 skipped, 0 failed");
+    let rows: i64 = db.scalar("SELECT count(*) FROM materialized_views_refresh_history");
+    assert_eq!(rows, 0, "a view that is not here leaves no rows");
+    let exists: bool = db.scalar("SELECT to_regclass('user_totals') IS NOT NULL");
+    assert!(!exists);
+
+    // By default the first refresh creates it, keyed, and loads it.
+    db.mvr_with(&db.registry(REGISTRY))
+        .arg("refresh")
+        .run()
+        .code(0);
+    let key: String = db.scalar(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint \
+         WHERE conrelid = 'user_totals'::regclass AND contype = 'p'",
+    );
+    assert_eq!(key, "PRIMARY KEY (tenant_id, user_id)");
+    assert_eq!(drift(&db), 0);
+}

@@ -113,7 +113,7 @@ fn refresh_format_chooses_the_results_on_stdout_independently_of_the_logs() {
     let results = json_lines("stdout", &out.stdout);
     assert_eq!(results.len(), 1, "one object for the whole run\n{out}");
     let run = &results[0];
-    assert_eq!(run["counts"]["success"], 3);
+    assert_eq!(run["counts"]["success"], 5);
     assert_eq!(run["failed"], false);
     let views: Vec<&str> = run["views"]
         .as_array()
@@ -123,7 +123,7 @@ fn refresh_format_chooses_the_results_on_stdout_independently_of_the_logs() {
         .collect();
     assert_eq!(
         views.len(),
-        3,
+        5,
         "every registry view, in plan order: {views:?}"
     );
     assert!(views.contains(&"public.user_activity_view"));
@@ -138,7 +138,7 @@ fn refresh_format_chooses_the_results_on_stdout_independently_of_the_logs() {
     table
         .code(0)
         .stdout_has("public.user_activity_view")
-        .stdout_has("3 refreshed, 0 skipped, 0 failed in ");
+        .stdout_has("5 refreshed, 0 skipped, 0 failed in ");
     json_lines("stderr", &table.stderr);
 }
 

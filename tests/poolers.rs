@@ -11,10 +11,12 @@ use std::time::{Duration, Instant};
 use common::middlebox::{PgBouncer, StallingProxy};
 use common::{Running, TestDb};
 
-const VIEWS: [&str; 3] = [
+const VIEWS: [&str; 5] = [
     "public.tenants_summary_view",
     "public.user_activity_view",
     "public.top_bets_today",
+    "public.user_activity",
+    "public.bets_latest",
 ];
 
 /// `(view_name, status, error)` of the history rows after `after_id`.
@@ -66,7 +68,7 @@ fn the_whole_tool_works_through(mode: &str) {
     mvr().arg("check").run().code(0);
 
     let out = mvr().arg("refresh").run();
-    out.code(0).stdout_has("3 refreshed, 0 skipped, 0 failed");
+    out.code(0).stdout_has("5 refreshed, 0 skipped, 0 failed");
     let rows = history_since(&db, 0);
     let mut refreshed: Vec<_> = rows
         .iter()
@@ -82,9 +84,9 @@ fn the_whole_tool_works_through(mode: &str) {
 
     let before = last_id(&db);
     let out = mvr().args(["refresh", "--jobs", "3"]).run();
-    out.code(0).stdout_has("3 refreshed, 0 skipped, 0 failed");
+    out.code(0).stdout_has("5 refreshed, 0 skipped, 0 failed");
     let rows = history_since(&db, before);
-    assert_eq!(rows.len(), 3, "{rows:?}\n{out}");
+    assert_eq!(rows.len(), 5, "{rows:?}\n{out}");
     assert!(rows.iter().all(|r| r.1 == "success"), "{rows:?}\n{out}");
 
     // Three refreshers at once: each view refreshed or skipped, never failed.
@@ -97,7 +99,7 @@ fn the_whole_tool_works_through(mode: &str) {
         out.code(0).stdout_has("0 failed");
     }
     let rows = history_since(&db, before);
-    assert_eq!(rows.len(), 9, "{rows:?}");
+    assert_eq!(rows.len(), 15, "{rows:?}");
     for (view, status, error) in &rows {
         assert!(
             status == "success" || status == "skipped",

@@ -9,7 +9,7 @@ const SEED_QUERY: &str = "SELECT view_name, avg_refresh_time_ms, refresh_count, 
 FROM materialized_views_refresh_log WHERE avg_refresh_time_ms > 500;";
 
 #[test]
-fn default_registry_refreshes_the_three_seed_views_and_logs_them() {
+fn default_registry_refreshes_the_seed_views_and_the_incremental_twins_and_logs_them() {
     let db = TestDb::platform("default_registry");
     // A new bet that only a refresh makes visible in the aggregate view.
     let before: i32 =
@@ -25,7 +25,9 @@ fn default_registry_refreshes_the_three_seed_views_and_logs_them() {
         .stdout_has("public.tenants_summary_view")
         .stdout_has("public.user_activity_view")
         .stdout_has("public.top_bets_today")
-        .stdout_has("3 refreshed, 0 skipped, 0 failed");
+        .stdout_has("public.user_activity ")
+        .stdout_has("public.bets_latest")
+        .stdout_has("5 refreshed, 0 skipped, 0 failed");
 
     let after: i32 =
         db.scalar("SELECT total_bets FROM tenants_summary_view WHERE tenant_id = 10001");
@@ -36,13 +38,13 @@ fn default_registry_refreshes_the_three_seed_views_and_logs_them() {
                 last_refreshed_at IS NOT NULL, refreshed_by IS NOT NULL \
          FROM materialized_views_refresh_log ORDER BY view_name",
     );
-    let expect = |name: &str| {
+    let expect = |name: &str, method: &str| {
         vec![
             Some(name.to_owned()),
             Some("1".into()),
             Some("0".into()),
             Some("success".into()),
-            Some("concurrently".into()),
+            Some(method.into()),
             Some("t".into()),
             Some("t".into()),
         ]
@@ -50,14 +52,22 @@ fn default_registry_refreshes_the_three_seed_views_and_logs_them() {
     assert_eq!(
         log,
         vec![
-            expect("public.tenants_summary_view"),
-            expect("public.top_bets_today"),
-            expect("public.user_activity_view"),
+            expect("public.bets_latest", "incremental"),
+            expect("public.tenants_summary_view", "concurrently"),
+            expect("public.top_bets_today", "concurrently"),
+            expect("public.user_activity", "incremental"),
+            expect("public.user_activity_view", "concurrently"),
         ]
     );
+    // The twins were loaded in full, and hold what their queries return.
+    db.mvr().arg("verify").run().code(0);
+    let twins: i64 = db.scalar(
+        "SELECT (SELECT count(*) FROM user_activity) - (SELECT count(*) FROM user_activity_view)",
+    );
+    assert_eq!(twins, 0);
     let history = db.rows(
         "SELECT view_name, status, method, attempt, work_mem, statement_timeout, lock_timeout \
-         FROM materialized_views_refresh_history ORDER BY view_name",
+         FROM materialized_views_refresh_history WHERE method = 'concurrently' ORDER BY view_name",
     );
     assert_eq!(history.len(), 3);
     for row in history {
@@ -391,11 +401,16 @@ fn json_logs_have_one_event_per_view_with_its_fields() {
         .iter()
         .filter(|e| e["message"] == "view refreshed")
         .collect();
-    assert_eq!(refreshed.len(), 3, "{out}");
+    assert_eq!(refreshed.len(), 5, "{out}");
     for event in refreshed {
-        assert!(event["view"].as_str().unwrap().starts_with("public."));
+        let view = event["view"].as_str().unwrap();
+        assert!(view.starts_with("public."));
         assert_eq!(event["status"], "success");
-        assert_eq!(event["method"], "concurrently");
+        let method = match view {
+            "public.user_activity" | "public.bets_latest" => "incremental",
+            _ => "concurrently",
+        };
+        assert_eq!(event["method"], method, "{view}");
         assert!(event["duration_ms"].as_f64().unwrap() >= 0.0);
     }
 }

@@ -67,7 +67,7 @@ SELECT i                                             AS n,
        round((1 + random() * 99)::numeric, 2)        AS stake,
        round((1.1 + random() * 4)::numeric, 2)       AS odds,
        'fixture-' || i % 500                         AS fixture_id,
-       (now() - random() * interval '36 hours')::timestamp AS placed_at,
+       (now() - interval '5 minutes' - random() * interval '36 hours')::timestamp AS placed_at,
        random()                                      AS r
 FROM demo_scale AS s,
      generate_series(1, s.bets) AS i,

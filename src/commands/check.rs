@@ -177,6 +177,7 @@ fn print_plan(plan: &Plan) {
             (i + 1).to_string(),
             step.view_name(),
             match (&step.problem, step.method) {
+                _ if step.skip.is_some() => "skipped (no table here, create = false)".into(),
                 (None, Some((method, reason))) => format!("{} ({reason})", method.as_str()),
                 _ => "cannot refresh".into(),
             },

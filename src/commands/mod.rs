@@ -119,7 +119,8 @@ async fn preflight(
             lines.join("; ")
         )));
     }
-    if embedded && missing.len() == specs.len() {
+    let matviews = specs.iter().filter(|s| s.incremental.is_none()).count();
+    if embedded && missing.len() == matviews {
         let names: Vec<String> = specs.iter().map(|s| s.name.to_string()).collect();
         return Err(Error::Usage(format!(
             "none of the embedded default registry's views ({}) exist in {target}: give your \

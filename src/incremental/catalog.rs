@@ -176,6 +176,7 @@ async fn probe(
     let all: Vec<u32> = probe_oids.iter().chain(&tables).copied().collect();
     let columns = columns(client, &all).await?;
     let keys = unique_keys(client, &tables).await?;
+    let denied = denied(client, wanted).await?;
     let mut with_known = known.to_vec();
     with_known.extend(&probe_oids);
     let mut reads: HashMap<u32, Vec<u32>> = HashMap::new();
@@ -187,7 +188,8 @@ async fn probe(
     Ok(wanted
         .iter()
         .zip(probes)
-        .map(|(view, probe)| {
+        .zip(denied)
+        .map(|((view, probe), denied)| {
             let reads = probe
                 .as_ref()
                 .ok()
@@ -197,7 +199,61 @@ async fn probe(
                 let query_columns = columns.get(&oid).cloned().unwrap_or_default();
                 target(view, query_columns, &columns, &keys)
             });
+            let target = match denied {
+                Some(why) => Err(why),
+                None => target,
+            };
             Described { target, reads }
+        })
+        .collect())
+}
+
+/// Why the connected role may not maintain each view's table (or create it
+/// where it is missing), if it may not: one statement for all.
+async fn denied(
+    client: &impl GenericClient,
+    wanted: &[Wanted<'_>],
+) -> Result<Vec<Option<String>>, tokio_postgres::Error> {
+    let oids: Vec<u32> = wanted
+        .iter()
+        .map(|w| match w.lookup {
+            Lookup::Table(relation) => relation.oid,
+            _ => 0,
+        })
+        .collect();
+    let schemas: Vec<&str> = wanted
+        .iter()
+        .map(|w| match w.lookup {
+            Lookup::Missing { schema, .. } => schema.as_str(),
+            _ => "",
+        })
+        .collect();
+    let rows = client
+        .query_typed(
+            "SELECT CASE WHEN t.oid <> 0 THEN \
+                 has_table_privilege(t.oid, 'SELECT') AND has_table_privilege(t.oid, 'INSERT') \
+                 AND has_table_privilege(t.oid, 'UPDATE') AND has_table_privilege(t.oid, 'DELETE') \
+               WHEN t.schema <> '' AND EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = t.schema) \
+               THEN has_schema_privilege(t.schema, 'CREATE') ELSE true END, current_user::text \
+             FROM unnest($1::oid[], $2::text[]) WITH ORDINALITY AS t(oid, schema, i) ORDER BY t.i",
+            &[(&oids, Type::OID_ARRAY), (&schemas, Type::TEXT_ARRAY)],
+        )
+        .await?;
+    Ok(wanted
+        .iter()
+        .zip(rows)
+        .map(|(w, row)| {
+            let (allowed, user): (bool, String) = (row.get(0), row.get(1));
+            (!allowed).then(|| match w.lookup {
+                Lookup::Table(_) => format!(
+                    "may not be maintained by role {user:?}: it needs SELECT, INSERT, UPDATE and \
+                     DELETE on its table"
+                ),
+                _ => format!(
+                    "may not be created by role {user:?}: it needs CREATE on the schema (or \
+                     create the table yourself)"
+                ),
+            })
         })
         .collect())
 }
@@ -393,7 +449,8 @@ async fn sources(
         .query_typed(
             "SELECT pg_catalog.format_type(a.atttypid, a.atttypmod), \
                  pg_catalog.pg_get_expr(d.adbin, d.adrelid), a.attidentity::text, \
-                 pg_catalog.pg_get_serial_sequence(s.oid::regclass::text, a.attname) \
+                 pg_catalog.pg_get_serial_sequence(s.oid::regclass::text, a.attname), \
+                 s.oid = 0 OR has_table_privilege(s.oid, 'SELECT'), current_user::text \
              FROM unnest($1::oid[], $2::text[]) WITH ORDINALITY AS s(oid, marker, i) \
              LEFT JOIN pg_catalog.pg_attribute a \
                ON a.attrelid = s.oid AND a.attname = s.marker AND a.attnum > 0 AND NOT a.attisdropped \
@@ -441,6 +498,12 @@ fn source_plan(
             display_ident(&spec.marker)
         ));
     };
+    let (readable, user): (bool, String) = (row.get(4), row.get(5));
+    if !readable {
+        return Err(format!(
+            "has source {relation}, which role {user:?} may not read (it needs SELECT)"
+        ));
+    }
     let default: Option<String> = row.get(1);
     let identity: Option<String> = row.get(2);
     let sequence: Option<String> = row.get(3);

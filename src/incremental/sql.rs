@@ -190,7 +190,9 @@ impl Statements<'_> {
         ))
     }
 
-    /// Inserts the rows of new keys.
+    /// Inserts the rows of new keys (after the update, the others are
+    /// there). `ON CONFLICT` probes the key's index: an anti-join against the
+    /// table would scan the rows this statement adds, for every row it adds.
     pub fn insert(&self) -> String {
         let columns: Vec<String> = self
             .target
@@ -200,10 +202,10 @@ impl Statements<'_> {
             .collect();
         let columns = columns.join(", ");
         format!(
-            "INSERT INTO {t} ({columns}) SELECT {columns} FROM {RESULT} AS r \
-             WHERE NOT EXISTS (SELECT FROM {t} AS t WHERE {})",
-            self.keys_equal("t", "r"),
-            t = self.target.quoted,
+            "INSERT INTO {} ({columns}) SELECT {columns} FROM {RESULT} \
+             ON CONFLICT ({}) DO NOTHING",
+            self.target.quoted,
+            self.keys(""),
         )
     }
 }

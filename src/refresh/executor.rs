@@ -185,6 +185,12 @@ async fn refresh_step(ctx: &RunContext, step: &Step, blocked_by: Option<String>)
         outcome.blocks_dependents = true;
         return record(ctx, &mut slot, step, outcome, false).await;
     }
+    if let Some(reason) = &step.skip {
+        // Not on this database on purpose: reported, never recorded.
+        let outcome = Outcome::new(step, Status::Skipped, reason.clone());
+        report(ctx, &outcome);
+        return outcome;
+    }
     let relation = match (&step.lookup, &step.problem, &step.incremental) {
         (Lookup::MatView(relation), None, None) => Some(relation),
         (_, None, Some(_)) => None,
