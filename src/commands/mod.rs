@@ -99,6 +99,15 @@ async fn preflight(
     let found = catalog::find(&*client, &names)
         .await
         .map_err(db_err("looking up the views"))?;
+    // A registry view is here when its name is a materialized view, or, for
+    // an incremental view, a table.
+    let here = specs
+        .iter()
+        .zip(&found.views)
+        .any(|(spec, f)| match spec.incremental {
+            None => matches!(f.lookup, catalog::Lookup::MatView(_)),
+            Some(_) => matches!(f.lookup, catalog::Lookup::Table(_)),
+        });
     let missing: Vec<_> = specs
         .iter()
         .zip(found.views)
@@ -119,8 +128,7 @@ async fn preflight(
             lines.join("; ")
         )));
     }
-    let matviews = specs.iter().filter(|s| s.incremental.is_none()).count();
-    if embedded && missing.len() == matviews {
+    if embedded && !here {
         let names: Vec<String> = specs.iter().map(|s| s.name.to_string()).collect();
         return Err(Error::Usage(format!(
             "none of the embedded default registry's views ({}) exist in {target}: give your \
