@@ -97,8 +97,12 @@ pub async fn describe(
     wanted: &[Wanted<'_>],
     known: &[u32],
 ) -> Result<Vec<Described>, tokio_postgres::Error> {
+    // Citus warns that a temporary view depends on a temporary schema: not
+    // news, and rolled back with the rest.
     client
-        .batch_execute(&format!("SAVEPOINT {PROBE_SAVEPOINT}"))
+        .batch_execute(&format!(
+            "SAVEPOINT {PROBE_SAVEPOINT}; SET LOCAL client_min_messages = error"
+        ))
         .await?;
     let described = probe(client, wanted, known).await;
     client

@@ -2,8 +2,13 @@
 //! query, the sources' key expressions, trusted like the registry itself)
 //! and the catalog's names, always quoted. Values are bind parameters.
 //!
-//! Two temporary tables live for one transaction (`ON COMMIT DROP`): the
-//! changed keys, and the query's rows for them.
+//! Temporary tables live for one transaction (`ON COMMIT DROP`): the changed
+//! keys, the query's rows for them, the table's rows for them, and the rows
+//! that differ. The differences are found between temporary tables on the
+//! server the refresher talks to, and written with statements that read
+//! them through plain subqueries: a Citus coordinator runs these against
+//! distributed tables (it rejects a distributed table's `UPDATE ... FROM` a
+//! local table, or a correlated subquery over one).
 
 use super::catalog::{SourcePlan, Target, is_time};
 use crate::quote::quote_ident;
@@ -11,6 +16,8 @@ use crate::registry::{Incremental, Lag};
 
 const CHANGED: &str = "pg_temp.mv_refresher_changed";
 const RESULT: &str = "pg_temp.mv_refresher_result";
+const CURRENT: &str = "pg_temp.mv_refresher_current";
+const UPSERT: &str = "pg_temp.mv_refresher_upsert";
 
 /// The statements of one incremental view.
 pub struct Statements<'a> {
@@ -106,7 +113,8 @@ impl Statements<'_> {
                             THEN 4294967296 ELSE 0 END) >= $3::bigint",
             );
         } else {
-            sql.push_str(" AND $2::bigint IS NOT NULL AND $3::bigint IS NOT NULL");
+            // Bound all the same; always true.
+            sql.push_str(" AND num_nulls($2::bigint, $3::bigint) >= 0");
         }
         sql.push_str(" ON CONFLICT DO NOTHING");
         sql
@@ -153,60 +161,85 @@ impl Statements<'_> {
         )
     }
 
-    /// Deletes the rows whose key the query no longer returns.
-    pub fn delete(&self, full: bool) -> String {
+    /// The table's rows of the changed keys (or all of them), beside the
+    /// query's: the differences are found between the two, on this server.
+    pub fn current(&self, full: bool) -> String {
         let scope = match full {
             true => String::new(),
             false => format!(
-                "({}) IN (SELECT {} FROM {CHANGED}) AND ",
+                " WHERE ({}) IN (SELECT {} FROM {CHANGED})",
                 self.keys("t."),
                 self.keys("")
             ),
         };
         format!(
-            "DELETE FROM {} AS t WHERE {scope}NOT EXISTS (SELECT FROM {RESULT} AS r WHERE {})",
-            self.target.quoted,
-            self.keys_equal("r", "t")
+            "CREATE TEMPORARY TABLE mv_refresher_current ON COMMIT DROP AS \
+             SELECT {} FROM {} AS t{scope}",
+            self.columns(),
+            self.target.quoted
         )
     }
 
-    /// Updates the rows that differ; `None` when every column is the key.
-    pub fn update(&self) -> Option<String> {
-        let values = self.values();
-        if values.is_empty() {
-            return None;
-        }
-        let set: Vec<String> = values.iter().map(|c| format!("{c} = r.{c}")).collect();
-        let old: Vec<String> = values.iter().map(|c| format!("t.{c}")).collect();
-        let new: Vec<String> = values.iter().map(|c| format!("r.{c}")).collect();
-        Some(format!(
-            "UPDATE {} AS t SET {} FROM {RESULT} AS r WHERE {} \
-             AND ROW({}) IS DISTINCT FROM ROW({})",
-            self.target.quoted,
-            set.join(", "),
-            self.keys_equal("t", "r"),
-            old.join(", "),
-            new.join(", ")
-        ))
+    /// Deletes the rows whose key the query no longer returns.
+    pub fn delete(&self) -> String {
+        let keys = self.keys("");
+        format!(
+            "DELETE FROM {} WHERE ({keys}) IN \
+             (SELECT {keys} FROM {CURRENT} EXCEPT SELECT {keys} FROM {RESULT})",
+            self.target.quoted
+        )
     }
 
-    /// Inserts the rows of new keys (after the update, the others are
-    /// there). `ON CONFLICT` probes the key's index: an anti-join against the
-    /// table would scan the rows this statement adds, for every row it adds.
-    pub fn insert(&self) -> String {
+    /// The query's rows that are not in the table as they are: new keys, and
+    /// rows that differ (`EXCEPT` compares NULLs as equal).
+    pub fn changed_rows(&self) -> String {
+        let columns = self.columns();
+        format!(
+            "CREATE TEMPORARY TABLE mv_refresher_upsert ON COMMIT DROP AS \
+             SELECT {columns} FROM {RESULT} EXCEPT SELECT {columns} FROM {CURRENT}"
+        )
+    }
+
+    /// How many of the changed rows have a key the table does not hold.
+    pub fn new_keys(&self) -> String {
+        format!(
+            "SELECT count(*) FROM {UPSERT} AS u WHERE NOT EXISTS \
+             (SELECT FROM {CURRENT} AS c WHERE {})",
+            self.keys_equal("c", "u")
+        )
+    }
+
+    /// Writes the changed rows: inserted, or updated in place. Only rows that
+    /// differ are written, so only they leave a dead row behind.
+    pub fn upsert(&self) -> String {
+        let values = self.values();
+        let action = match values.is_empty() {
+            true => "NOTHING".to_owned(),
+            false => {
+                let set: Vec<String> = values
+                    .iter()
+                    .map(|c| format!("{c} = EXCLUDED.{c}"))
+                    .collect();
+                format!("UPDATE SET {}", set.join(", "))
+            }
+        };
+        let columns = self.columns();
+        format!(
+            "INSERT INTO {} ({columns}) SELECT {columns} FROM {UPSERT} \
+             ON CONFLICT ({}) DO {action}",
+            self.target.quoted,
+            self.keys("")
+        )
+    }
+
+    fn columns(&self) -> String {
         let columns: Vec<String> = self
             .target
             .columns
             .iter()
             .map(|c| quote_ident(&c.name))
             .collect();
-        let columns = columns.join(", ");
-        format!(
-            "INSERT INTO {} ({columns}) SELECT {columns} FROM {RESULT} \
-             ON CONFLICT ({}) DO NOTHING",
-            self.target.quoted,
-            self.keys(""),
-        )
+        columns.join(", ")
     }
 }
 

@@ -408,11 +408,15 @@ impl Cycle<'_> {
             let key: String = row.get(0);
             return Err(duplicate_key(client, &key).await);
         }
-        counts.deleted = client.execute_typed(&sql.delete(full), &[]).await? as i64;
-        if let Some(update) = sql.update() {
-            counts.updated = client.execute_typed(&update, &[]).await? as i64;
+        client.execute_typed(&sql.current(full), &[]).await?;
+        counts.deleted = client.execute_typed(&sql.delete(), &[]).await? as i64;
+        let changed = client.execute_typed(&sql.changed_rows(), &[]).await? as i64;
+        if changed > 0 {
+            let new: i64 = client.query_typed_one(&sql.new_keys(), &[]).await?.get(0);
+            client.execute_typed(&sql.upsert(), &[]).await?;
+            counts.inserted = new;
+            counts.updated = changed - new;
         }
-        counts.inserted = client.execute_typed(&sql.insert(), &[]).await? as i64;
         Ok(())
     }
 
