@@ -95,6 +95,41 @@ impl Step {
     }
 }
 
+impl Step {
+    /// The step of `spec`, from what the catalog `found`; an incremental view
+    /// is described further by [`describe_incremental`].
+    fn new(spec: ViewSpec, found: catalog::Found, server_work_mem: Memory) -> Self {
+        let work_mem = WorkMemChoice::untuned(spec.settings.work_mem, server_work_mem);
+        let mut step = Self {
+            lookup: found.lookup,
+            depends_on: Vec::new(),
+            problem: None,
+            method: Some((Method::Incremental, "the keys whose inputs changed")),
+            work_mem,
+            populated: found.state.is_some_and(|state| state.populated),
+            incremental: None,
+            skip: None,
+            spec,
+        };
+        if step.spec.incremental.is_some() {
+            return step;
+        }
+        step.problem = lookup_problem(&step.lookup).or(found.denied);
+        step.method = match found
+            .state
+            .map(|s| choose_method(step.spec.settings.concurrently, s))
+        {
+            Some(Ok(chosen)) => Some(chosen),
+            Some(Err(why)) => {
+                step.problem = step.problem.take().or(Some(why));
+                None
+            }
+            None => None,
+        };
+        step
+    }
+}
+
 /// How long a `REFRESH` may wait for its lock, and whether readers queue behind
 /// it meanwhile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,46 +207,7 @@ impl Plan {
         let mut steps: Vec<Step> = specs
             .into_iter()
             .zip(catalog.views)
-            .map(|(spec, found)| {
-                if spec.incremental.is_some() {
-                    let work_mem = WorkMemChoice::untuned(spec.settings.work_mem, server_work_mem);
-                    return Step {
-                        spec,
-                        lookup: found.lookup,
-                        depends_on: Vec::new(),
-                        problem: None,
-                        method: Some((Method::Incremental, "the keys whose inputs changed")),
-                        work_mem,
-                        populated: false,
-                        incremental: None,
-                        skip: None,
-                    };
-                }
-                let mut problem = lookup_problem(&found.lookup).or(found.denied);
-                let method = match found
-                    .state
-                    .map(|s| choose_method(spec.settings.concurrently, s))
-                {
-                    Some(Ok(chosen)) => Some(chosen),
-                    Some(Err(why)) => {
-                        problem = problem.or(Some(why));
-                        None
-                    }
-                    None => None,
-                };
-                let work_mem = WorkMemChoice::untuned(spec.settings.work_mem, server_work_mem);
-                Step {
-                    spec,
-                    lookup: found.lookup,
-                    depends_on: Vec::new(),
-                    problem,
-                    method,
-                    work_mem,
-                    populated: found.state.is_some_and(|state| state.populated),
-                    incremental: None,
-                    skip: None,
-                }
-            })
+            .map(|(spec, found)| Step::new(spec, found, server_work_mem))
             .collect();
 
         if steps.iter().any(|s| !s.is_recorded()) {

@@ -504,6 +504,9 @@ impl Registry {
 
 type Span = Option<std::ops::Range<usize>>;
 
+/// What is wrong, and where.
+type Invalid = (Span, String);
+
 /// One `[[view]]` table over `defaults`; a name already among `earlier` is an
 /// error.
 fn view_spec(
@@ -545,26 +548,7 @@ fn incremental(
     dir: Option<&Path>,
 ) -> Result<Option<Incremental>, (Span, String)> {
     let raw = table.get_ref();
-    let query = match (&raw.query, &raw.query_file) {
-        (Some(_), Some(file)) => {
-            return Err((
-                Some(file.span()),
-                "keys \"query\" and \"query_file\" both give the query: keep one".into(),
-            ));
-        }
-        (Some(query), None) => Some((query.get_ref().clone(), query.span())),
-        (None, Some(file)) => {
-            let path = dir.unwrap_or(Path::new(".")).join(file.get_ref());
-            let text = std::fs::read_to_string(&path).map_err(|err| {
-                (
-                    Some(file.span()),
-                    format!("key \"query_file\": cannot read {}: {err}", path.display()),
-                )
-            })?;
-            Some((text, file.span()))
-        }
-        (None, None) => None,
-    };
+    let query = query_text(raw, dir)?;
     let (Some(key), Some((query, query_span))) = (&raw.key, query) else {
         return match (&raw.key, &raw.query, &raw.query_file, &raw.changes) {
             (None, None, None, None) if raw.create.is_none() => Ok(None),
@@ -609,6 +593,32 @@ fn incremental(
         changes,
         create: raw.create.as_ref().is_none_or(|c| *c.get_ref()),
     }))
+}
+
+/// The query of a `[[view]]`, inline or from `query_file` (relative to the
+/// registry's directory), with the span to report its errors at.
+fn query_text(
+    raw: &RawTable,
+    dir: Option<&Path>,
+) -> Result<Option<(String, std::ops::Range<usize>)>, Invalid> {
+    match (&raw.query, &raw.query_file) {
+        (Some(_), Some(file)) => Err((
+            Some(file.span()),
+            "keys \"query\" and \"query_file\" both give the query: keep one".into(),
+        )),
+        (Some(query), None) => Ok(Some((query.get_ref().clone(), query.span()))),
+        (None, Some(file)) => {
+            let path = dir.unwrap_or(Path::new(".")).join(file.get_ref());
+            let text = std::fs::read_to_string(&path).map_err(|err| {
+                (
+                    Some(file.span()),
+                    format!("key \"query_file\": cannot read {}: {err}", path.display()),
+                )
+            })?;
+            Ok(Some((text, file.span())))
+        }
+        (None, None) => Ok(None),
+    }
 }
 
 /// One `[[view.changes]]`; `arity`: the number of key columns.

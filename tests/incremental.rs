@@ -259,6 +259,12 @@ fn a_failed_cycle_leaves_table_and_watermarks_as_they_were_and_verify_finds_drif
         .stdout_has("(3,2): differs")
         .stdout_has("(1,3): in the query, not in the table")
         .stdout_has("(9,9): in the table, not in the query");
+    // verify compares incremental views only.
+    db.mvr_with(&registry)
+        .args(["verify", "bets"])
+        .run()
+        .code(2)
+        .stderr_has("bets is not an incremental view");
     // A full reconcile mends it, touching only those rows.
     db.mvr_with(&registry)
         .args(["refresh", "--full"])
@@ -377,4 +383,81 @@ fn a_missing_table_is_created_unless_create_is_false_then_the_view_is_skipped_un
     );
     assert_eq!(key, "PRIMARY KEY (tenant_id, user_id)");
     assert_eq!(drift(&db), 0);
+}
+
+#[test]
+fn incremental_and_materialized_views_read_each_other_in_order_under_the_same_locks() {
+    let db = TestDb::empty("incremental_order");
+    db.execute(SCHEMA);
+    // A materialized view the incremental view reads (a source with a
+    // marker), and, once the incremental view's table exists, one that reads it.
+    db.execute(
+        "CREATE MATERIALIZED VIEW user_names AS SELECT tenant_id, user_id, name, active, v FROM users; \
+         CREATE UNIQUE INDEX ON user_names (tenant_id, user_id); CREATE INDEX ON user_names (v);",
+    );
+    let totals = REGISTRY
+        .replace("FROM users u", "FROM user_names u")
+        .replace("table = \"users\"", "table = \"user_names\"");
+    let first = db.registry(&format!("{totals}\n[[view]]\nname = \"user_names\"\n"));
+    db.mvr_with(&first).arg("refresh").run().code(0);
+    db.execute(
+        "CREATE MATERIALIZED VIEW bettors AS SELECT tenant_id, count(*) AS n FROM user_totals \
+         GROUP BY tenant_id; CREATE UNIQUE INDEX ON bettors (tenant_id);",
+    );
+    // Listed against their order: bettors reads user_totals, which reads user_names.
+    let path = db.registry(&format!(
+        "[[view]]\nname = \"bettors\"\n\n{totals}\n[[view]]\nname = \"user_names\"\n"
+    ));
+    let check = db.mvr_with(&path).arg("check").run();
+    check.code(0);
+    assert!(
+        check
+            .line_with("public.user_totals")
+            .contains("incremental")
+    );
+    let position = |view: &str| check.stdout.find(&format!("  {view} ")).unwrap();
+    assert!(
+        position("public.user_names") < position("public.user_totals"),
+        "{check}"
+    );
+    assert!(
+        position("public.user_totals") < position("public.bettors"),
+        "{check}"
+    );
+
+    db.execute("UPDATE users SET name = 'renamed', v = nextval('users_v_seq') WHERE user_id = 4");
+    db.mvr_with(&path).arg("refresh").run().code(0);
+    let order = db.rows(
+        "SELECT view_name FROM materialized_views_refresh_history \
+         WHERE run_id = (SELECT run_id FROM materialized_views_refresh_history ORDER BY id DESC LIMIT 1) \
+         ORDER BY started_at",
+    );
+    assert_eq!(
+        order,
+        [
+            [Some("public.user_names".to_owned())],
+            [Some("public.user_totals".to_owned())],
+            [Some("public.bettors".to_owned())],
+        ]
+    );
+    let name: String = db.scalar("SELECT name FROM user_totals WHERE user_id = 4");
+    assert_eq!(
+        name, "renamed",
+        "the change came through the materialized view"
+    );
+
+    // Another refresher holds the view's lock: skipped, and its dependents go on.
+    let mut holder = db.client();
+    holder
+        .batch_execute(
+            "BEGIN; SELECT pg_advisory_xact_lock(1836479078, hashtext('public.user_totals'))",
+        )
+        .unwrap();
+    db.mvr_with(&path)
+        .arg("refresh")
+        .run()
+        .code(0)
+        .stdout_has("another refresher is refreshing this view")
+        .stdout_has("2 refreshed, 1 skipped, 0 failed");
+    holder.batch_execute("ROLLBACK").unwrap();
 }

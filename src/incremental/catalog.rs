@@ -129,28 +129,24 @@ pub async fn describe(
     Ok(described)
 }
 
-/// Each query as a temporary view: its columns and what it reads; the table's
-/// columns and keys. Errors of the user's SQL become problems.
-async fn probe(
+/// Each query as a temporary view (its OID), or why its SQL fails.
+async fn create_probes(
     client: &impl GenericClient,
     wanted: &[Wanted<'_>],
-    known: &[u32],
-) -> Result<Vec<Described>, tokio_postgres::Error> {
-    let mut probes: Vec<Result<u32, String>> = Vec::new();
+) -> Result<Vec<Result<u32, String>>, tokio_postgres::Error> {
+    let mut probes = Vec::with_capacity(wanted.len());
     for (i, view) in wanted.iter().enumerate() {
         let savepoint = format!("{PROBE_SAVEPOINT}_{i}");
+        let name = format!("mv_refresher_probe_{i}");
         client
             .batch_execute(&format!("SAVEPOINT {savepoint}"))
             .await?;
-        let name = format!("mv_refresher_probe_{i}");
         let sql = format!("CREATE TEMPORARY VIEW {name} AS {}", view.spec.query.full());
         match client.batch_execute(&sql).await {
             Ok(()) => {
+                let name = format!("pg_temp.{name}");
                 let row = client
-                    .query_typed_one(
-                        "SELECT $1::text::regclass::oid",
-                        &[(&format!("pg_temp.{name}"), Type::TEXT)],
-                    )
+                    .query_typed_one("SELECT $1::text::regclass::oid", &[(&name, Type::TEXT)])
                     .await?;
                 probes.push(Ok(row.get(0)));
             }
@@ -158,14 +154,23 @@ async fn probe(
                 client
                     .batch_execute(&format!("ROLLBACK TO SAVEPOINT {savepoint}"))
                     .await?;
-                probes.push(Err(format!(
-                    "has a query that fails: {}",
-                    describe_error(&err)
-                )));
+                let why = format!("has a query that fails: {}", describe_error(&err));
+                probes.push(Err(why));
             }
             Err(err) => return Err(err),
         }
     }
+    Ok(probes)
+}
+
+/// Each query as a temporary view: its columns and what it reads; the table's
+/// columns and keys. Errors of the user's SQL become problems.
+async fn probe(
+    client: &impl GenericClient,
+    wanted: &[Wanted<'_>],
+    known: &[u32],
+) -> Result<Vec<Described>, tokio_postgres::Error> {
+    let probes = create_probes(client, wanted).await?;
     let tables: Vec<u32> = wanted
         .iter()
         .filter_map(|view| match view.lookup {
@@ -299,30 +304,9 @@ fn target(
         }
     };
     if let Some(relation) = &table {
-        let have = columns.get(&relation.oid).cloned().unwrap_or_default();
-        if have != query_columns {
-            return Err(format!(
-                "has a table whose columns ({}) differ from its query's ({}): names, order and \
-                 types must match",
-                typed(&have),
-                typed(&query_columns)
-            ));
-        }
-        let unique = keys.get(&relation.oid).into_iter().flatten();
-        if !unique
-            .into_iter()
-            .any(|cols| cols.len() == spec.key.len() && cols.iter().all(|c| spec.key.contains(c)))
-        {
-            return Err(format!(
-                "has key ({}), which is not the primary key or a unique index (not partial, on \
-                 plain columns) of its table",
-                spec.key
-                    .iter()
-                    .map(|k| display_ident(k))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
+        let have = columns.get(&relation.oid).map_or(&[][..], Vec::as_slice);
+        let unique = keys.get(&relation.oid).map_or(&[][..], Vec::as_slice);
+        check_table(spec, have, &query_columns, unique)?;
     }
     Ok(Target {
         table,
@@ -331,6 +315,36 @@ fn target(
         sources: Vec::new(),
         warnings: Vec::new(),
     })
+}
+
+/// An existing table must have the query's columns, and the key as a
+/// unique key (`unique`: the table's unique keys).
+fn check_table(
+    spec: &Incremental,
+    have: &[Column],
+    query_columns: &[Column],
+    unique: &[Vec<String>],
+) -> Result<(), String> {
+    if have != query_columns {
+        return Err(format!(
+            "has a table whose columns ({}) differ from its query's ({}): names, order and \
+             types must match",
+            typed(have),
+            typed(query_columns)
+        ));
+    }
+    let is_key = |cols: &Vec<String>| {
+        cols.len() == spec.key.len() && cols.iter().all(|c| spec.key.contains(c))
+    };
+    if !unique.iter().any(is_key) {
+        let key: Vec<String> = spec.key.iter().map(|k| display_ident(k)).collect();
+        return Err(format!(
+            "has key ({}), which is not the primary key or a unique index (not partial, on \
+             plain columns) of its table",
+            key.join(", ")
+        ));
+    }
+    Ok(())
 }
 
 fn names(columns: &[Column]) -> String {

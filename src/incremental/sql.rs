@@ -3,8 +3,8 @@
 //! and the catalog's names, always quoted. Values are bind parameters.
 //!
 //! Temporary tables live for one transaction (`ON COMMIT DROP`): the changed
-//! keys, the query's rows for them, the table's rows for them, and the rows
-//! that differ. The differences are found between temporary tables on the
+//! keys, the query's rows for them, the table's rows for them (a full
+//! reconcile reads the table itself), and the rows that differ. The differences are found between temporary tables on the
 //! server the refresher talks to, and written with statements that read
 //! them through plain subqueries: a Citus coordinator runs these against
 //! distributed tables (it rejects a distributed table's `UPDATE ... FROM` a
@@ -161,52 +161,70 @@ impl Statements<'_> {
         )
     }
 
-    /// The table's rows of the changed keys (or all of them), beside the
-    /// query's: the differences are found between the two, on this server.
-    pub fn current(&self, full: bool) -> String {
-        let scope = match full {
-            true => String::new(),
-            false => format!(
-                " WHERE ({}) IN (SELECT {} FROM {CHANGED})",
-                self.keys("t."),
-                self.keys("")
-            ),
-        };
+    /// The table's rows of the changed keys, beside the query's: the
+    /// differences are found between the two on this server. A full
+    /// reconcile compares with the table itself.
+    pub fn current(&self) -> String {
         format!(
             "CREATE TEMPORARY TABLE mv_refresher_current ON COMMIT DROP AS \
-             SELECT {} FROM {} AS t{scope}",
-            self.columns(),
-            self.target.quoted
+             SELECT {} FROM {} AS t WHERE ({}) IN (SELECT {} FROM {CHANGED})",
+            self.columns(""),
+            self.target.quoted,
+            self.keys("t."),
+            self.keys("")
         )
+    }
+
+    /// What the query's rows are compared with.
+    fn compared(&self, full: bool) -> &str {
+        match full {
+            true => &self.target.quoted,
+            false => CURRENT,
+        }
     }
 
     /// Deletes the rows whose key the query no longer returns.
-    pub fn delete(&self) -> String {
+    pub fn delete(&self, full: bool) -> String {
         let keys = self.keys("");
         format!(
             "DELETE FROM {} WHERE ({keys}) IN \
-             (SELECT {keys} FROM {CURRENT} EXCEPT SELECT {keys} FROM {RESULT})",
-            self.target.quoted
+             (SELECT {keys} FROM {} EXCEPT SELECT {keys} FROM {RESULT})",
+            self.target.quoted,
+            self.compared(full)
         )
     }
 
-    /// The query's rows that are not in the table as they are: new keys, and
-    /// rows that differ (`EXCEPT` compares NULLs as equal).
-    pub fn changed_rows(&self) -> String {
-        let columns = self.columns();
+    /// The query's rows that are not in the table as they are (new keys, and
+    /// rows that differ), each marked whether its key is new.
+    pub fn changed_rows(&self, full: bool) -> String {
+        let values = self.values();
+        let differs = match values.is_empty() {
+            true => "false".to_owned(),
+            false => {
+                let old: Vec<String> = values.iter().map(|c| format!("c.{c}")).collect();
+                let new: Vec<String> = values.iter().map(|c| format!("r.{c}")).collect();
+                format!(
+                    "ROW({}) IS DISTINCT FROM ROW({})",
+                    old.join(", "),
+                    new.join(", ")
+                )
+            }
+        };
+        let first_key = format!("c.{}", quote_ident(&self.spec.key[0]));
         format!(
             "CREATE TEMPORARY TABLE mv_refresher_upsert ON COMMIT DROP AS \
-             SELECT {columns} FROM {RESULT} EXCEPT SELECT {columns} FROM {CURRENT}"
+             SELECT {}, {first_key} IS NULL AS mv_refresher_new \
+             FROM {RESULT} AS r LEFT JOIN {} AS c ON {} \
+             WHERE {first_key} IS NULL OR {differs}",
+            self.columns("r."),
+            self.compared(full),
+            self.keys_equal("c", "r"),
         )
     }
 
     /// How many of the changed rows have a key the table does not hold.
     pub fn new_keys(&self) -> String {
-        format!(
-            "SELECT count(*) FROM {UPSERT} AS u WHERE NOT EXISTS \
-             (SELECT FROM {CURRENT} AS c WHERE {})",
-            self.keys_equal("c", "u")
-        )
+        format!("SELECT count(*) FILTER (WHERE mv_refresher_new) FROM {UPSERT}")
     }
 
     /// Writes the changed rows: inserted, or updated in place. Only rows that
@@ -223,7 +241,7 @@ impl Statements<'_> {
                 format!("UPDATE SET {}", set.join(", "))
             }
         };
-        let columns = self.columns();
+        let columns = self.columns("");
         format!(
             "INSERT INTO {} ({columns}) SELECT {columns} FROM {UPSERT} \
              ON CONFLICT ({}) DO {action}",
@@ -232,12 +250,12 @@ impl Statements<'_> {
         )
     }
 
-    fn columns(&self) -> String {
+    fn columns(&self, prefix: &str) -> String {
         let columns: Vec<String> = self
             .target
             .columns
             .iter()
-            .map(|c| quote_ident(&c.name))
+            .map(|c| format!("{prefix}{}", quote_ident(&c.name)))
             .collect();
         columns.join(", ")
     }

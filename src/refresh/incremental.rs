@@ -70,13 +70,7 @@ pub(super) async fn attempt(
         return Err(Failure::not_started(reason));
     }
     let spec = step.spec.incremental.as_ref().expect("an incremental step");
-    let Some(log) = ctx.log.as_ref().filter(|log| log.has_incremental()) else {
-        return Err(Failure::permanent(
-            "incremental views keep their watermarks in materialized_views_refresh_state, \
-             which the log tables do not have: run `mv-refresher init` as their owner"
-                .into(),
-        ));
-    };
+    let log = state_keeper(ctx)?;
     let pg = |err: tokio_postgres::Error| {
         Failure::from_pg(&err, step, Some(Method::Incremental), 0.0, None)
     };
@@ -96,13 +90,9 @@ pub(super) async fn attempt(
         return Ok(Done::Fresh(reason));
     }
     let (full, reason) = mode(ctx, step, spec, target, &opened);
-
-    let started = Instant::now();
-    let mut counts = Counts::default();
-    let statements = Statements { spec, target };
     let cycle = Cycle {
         client,
-        statements: &statements,
+        statements: &Statements { spec, target },
         target,
         opened: &opened,
         view_name: &view_name,
@@ -111,34 +101,13 @@ pub(super) async fn attempt(
         lock_timeout: step.settings().lock_timeout.to_std(),
         state_table: log.state_table(),
     };
-    let run = {
-        let _running = ctx.running();
-        let token = client.cancel_token();
-        let work = cycle.run(&mut counts);
-        cancellable(
-            ctx,
-            &view_name,
-            &token,
-            silence_limit(step.settings()),
-            work,
-        )
-        .await
-    };
-    let duration_ms = round_ms(started.elapsed().as_secs_f64() * 1000.0);
-    run.map_err(|interrupted| {
-        interrupted.into_failure(step, Some(Method::Incremental), duration_ms, None)
-    })?;
+    let (counts, duration_ms) = run(ctx, step, cycle).await?;
 
     let reason = match counts.keys {
         0 if !full => "nothing changed".to_owned(),
         _ => reason,
     };
-    let mut outcome = Outcome::new(step, Status::Success, reason);
-    outcome.blocks_dependents = false;
-    outcome.method = Some(Method::Incremental);
-    outcome.duration_ms = duration_ms;
-    outcome.attempts = attempt;
-    outcome.counts = Some(counts);
+    let mut outcome = success(step, reason, counts, duration_ms, attempt);
     let (history_id, _) = commit(ctx, client, step, None, &mut outcome)
         .await
         .map_err(pg)?;
@@ -148,6 +117,50 @@ pub(super) async fn attempt(
         history_id,
         bloat: None,
     })
+}
+
+/// The log tables, which keep the watermarks: an incremental view cannot
+/// run without them.
+fn state_keeper(ctx: &RunContext) -> Result<&crate::refresh_log::RefreshLog, Failure> {
+    ctx.log
+        .as_ref()
+        .filter(|log| log.has_incremental())
+        .ok_or_else(|| {
+            Failure::permanent(
+                "incremental views keep their watermarks in materialized_views_refresh_state, \
+             which the log tables do not have: run `mv-refresher init` as their owner"
+                    .into(),
+            )
+        })
+}
+
+/// The outcome of a cycle that ran.
+fn success(step: &Step, reason: String, counts: Counts, duration_ms: f64, attempt: u32) -> Outcome {
+    let mut outcome = Outcome::new(step, Status::Success, reason);
+    outcome.blocks_dependents = false;
+    outcome.method = Some(Method::Incremental);
+    outcome.duration_ms = duration_ms;
+    outcome.attempts = attempt;
+    outcome.counts = Some(counts);
+    outcome
+}
+
+/// Runs `cycle`, cancellable; returns what it touched and how long it took.
+async fn run(ctx: &RunContext, step: &Step, cycle: Cycle<'_>) -> Result<(Counts, f64), Failure> {
+    let started = Instant::now();
+    let mut counts = Counts::default();
+    let run = {
+        let _running = ctx.running();
+        let token = cycle.client.cancel_token();
+        let view = cycle.view_name;
+        let silence = silence_limit(step.settings());
+        cancellable(ctx, view, &token, silence, cycle.run(&mut counts)).await
+    };
+    let duration_ms = round_ms(started.elapsed().as_secs_f64() * 1000.0);
+    run.map_err(|interrupted| {
+        interrupted.into_failure(step, Some(Method::Incremental), duration_ms, None)
+    })?;
+    Ok((counts, duration_ms))
 }
 
 /// Whether this cycle is a full reconcile, and why it is what it is.
@@ -400,7 +413,17 @@ impl Cycle<'_> {
     /// written to the table.
     async fn apply(&self, counts: &mut Counts) -> Result<(), tokio_postgres::Error> {
         let (client, sql, full) = (self.client, self.statements, self.full);
+        // Temporary tables have no statistics until analyzed: without them
+        // the planner guesses a few rows and joins them by nested loops.
+        if !full {
+            client
+                .batch_execute(&analyze("mv_refresher_changed"))
+                .await?;
+        }
         let rows = client.execute_typed(&sql.result(full), &[]).await?;
+        client
+            .batch_execute(&analyze("mv_refresher_result"))
+            .await?;
         if full {
             counts.keys = rows as i64;
         }
@@ -408,9 +431,14 @@ impl Cycle<'_> {
             let key: String = row.get(0);
             return Err(duplicate_key(client, &key).await);
         }
-        client.execute_typed(&sql.current(full), &[]).await?;
-        counts.deleted = client.execute_typed(&sql.delete(), &[]).await? as i64;
-        let changed = client.execute_typed(&sql.changed_rows(), &[]).await? as i64;
+        if !full {
+            client.execute_typed(&sql.current(), &[]).await?;
+            client
+                .batch_execute(&analyze("mv_refresher_current"))
+                .await?;
+        }
+        counts.deleted = client.execute_typed(&sql.delete(full), &[]).await? as i64;
+        let changed = client.execute_typed(&sql.changed_rows(full), &[]).await? as i64;
         if changed > 0 {
             let new: i64 = client.query_typed_one(&sql.new_keys(), &[]).await?.get(0);
             client.execute_typed(&sql.upsert(), &[]).await?;
@@ -459,6 +487,10 @@ impl Cycle<'_> {
             .await?;
         Ok(())
     }
+}
+
+fn analyze(temporary: &str) -> String {
+    format!("ANALYZE pg_temp.{temporary}")
 }
 
 /// The error of a query that returns a key twice, raised by the server so
