@@ -57,6 +57,22 @@ pub struct Incremental {
     pub create: bool,
 }
 
+impl Incremental {
+    /// What the table's rows and watermarks depend on: the query, the key,
+    /// and each source's table, key and marker. A cycle under another
+    /// definition than the last one's reconciles in full.
+    pub fn definition(&self) -> String {
+        let mut text = format!("{}\n{:?}", self.query, self.key);
+        for source in &self.changes {
+            text.push_str(&format!(
+                "\n{} {:?} {}",
+                source.table, source.key, source.marker
+            ));
+        }
+        text
+    }
+}
+
 /// One `[[view.changes]]`: a source table and how its changed keys are found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Source {

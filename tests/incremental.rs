@@ -461,3 +461,123 @@ fn incremental_and_materialized_views_read_each_other_in_order_under_the_same_lo
         .stdout_has("2 refreshed, 1 skipped, 0 failed");
     holder.batch_execute("ROLLBACK").unwrap();
 }
+
+#[test]
+fn a_timeout_or_a_deadline_ends_the_cycle_and_leaves_nothing_behind() {
+    let db = TestDb::empty("incremental_timeouts");
+    db.execute(SCHEMA);
+    // A query that takes a second per 20 users: its first load takes 3 s.
+    let slow = REGISTRY.replace(
+        "1 / (CASE WHEN u.name = 'boom' THEN 0 ELSE 1 END) AS ok",
+        "1 / (CASE WHEN u.name = 'boom' THEN 0 ELSE 1 END) AS ok, pg_sleep(0.05)::text AS slept",
+    );
+    let registry =
+        db.registry(&slow.replace("full_every = \"0\"", "full_every = \"0\"\nretries = 0"));
+    db.mvr_with(&registry)
+        .args(["refresh", "--deadline", "1s"])
+        .run()
+        .code(1);
+    let last = db.history("user_totals").pop().unwrap();
+    assert_eq!(
+        (last[0].as_deref(), last[1].as_deref()),
+        (Some("cancelled"), Some("incremental")),
+        "{last:?}"
+    );
+    let left: i64 = db.scalar(
+        "SELECT (to_regclass('user_totals') IS NOT NULL)::int \
+         + (SELECT count(*) FROM materialized_views_refresh_state)",
+    );
+    assert_eq!(left, 0, "the table and the watermarks were left behind");
+
+    let registry = db.registry(&slow.replace(
+        "full_every = \"0\"",
+        "full_every = \"0\"\nretries = 0\nstatement_timeout = \"500ms\"",
+    ));
+    db.mvr_with(&registry).arg("refresh").run().code(1);
+    let last = db.history("user_totals").pop().unwrap();
+    assert_eq!(last[3].as_deref(), Some("57014"), "{last:?}");
+    assert!(
+        last[5]
+            .as_deref()
+            .unwrap()
+            .contains("statement_timeout = 500ms"),
+        "{last:?}"
+    );
+    let left: i64 = db.scalar("SELECT (to_regclass('user_totals') IS NOT NULL)::int::int8");
+    assert_eq!(left, 0);
+
+    // check warns of a marker no index serves.
+    db.execute("DROP INDEX payments_ts_idx");
+    db.mvr_with(&registry)
+        .arg("check")
+        .run()
+        .stdout_has("source public.payments: no index starts with its marker ts");
+}
+
+#[test]
+fn a_rows_xmin_is_widened_to_the_full_transaction_id_nearest_the_snapshot() {
+    use mv_refresher::incremental::sql::widened_xid;
+    let db = TestDb::empty("incremental_xid");
+    let epoch = 1_i64 << 32;
+    let near = 5 * epoch + 1000;
+    let high = 5 * epoch + 4_294_967_000;
+    for (xmin, near, expected) in [
+        // Committed after the snapshot was recorded: above its xmax.
+        (1005_i64, near, 5 * epoch + 1005),
+        (990, near, 5 * epoch + 990),
+        // From the epoch before, and the one after.
+        (4_294_967_290, near, 5 * epoch - 6),
+        (100, high, 6 * epoch + 100),
+    ] {
+        let sql = format!(
+            "SELECT {}",
+            widened_xid(&format!("'{xmin}'::xid"), &format!("'{near}'::bigint"))
+        );
+        assert_eq!(db.scalar::<i64>(&sql), expected, "xmin {xmin} near {near}");
+    }
+}
+
+#[test]
+fn a_changed_definition_reconciles_in_full_and_a_null_key_is_no_key() {
+    let db = TestDb::empty("incremental_definition");
+    db.execute(SCHEMA);
+    // Payments without an amount give no key: they change no sum.
+    let registry = REGISTRY.replacen(
+        "table = \"payments\"\nkey = [\"tenant_id\", \"user_id\"]",
+        "table = \"payments\"\nkey = [\"tenant_id\", \"CASE WHEN amount IS NULL THEN NULL ELSE user_id END\"]",
+        1,
+    );
+    assert_ne!(registry, REGISTRY);
+    let path = db.registry(&registry);
+    db.mvr_with(&path).arg("refresh").run().code(0);
+    db.execute(
+        "INSERT INTO payments (tenant_id, user_id, amount, ts) \
+         VALUES (2, 4, NULL, (extract(epoch FROM now()) * 1000)::bigint)",
+    );
+    db.mvr_with(&path)
+        .arg("refresh")
+        .run()
+        .code(0)
+        .stdout_has("nothing changed");
+    assert_eq!(drift(&db), 0);
+
+    // The query changes (bets counted twice): the next cycle reconciles in
+    // full, and the table follows the new query.
+    let doubled = registry.replace("count(*) AS n", "2 * count(*) AS n");
+    let path = db.registry(&doubled);
+    db.mvr_with(&path)
+        .arg("refresh")
+        .run()
+        .code(0)
+        .stdout_has("full reconcile: the query, the key or a source changed");
+    let off: i64 = db.scalar(&format!(
+        "SELECT count(*) FROM (SELECT tenant_id, user_id, 2 * bets FROM ({FULL}) q \
+         EXCEPT SELECT tenant_id, user_id, bets FROM user_totals) d"
+    ));
+    assert_eq!(off, 0);
+    db.mvr_with(&path)
+        .arg("refresh")
+        .run()
+        .code(0)
+        .stdout_has("nothing changed");
+}

@@ -84,12 +84,14 @@ fn diff_sql(spec: &Incremental, target: &Target) -> String {
     format!(
         "WITH q AS MATERIALIZED ({query}), \
               t AS MATERIALIZED (SELECT {columns} FROM {table}), \
-              d AS ((SELECT 't' AS side, * FROM (SELECT * FROM t EXCEPT ALL SELECT * FROM q) AS x) \
+              d AS ((SELECT 't' AS mv_refresher_side, * \
+                     FROM (SELECT * FROM t EXCEPT ALL SELECT * FROM q) AS x) \
                     UNION ALL \
-                    (SELECT 'q' AS side, * FROM (SELECT * FROM q EXCEPT ALL SELECT * FROM t) AS y)), \
+                    (SELECT 'q' AS mv_refresher_side, * \
+                     FROM (SELECT * FROM q EXCEPT ALL SELECT * FROM t) AS y)), \
               k AS (SELECT ROW({keys})::text AS key, \
-                       CASE WHEN count(DISTINCT side) = 2 THEN 'differs' \
-                            WHEN min(side) = 't' THEN 'in the table, not in the query' \
+                       CASE WHEN count(DISTINCT mv_refresher_side) = 2 THEN 'differs' \
+                            WHEN min(mv_refresher_side) = 't' THEN 'in the table, not in the query' \
                             ELSE 'in the query, not in the table' END AS how \
                     FROM d GROUP BY {keys}) \
          SELECT key, how, count(*) OVER () FROM k ORDER BY key LIMIT {limit}",

@@ -340,7 +340,7 @@ fn check_table(
         let key: Vec<String> = spec.key.iter().map(|k| display_ident(k)).collect();
         return Err(format!(
             "has key ({}), which is not the primary key or a unique index (not partial, on \
-             plain columns) of its table",
+             plain NOT NULL columns) of its table",
             key.join(", ")
         ));
     }
@@ -388,7 +388,7 @@ async fn columns(
 }
 
 /// An index of a table: its name, its columns (`None` for an expression),
-/// whether it is unique, valid and total (no `WHERE`).
+/// whether it is unique (immediate, on NOT NULL columns: a key).
 struct Index {
     name: String,
     columns: Vec<Option<String>>,
@@ -408,7 +408,10 @@ async fn indexes(
                        LEFT JOIN pg_catalog.pg_attribute a \
                          ON a.attrelid = i.indrelid AND a.attnum = k.attnum AND k.attnum > 0 \
                        ORDER BY k.n), \
-                 i.indisunique AND i.indimmediate \
+                 i.indisunique AND i.indimmediate AND NOT EXISTS ( \
+                     SELECT FROM unnest(i.indkey[0:i.indnkeyatts - 1]) AS k(attnum) \
+                     JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                     WHERE NOT a.attnotnull) \
              FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid \
              WHERE i.indrelid = ANY ($1) AND i.indisvalid AND i.indpred IS NULL \
              ORDER BY i.indrelid, i.indisprimary DESC, c.relname",
@@ -468,7 +471,9 @@ async fn sources(
             "SELECT pg_catalog.format_type(a.atttypid, a.atttypmod), \
                  pg_catalog.pg_get_expr(d.adbin, d.adrelid), a.attidentity::text, \
                  pg_catalog.pg_get_serial_sequence(s.oid::regclass::text, a.attname), \
-                 s.oid = 0 OR has_table_privilege(s.oid, 'SELECT'), current_user::text \
+                 s.oid = 0 OR has_table_privilege(s.oid, 'SELECT'), current_user::text, \
+                 (SELECT q.seqcache FROM pg_catalog.pg_sequence q WHERE q.seqrelid = \
+                     pg_catalog.pg_get_serial_sequence(s.oid::regclass::text, a.attname)::regclass) \
              FROM unnest($1::oid[], $2::text[]) WITH ORDINALITY AS s(oid, marker, i) \
              LEFT JOIN pg_catalog.pg_attribute a \
                ON a.attrelid = s.oid AND a.attname = s.marker AND a.attnum > 0 AND NOT a.attisdropped \
@@ -522,16 +527,7 @@ fn source_plan(
             "has source {relation}, which role {user:?} may not read (it needs SELECT)"
         ));
     }
-    let default: Option<String> = row.get(1);
-    let identity: Option<String> = row.get(2);
-    let sequence: Option<String> = row.get(3);
-    let marker_kind = match (sequence, default.as_deref()) {
-        (Some(seq), _) if identity.is_some_and(|i| !i.is_empty()) || default.is_some() => {
-            MarkerKind::Sequence(seq)
-        }
-        (_, Some(d)) if d.contains("clock_timestamp()") => MarkerKind::Clock,
-        _ => MarkerKind::Other,
-    };
+    let marker_kind = marker_kind(row, &marker_type);
     let list = indexes.get(&relation.oid).map(Vec::as_slice).unwrap_or(&[]);
     let marker_index = list
         .iter()
@@ -556,6 +552,35 @@ fn source_plan(
         marker_index,
         key_index,
     })
+}
+
+/// How a marker grows, from its column's default (one row of the sources'
+/// query). Writers are waited for only where every value is drawn at insert
+/// and in order: a sequence of cache 1 that the column takes by default
+/// (`serial`) or always (identity `ALWAYS`; `BY DEFAULT` takes any value), or
+/// `clock_timestamp()` itself into a `timestamptz`. Anything else relies on
+/// `lag`.
+fn marker_kind(row: &tokio_postgres::Row, marker_type: &str) -> MarkerKind {
+    let default: Option<String> = row.get(1);
+    let identity: Option<String> = row.get(2);
+    let sequence: Option<String> = row.get(3);
+    let cache: Option<i64> = row.get(6);
+    match (sequence, default.as_deref()) {
+        (Some(seq), _) if cache == Some(1) && identity.as_deref() == Some("a") => {
+            MarkerKind::Sequence(seq)
+        }
+        (Some(seq), Some(d))
+            if cache == Some(1)
+                && d.starts_with("nextval(")
+                && d.contains(seq.rsplit('.').next().unwrap_or(&seq)) =>
+        {
+            MarkerKind::Sequence(seq)
+        }
+        (_, Some("clock_timestamp()")) if marker_type == "timestamp with time zone" => {
+            MarkerKind::Clock
+        }
+        _ => MarkerKind::Other,
+    }
 }
 
 /// The column an expression is, when it is a plain column name.

@@ -96,22 +96,24 @@ impl Statements<'_> {
             .zip(&types)
             .map(|(e, ty)| format!("({e})::{ty}"))
             .collect();
+        // A source row whose key is NULL belongs to no row of the view.
+        let nulls: Vec<String> = exprs.iter().map(|e| format!("{e} IS NULL")).collect();
         let mut sql = format!(
-            "INSERT INTO {CHANGED} SELECT DISTINCT {} FROM {} WHERE {}",
+            "INSERT INTO {CHANGED} SELECT DISTINCT {} FROM {} WHERE {} AND NOT ({})",
             exprs.join(", "),
             source.relation.quoted(),
-            window(source, "$1")
+            window(source, "$1"),
+            nulls.join(" OR ")
         );
         if seen {
             // Transaction ids that ended before the last snapshot's xmin were
             // seen by it. Those between its xmin and xmax are read again: the
             // snapshot lists top-level transactions only, and a row written by
             // a subtransaction of one still running would look seen.
-            sql.push_str(
-                " AND ((($2::bigint & -4294967296) | xmin::text::bigint) \
-                     - CASE WHEN (($2::bigint & -4294967296) | xmin::text::bigint) > $2::bigint \
-                            THEN 4294967296 ELSE 0 END) >= $3::bigint",
-            );
+            sql.push_str(&format!(
+                " AND {} >= $3::bigint",
+                widened_xid("xmin", "$2::bigint")
+            ));
         } else {
             // Bound all the same; always true.
             sql.push_str(" AND num_nulls($2::bigint, $3::bigint) >= 0");
@@ -138,7 +140,7 @@ impl Statements<'_> {
                 let expanded = self.spec.query.expand(|args| {
                     let args: Vec<String> = args.iter().map(|a| format!("({a})")).collect();
                     format!(
-                        "({}) IN (SELECT {} FROM {CHANGED})",
+                        "(({}) IN (SELECT {} FROM {CHANGED}))",
                         args.join(", "),
                         self.keys("")
                     )
@@ -259,6 +261,18 @@ impl Statements<'_> {
             .collect();
         columns.join(", ")
     }
+}
+
+/// The 64-bit transaction id nearest to `near` (a full id, like a
+/// snapshot's xmax) whose low 32 bits are the `xid` expression's: a row's
+/// `xmin`, widened. Every xid a live row can hold is within 2^31 of the
+/// current one (older ones are frozen, and a frozen row's old xmin only makes
+/// its key be read again).
+pub fn widened_xid(xid: &str, near: &str) -> String {
+    format!(
+        "({near} + (((({xid}::text::bigint - ({near} & 4294967295)) + 2147483648) & 4294967295) \
+         - 2147483648))"
+    )
 }
 
 /// `source`'s rows with a marker above `watermark` (a text parameter) less

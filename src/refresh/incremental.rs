@@ -54,6 +54,8 @@ struct Opened {
     seen_xmin: Option<i64>,
     /// Seconds since the last full reconcile.
     full_age_s: Option<f64>,
+    /// The state was kept under the view's present definition.
+    same_definition: bool,
     /// Seconds since the last success.
     age_s: Option<f64>,
 }
@@ -192,6 +194,12 @@ fn mode(
             ),
         );
     }
+    if !opened.same_definition {
+        return (
+            true,
+            "full reconcile: the query, the key or a source changed since the last cycle".into(),
+        );
+    }
     if opened.seen_xmin.is_none() && !ctx.citus {
         return (true, "full reconcile: no snapshot of the last cycle".into());
     }
@@ -221,10 +229,19 @@ async fn open(
     let lock_sql = format!("SELECT pg_try_advisory_xact_lock({LOCK_CLASS}, hashtext($1))");
     let state_sql = format!(
         "SELECT source, watermark, pg_snapshot_xmin(snapshot)::text::bigint, \
-             extract(epoch FROM clock_timestamp() - last_full_at)::float8 \
+             extract(epoch FROM clock_timestamp() - last_full_at)::float8, \
+             definition IS NOT DISTINCT FROM md5($2) \
          FROM {} WHERE view_name = $1",
         log.state_table()
     );
+    let definition = step
+        .spec
+        .incremental
+        .as_ref()
+        .map(|i| i.definition())
+        .unwrap_or_default();
+    let state_params: [(&(dyn ToSql + Sync), Type); 2] =
+        [(&view_name, Type::TEXT), (&definition, Type::TEXT)];
     let age_sql = format!(
         "SELECT extract(epoch FROM clock_timestamp() - last_refreshed_at::timestamptz)::float8 \
          FROM {} WHERE view_name = $1",
@@ -234,7 +251,7 @@ async fn open(
         biased;
         client.batch_execute(&begin),
         client.query_typed_one(&lock_sql, &name),
-        client.query_typed(&state_sql, &name),
+        client.query_typed(&state_sql, &state_params),
         client.query_typed_opt(&age_sql, &name),
     );
     began?;
@@ -248,6 +265,7 @@ async fn open(
             .iter()
             .filter_map(|r| r.get::<_, Option<f64>>(3))
             .reduce(f64::max),
+        same_definition: rows.iter().all(|r| r.get::<_, bool>(4)),
         states: rows
             .iter()
             .map(|r| SourceState {
@@ -292,7 +310,12 @@ impl Cycle<'_> {
         }
         let mut watermarks = Vec::with_capacity(self.target.sources.len());
         for (source, upper) in self.target.sources.iter().zip(&uppers) {
-            let old = self.watermark_of(&source.relation.to_string());
+            // A full reconcile starts the watermark over: one marker from the
+            // future (a skewed clock) must not hold it up for good.
+            let old = match self.full {
+                true => None,
+                false => self.watermark_of(&source.relation.to_string()),
+            };
             let row = client
                 .query_typed_one(
                     &self.statements.watermark(source),
@@ -361,12 +384,14 @@ impl Cycle<'_> {
         let mut waiting = writers;
         while !waiting.is_empty() {
             if started.elapsed() > self.lock_timeout && !self.lock_timeout.is_zero() {
-                tracing::warn!(
-                    view = self.view_name,
-                    writers = waiting.len(),
-                    "gave up waiting for the sources' writers (lock_timeout): a row they commit later is caught within lag, or by the full reconcile"
+                // Going on would take their values as complete: fail, and retry.
+                let message = format!(
+                    "{} transaction(s) writing the sources were still open after lock_timeout \
+                     ({:?}): the cycle cannot know their markers are all committed",
+                    waiting.len(),
+                    self.lock_timeout
                 );
-                break;
+                return Err(raise(self.client, "lock_not_available", &message).await);
             }
             tokio::time::sleep(WRITER_POLL).await;
             waiting = self
@@ -429,7 +454,11 @@ impl Cycle<'_> {
         }
         if let Some(row) = client.query_typed_opt(&sql.duplicate(), &[]).await? {
             let key: String = row.get(0);
-            return Err(duplicate_key(client, &key).await);
+            let message = format!(
+                "the query returns key {key} more than once: an incremental view holds one row \
+                 per key"
+            );
+            return Err(raise(client, "unique_violation", &message).await);
         }
         if !full {
             client.execute_typed(&sql.current(), &[]).await?;
@@ -463,13 +492,15 @@ impl Cycle<'_> {
             .collect();
         let sql = format!(
             "WITH gone AS (DELETE FROM {st} WHERE view_name = $1 AND source <> ALL ($2)) \
-             INSERT INTO {st} AS s (view_name, source, watermark, snapshot, applied_at, last_full_at) \
+             INSERT INTO {st} AS s (view_name, source, watermark, snapshot, applied_at, \
+                 last_full_at, definition) \
              SELECT $1, u.source, u.watermark, $4::pg_snapshot, $5::timestamptz, \
-                 CASE WHEN $6 THEN $5::timestamptz END \
+                 CASE WHEN $6 THEN $5::timestamptz END, md5($7) \
              FROM unnest($2::text[], $3::text[]) AS u(source, watermark) \
              ON CONFLICT (view_name, source) DO UPDATE SET watermark = EXCLUDED.watermark, \
                  snapshot = EXCLUDED.snapshot, applied_at = EXCLUDED.applied_at, \
-                 last_full_at = coalesce(EXCLUDED.last_full_at, s.last_full_at)",
+                 last_full_at = coalesce(EXCLUDED.last_full_at, s.last_full_at), \
+                 definition = EXCLUDED.definition",
             st = self.state_table
         );
         self.client
@@ -482,6 +513,7 @@ impl Cycle<'_> {
                     (&snapshot, Type::TEXT),
                     (&taken, Type::TEXT),
                     (&self.full, Type::BOOL),
+                    (&self.statements.spec.definition(), Type::TEXT),
                 ],
             )
             .await?;
@@ -493,15 +525,14 @@ fn analyze(temporary: &str) -> String {
     format!("ANALYZE pg_temp.{temporary}")
 }
 
-/// The error of a query that returns a key twice, raised by the server so
-/// that it fails the cycle like any other.
-async fn duplicate_key(client: &Client, key: &str) -> tokio_postgres::Error {
-    let message = format!(
-        "the query returns key {key} more than once: an incremental view holds one row per key"
-    );
+/// An error with `condition` (a PL/pgSQL condition name) and `message`,
+/// raised by the server so that it fails the cycle like any other (and a
+/// transient one is retried).
+async fn raise(client: &Client, condition: &str, message: &str) -> tokio_postgres::Error {
     let sql = format!(
-        "DO $mvr$BEGIN RAISE EXCEPTION '%', {} USING ERRCODE = 'unique_violation'; END$mvr$",
-        crate::quote::quote_literal(&message)
+        "DO $mv_refresher$BEGIN RAISE EXCEPTION USING ERRCODE = {}, MESSAGE = {}; END$mv_refresher$",
+        crate::quote::quote_literal(condition),
+        crate::quote::quote_literal(message)
     );
     match client.batch_execute(&sql).await {
         Err(err) => err,

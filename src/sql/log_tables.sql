@@ -71,6 +71,7 @@ CREATE TABLE IF NOT EXISTS {schema}.materialized_views_refresh_state (
     snapshot     pg_snapshot,          -- the snapshot the cycle read: rows visible in it were applied
     applied_at   timestamptz NOT NULL, -- when that snapshot was taken
     last_full_at timestamptz,          -- the last full reconcile
+    definition   text,                 -- md5 of the query, key and sources it was kept by
     PRIMARY KEY (view_name, source)
 );
 
