@@ -99,34 +99,34 @@ impl Step {
     /// The step of `spec`, from what the catalog `found`; an incremental view
     /// is described further by [`describe_incremental`].
     fn new(spec: ViewSpec, found: catalog::Found, server_work_mem: Memory) -> Self {
-        let work_mem = WorkMemChoice::untuned(spec.settings.work_mem, server_work_mem);
-        let mut step = Self {
+        let (method, problem) = match &spec.incremental {
+            Some(_) => (
+                Some((Method::Incremental, "the keys whose inputs changed")),
+                None,
+            ),
+            None => {
+                let problem = lookup_problem(&found.lookup).or(found.denied);
+                match found
+                    .state
+                    .map(|s| choose_method(spec.settings.concurrently, s))
+                {
+                    Some(Ok(chosen)) => (Some(chosen), problem),
+                    Some(Err(why)) => (None, problem.or(Some(why))),
+                    None => (None, problem),
+                }
+            }
+        };
+        Self {
+            work_mem: WorkMemChoice::untuned(spec.settings.work_mem, server_work_mem),
             lookup: found.lookup,
             depends_on: Vec::new(),
-            problem: None,
-            method: Some((Method::Incremental, "the keys whose inputs changed")),
-            work_mem,
+            problem,
+            method,
             populated: found.state.is_some_and(|state| state.populated),
             incremental: None,
             skip: None,
             spec,
-        };
-        if step.spec.incremental.is_some() {
-            return step;
         }
-        step.problem = lookup_problem(&step.lookup).or(found.denied);
-        step.method = match found
-            .state
-            .map(|s| choose_method(step.spec.settings.concurrently, s))
-        {
-            Some(Ok(chosen)) => Some(chosen),
-            Some(Err(why)) => {
-                step.problem = step.problem.take().or(Some(why));
-                None
-            }
-            None => None,
-        };
-        step
     }
 }
 

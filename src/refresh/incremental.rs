@@ -26,16 +26,11 @@ use super::statement::cancellable;
 use super::statement::silence_limit;
 use super::transaction::{Done, commit, fresh, settings_sql};
 use super::{Counts, Failure, Method, Outcome, Status};
-use crate::db::describe_pool_error;
 use crate::incremental::catalog::{MarkerKind, Target};
 use crate::incremental::sql::Statements;
 use crate::output::round_ms;
 use crate::plan::Step;
 use crate::registry::Incremental;
-
-/// Class of the incremental views' advisory locks ("mvrf"); the key within
-/// it is the hash of the view's name, as its table may not exist yet.
-const LOCK_CLASS: i32 = 0x6d76_7266;
 
 /// How often the wait for a source's writers looks again.
 const WRITER_POLL: Duration = Duration::from_millis(20);
@@ -76,13 +71,14 @@ pub(super) async fn attempt(
     let pg = |err: tokio_postgres::Error| {
         Failure::from_pg(&err, step, Some(Method::Incremental), 0.0, None)
     };
-    let session = slot.session(&ctx.pool).await.map_err(|err| Failure {
-        transient: true,
-        ..Failure::permanent(format!("could not connect: {}", describe_pool_error(&err)))
-    })?;
+    let session = slot
+        .session(&ctx.pool)
+        .await
+        .map_err(|err| Failure::no_connection(&err))?;
     let client = session.client;
     let view_name = step.view_name();
-    let opened = open(ctx, client, step, &view_name, log).await;
+    let definition = spec.definition();
+    let opened = open(ctx, client, step, (&view_name, &definition), log).await;
     *session.in_transaction = true;
     let opened = opened.map_err(pg)?;
     if !opened.locked {
@@ -102,6 +98,7 @@ pub(super) async fn attempt(
         citus: ctx.citus,
         lock_timeout: step.settings().lock_timeout.to_std(),
         state_table: log.state_table(),
+        definition: &definition,
     };
     let (counts, duration_ms) = run(ctx, step, cycle).await?;
 
@@ -221,12 +218,16 @@ async fn open(
     ctx: &RunContext,
     client: &Client,
     step: &Step,
-    view_name: &str,
+    (view_name, definition): (&str, &str),
     log: &crate::refresh_log::RefreshLog,
 ) -> Result<Opened, tokio_postgres::Error> {
     let begin = format!("BEGIN; {}", settings_sql(step, ctx.citus));
     let name: [(&(dyn ToSql + Sync), Type); 1] = [(&view_name, Type::TEXT)];
-    let lock_sql = format!("SELECT pg_try_advisory_xact_lock({LOCK_CLASS}, hashtext($1))");
+    // Keyed by the name's hash: the table may not exist yet.
+    let lock_sql = format!(
+        "SELECT pg_try_advisory_xact_lock({}, hashtext($1))",
+        super::LOCK_PREFIX
+    );
     let state_sql = format!(
         "SELECT source, watermark, pg_snapshot_xmin(snapshot)::text::bigint, \
              extract(epoch FROM clock_timestamp() - last_full_at)::float8, \
@@ -234,12 +235,6 @@ async fn open(
          FROM {} WHERE view_name = $1",
         log.state_table()
     );
-    let definition = step
-        .spec
-        .incremental
-        .as_ref()
-        .map(|i| i.definition())
-        .unwrap_or_default();
     let state_params: [(&(dyn ToSql + Sync), Type); 2] =
         [(&view_name, Type::TEXT), (&definition, Type::TEXT)];
     let age_sql = format!(
@@ -288,6 +283,8 @@ struct Cycle<'a> {
     citus: bool,
     lock_timeout: Duration,
     state_table: String,
+    /// The view's definition, kept (as its md5) with the watermarks.
+    definition: &'a str,
 }
 
 impl Cycle<'_> {
@@ -513,7 +510,7 @@ impl Cycle<'_> {
                     (&snapshot, Type::TEXT),
                     (&taken, Type::TEXT),
                     (&self.full, Type::BOOL),
-                    (&self.statements.spec.definition(), Type::TEXT),
+                    (&self.definition, Type::TEXT),
                 ],
             )
             .await?;

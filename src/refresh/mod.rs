@@ -22,9 +22,14 @@ use tokio_postgres::error::SqlState;
 
 pub use executor::{RunContext, execute};
 
-use crate::db::{describe_error, is_connection_error};
+use crate::db::{describe_error, describe_pool_error, is_connection_error};
 use crate::plan::{LockWait, Step};
 use crate::shutdown::StopReason;
+
+/// The first half of every advisory lock key a refresh takes ("mvrf"): with
+/// a materialized view's OID (one `bigint` key), or with the hash of an
+/// incremental view's name (two `int4` keys, a lock space of their own).
+const LOCK_PREFIX: i32 = 0x6d76_7266;
 
 /// How an attempt ended, as the `status` column spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +186,14 @@ impl Failure {
             stopped: None,
             abandoned: false,
             lock_wait,
+        }
+    }
+
+    /// No connection for the attempt: worth another.
+    fn no_connection(err: &deadpool_postgres::PoolError) -> Self {
+        Self {
+            transient: true,
+            ..Self::permanent(format!("could not connect: {}", describe_pool_error(err)))
         }
     }
 

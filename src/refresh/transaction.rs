@@ -23,7 +23,7 @@ use super::record::Slot;
 use super::statement::{Interrupted, cancellable, silence_limit};
 use super::{Failure, Method, Outcome, Status};
 use crate::catalog::{self, Bloat, Relation, ViewState};
-use crate::db::{describe_error, describe_pool_error};
+use crate::db::describe_error;
 use crate::output::{millis, round_ms};
 use crate::plan::{LockWait, Step, choose_method};
 use crate::progress;
@@ -71,9 +71,9 @@ struct Opened {
     avg_ms: Option<f64>,
 }
 
-/// Key of the per-view advisory lock: a constant prefix ("mvrf") and the OID.
-pub(super) fn lock_key(oid: u32) -> i64 {
-    (0x6d76_7266_i64 << 32) | i64::from(oid)
+/// Key of the per-view advisory lock: the refresher's prefix and the OID.
+fn lock_key(oid: u32) -> i64 {
+    (i64::from(super::LOCK_PREFIX) << 32) | i64::from(oid)
 }
 
 /// One attempt at `step` on the slot's connection. On an error the slot may be
@@ -91,10 +91,10 @@ pub(super) async fn attempt(
     }
     let pg =
         |method| move |err: tokio_postgres::Error| Failure::from_pg(&err, step, method, 0.0, None);
-    let session = slot.session(&ctx.pool).await.map_err(|err| Failure {
-        transient: true,
-        ..Failure::permanent(format!("could not connect: {}", describe_pool_error(&err)))
-    })?;
+    let session = slot
+        .session(&ctx.pool)
+        .await
+        .map_err(|err| Failure::no_connection(&err))?;
     let client = session.client;
     let opened = open(ctx, client, step, relation).await;
     *session.in_transaction = true;
