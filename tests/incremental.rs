@@ -352,6 +352,11 @@ fn late_commits_are_caught_with_lag_0_for_sequence_and_clock_markers_and_within_
 fn a_missing_table_is_created_unless_create_is_false_then_the_view_is_skipped_unrecorded() {
     let db = TestDb::empty("incremental_create");
     db.execute(SCHEMA);
+    // init creates the state table with the log tables.
+    db.mvr().arg("init").run().code(0);
+    let state: bool =
+        db.scalar("SELECT to_regclass('materialized_views_refresh_state') IS NOT NULL");
+    assert!(state, "init did not create the state table");
     let registry = db.registry(&REGISTRY.replace(
         "name = \"user_totals\"",
         "name = \"user_totals\"\ncreate = false",
