@@ -586,3 +586,49 @@ fn a_changed_definition_reconciles_in_full_and_a_null_key_is_no_key() {
         .code(0)
         .stdout_has("nothing changed");
 }
+
+#[test]
+fn a_writer_still_open_after_lock_timeout_fails_the_attempt_and_the_retry_succeeds() {
+    let db = TestDb::empty("incremental_retry");
+    db.execute(SCHEMA);
+    let registry = db.registry(&REGISTRY.replace(
+        "full_every = \"0\"",
+        "full_every = \"0\"\nlock_timeout = \"1s\"\nretries = 1",
+    ));
+    db.mvr_with(&registry).arg("refresh").run().code(0);
+    // A writer of users (a sequence marker) stays open: the cycle waits for
+    // it, gives up after lock_timeout, and the retry finds it committed.
+    let mut holder = db.client();
+    holder
+        .batch_execute(
+            "BEGIN; UPDATE users SET name = 'held', v = nextval('users_v_seq') WHERE user_id = 2",
+        )
+        .unwrap();
+    let run = db.mvr_with(&registry).arg("refresh").spawn();
+    common::wait_until("a failed attempt", || {
+        let failed: i64 = db.scalar(
+            "SELECT count(*) FROM materialized_views_refresh_history \
+             WHERE status = 'failed' AND sqlstate = '55P03'",
+        );
+        (failed > 0).then_some(())
+    });
+    holder.batch_execute("COMMIT").unwrap();
+    run.wait().code(0);
+    let attempts = db.rows(
+        "SELECT status, attempt::text, error FROM materialized_views_refresh_history \
+         WHERE run_id = (SELECT run_id FROM materialized_views_refresh_history ORDER BY id DESC LIMIT 1) \
+         ORDER BY id",
+    );
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert!(
+        attempts[0][2]
+            .as_deref()
+            .unwrap()
+            .contains("still open after lock_timeout"),
+        "{attempts:?}"
+    );
+    assert_eq!(attempts[1][..2], [Some("success".into()), Some("2".into())]);
+    assert_eq!(drift(&db), 0);
+    let name: String = db.scalar("SELECT name FROM user_totals WHERE user_id = 2");
+    assert_eq!(name, "held");
+}
