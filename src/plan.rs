@@ -250,9 +250,24 @@ async fn describe_incremental(
     steps: &mut [Step],
     index_of: &HashMap<u32, usize>,
 ) -> Result<(), tokio_postgres::Error> {
+    // A missing table that may not be created is decided first: its query
+    // and sources are not probed (they may name what this database lacks).
+    for step in steps.iter_mut() {
+        if let (Some(spec), Lookup::Missing { qualified, .. }) =
+            (&step.spec.incremental, &step.lookup)
+            && !spec.create
+        {
+            step.skip = Some(format!(
+                "its table {qualified} does not exist here, and create = false"
+            ));
+        }
+    }
     let which: Vec<usize> = (0..steps.len())
-        .filter(|&i| steps[i].spec.incremental.is_some())
+        .filter(|&i| steps[i].spec.incremental.is_some() && steps[i].skip.is_none())
         .collect();
+    if which.is_empty() {
+        return Ok(());
+    }
     let wanted: Vec<Wanted<'_>> = which
         .iter()
         .map(|&i| Wanted {
@@ -276,14 +291,7 @@ async fn describe_incremental(
                 step.depends_on.push(d);
             }
         }
-        let create = step.spec.incremental.as_ref().is_some_and(|i| i.create);
         match found.target {
-            Ok(target) if target.table.is_none() && !create => {
-                step.skip = Some(format!(
-                    "its table {} does not exist here, and create = false",
-                    step.lookup.qualified_name()
-                ));
-            }
             Ok(target) => step.incremental = Some(target),
             Err(problem) => {
                 step.problem = Some(problem);

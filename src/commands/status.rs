@@ -42,6 +42,9 @@ struct ViewReport {
     recent_durations_ms: Vec<f64>,
     /// The `work_mem` the next refresh would use, and why.
     work_mem: String,
+    /// Why every run skips the view on purpose (an incremental view whose
+    /// table is not in this database): it is not stale, and has no metrics.
+    skipped: Option<String>,
 }
 
 /// Prints the freshness of every registry view.
@@ -62,9 +65,10 @@ pub(super) async fn status(
             step.view_name(),
             spec.settings.min_interval,
             step.work_mem.reason.clone(),
+            step.skip.clone(),
         )
     });
-    let names: Vec<String> = views.clone().map(|(name, _, _)| name).collect();
+    let names: Vec<String> = views.clone().map(|(name, ..)| name).collect();
     let (mut rows, mut recent) = match exists {
         true => read_log(&client, log, &names)
             .await
@@ -78,7 +82,7 @@ pub(super) async fn status(
         }
     };
     let reports: Vec<ViewReport> = views
-        .map(|(name, min_interval, work_mem)| {
+        .map(|(name, min_interval, work_mem, skipped)| {
             let log = match rows.iter().position(|r| r.view_name == name) {
                 Some(i) => rows.swap_remove(i),
                 None => LogRow::never(name),
@@ -89,6 +93,7 @@ pub(super) async fn status(
                 log,
                 min_interval: min_interval.map(|d| d.to_string()),
                 work_mem,
+                skipped,
             }
         })
         .collect();
@@ -96,8 +101,13 @@ pub(super) async fn status(
     match options.format {
         StatusFormat::Json => print_json(log, exists, reports),
         StatusFormat::Prometheus => {
+            let here: Vec<String> = reports
+                .iter()
+                .filter(|r| r.skipped.is_none())
+                .map(|r| r.log.view_name.clone())
+                .collect();
             let states = log
-                .view_states(&*client, &names)
+                .view_states(&*client, &here)
                 .await
                 .map_err(db_err("reading the refresh log"))?;
             out!("{}", metrics::encode_views(&states));
@@ -154,7 +164,7 @@ fn max_age_exit(views: &[ViewReport], max_age: Option<PgDuration>) -> Exit {
     };
     let limit = max_age.as_millis() as f64 / 1000.0;
     let mut stale = false;
-    for view in views {
+    for view in views.iter().filter(|v| v.skipped.is_none()) {
         match view.log.age_seconds {
             Some(age_s) if age_s <= limit => {}
             Some(age_s) => {
@@ -230,7 +240,10 @@ fn print_status_table(views: &[ViewReport]) {
             sparkline(&view.recent_durations_ms),
             row.refresh_count.to_string(),
             row.failure_count.to_string(),
-            row.last_status.clone().unwrap_or_else(dash),
+            match &view.skipped {
+                Some(_) => "not here".into(),
+                None => row.last_status.clone().unwrap_or_else(dash),
+            },
             // The value and its short why; JSON has the whole reason.
             view.work_mem
                 .split(';')
@@ -238,7 +251,10 @@ fn print_status_table(views: &[ViewReport]) {
                 .unwrap_or_default()
                 .to_owned(),
             row.watermark_age_seconds.map_or_else(dash, age),
-            row.last_error.clone().unwrap_or_default(),
+            view.skipped
+                .clone()
+                .or_else(|| row.last_error.clone())
+                .unwrap_or_default(),
         ]);
     }
     print_table(&t);

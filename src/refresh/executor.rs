@@ -156,6 +156,13 @@ async fn record_unstarted(
             done.push(outcome);
             continue;
         }
+        if let Some(reason) = &step.skip {
+            // Skipped whether or not the run stopped: nothing was cancelled.
+            let outcome = Outcome::new(step, Status::Skipped, reason.clone());
+            report(ctx, &outcome);
+            done.push(outcome);
+            continue;
+        }
         let reason = ctx
             .drain
             .reason()

@@ -30,6 +30,32 @@ pub const PASSWORD: &str = "S3cret-Pa55-word";
 
 const TEMPLATE: &str = "mvr_platform_template";
 
+/// A database built from the seeds' documents as they are written, not from
+/// the reference platform: the embedded default registry meets it as a user's
+/// database (`tests/fixtures/seeds_*.sql`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seeds {
+    /// Seed 000's words: `bets_view.amount`, `user_balances_view.balance_amount`.
+    S000,
+    /// Seed 001's words: `bets_view.stake`, `user_balances_view.balance`.
+    S001,
+}
+
+impl Seeds {
+    pub const BOTH: [Self; 2] = [Self::S000, Self::S001];
+
+    fn fixture(self) -> &'static str {
+        match self {
+            Self::S000 => "seeds_000",
+            Self::S001 => "seeds_001",
+        }
+    }
+
+    fn template(self) -> String {
+        format!("mvr_{}_template", self.fixture())
+    }
+}
+
 pub struct Cluster {
     pub dir: PathBuf,
     pub port: u16,
@@ -190,6 +216,15 @@ impl Cluster {
 
     fn load_template(&self) {
         let mut admin = self.connect("postgres");
+        for seeds in Seeds::BOTH {
+            admin
+                .batch_execute(&format!("CREATE DATABASE {}", seeds.template()))
+                .unwrap();
+            let path = repo().join(format!("tests/fixtures/{}.sql", seeds.fixture()));
+            self.connect(&seeds.template())
+                .batch_execute(&std::fs::read_to_string(&path).unwrap())
+                .unwrap_or_else(|e| panic!("{} loads: {e}", path.display()));
+        }
         admin
             .batch_execute(&format!("CREATE DATABASE {TEMPLATE}"))
             .unwrap();
@@ -237,6 +272,12 @@ impl TestDb {
     /// The same, on `cluster`.
     pub fn platform_on(cluster: &'static Cluster, test: &str) -> Self {
         Self::create(cluster, test, &format!("TEMPLATE {TEMPLATE}"))
+    }
+
+    /// A database built from the seeds' documents in the dialect of `seeds`.
+    pub fn seeds(seeds: Seeds, test: &str) -> Self {
+        let test = format!("{test}_{}", seeds.fixture());
+        Self::create(cluster(), &test, &format!("TEMPLATE {}", seeds.template()))
     }
 
     /// An empty database.
