@@ -216,9 +216,7 @@ async fn plan(
     specs: Vec<ViewSpec>,
     tuning: Tuning<'_>,
 ) -> Result<Plan, tokio_postgres::Error> {
-    client
-        .batch_execute(&format!("BEGIN; {}", db::housekeeping_timeouts()))
-        .await?;
+    db::begin_housekeeping(&**client, false).await?;
     let plan = Plan::build(&**client, specs, tuning).await;
     // A read-only transaction: its end is the same either way.
     let committed = client.batch_execute("COMMIT").await;

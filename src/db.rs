@@ -24,14 +24,16 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use futures_util::future::try_join_all;
 use percent_encoding::percent_decode_str;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::task::JoinHandle;
 use tokio_postgres::config::{Config as PgConfig, Host, SslMode as PgSslMode};
-use tokio_postgres::error::SqlState;
+use tokio_postgres::error::{DbError, Severity, SqlState};
 use tokio_postgres::tls::MakeTlsConnect;
-use tokio_postgres::{CancelToken, Client};
+use tokio_postgres::{AsyncMessage, CancelToken, Client, GenericClient};
 use tokio_postgres_rustls::MakeRustlsConnect;
+use tracing::Instrument;
 
 use crate::tls::{self, SslMode, TlsSettings};
 
@@ -277,12 +279,49 @@ pub const HOUSEKEEPING_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const HOUSEKEEPING_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The `SET LOCAL`s of a housekeeping transaction.
-pub fn housekeeping_timeouts() -> String {
-    format!(
-        "SET LOCAL statement_timeout = '{}ms'; SET LOCAL lock_timeout = '{}ms'",
-        HOUSEKEEPING_STATEMENT_TIMEOUT.as_millis(),
-        HOUSEKEEPING_LOCK_TIMEOUT.as_millis(),
+pub fn housekeeping_timeouts() -> [String; 2] {
+    [
+        format!(
+            "SET LOCAL statement_timeout = '{}ms'",
+            HOUSEKEEPING_STATEMENT_TIMEOUT.as_millis()
+        ),
+        format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            HOUSEKEEPING_LOCK_TIMEOUT.as_millis()
+        ),
+    ]
+}
+
+/// Sends `statements`, one message each, all in one write, and waits for
+/// their answers; the first error is returned. One message each because a
+/// Citus coordinator forwards the whole text of a message holding a
+/// propagated `SET` to its workers, whatever else the text holds.
+pub async fn execute_each<S: AsRef<str>>(
+    client: &impl GenericClient,
+    statements: &[S],
+) -> Result<(), tokio_postgres::Error> {
+    try_join_all(
+        statements
+            .iter()
+            .map(|sql| client.batch_execute(sql.as_ref())),
     )
+    .await?;
+    Ok(())
+}
+
+/// Begins a housekeeping transaction: `BEGIN` and its timeouts, in one write
+/// (with a `ROLLBACK` first when `rollback_first`).
+pub async fn begin_housekeeping(
+    client: &impl GenericClient,
+    rollback_first: bool,
+) -> Result<(), tokio_postgres::Error> {
+    let mut statements: Vec<String> = Vec::with_capacity(4);
+    if rollback_first {
+        statements.push("ROLLBACK".into());
+    }
+    statements.push("BEGIN".into());
+    statements.extend(housekeeping_timeouts());
+    execute_each(client, &statements).await
 }
 
 /// Runs `work` (one statement on `client`, which sends itself when first polled)
@@ -294,14 +333,13 @@ pub async fn housekeeping<T>(
     rollback_first: bool,
     work: impl Future<Output = Result<T, tokio_postgres::Error>>,
 ) -> Result<T, tokio_postgres::Error> {
-    let begin = format!(
-        "{}BEGIN; {}",
-        if rollback_first { "ROLLBACK; " } else { "" },
-        housekeeping_timeouts()
-    );
     // A failed `work` leaves the transaction aborted: its COMMIT rolls back.
-    let (began, value, committed) =
-        tokio::join!(biased; client.batch_execute(&begin), work, client.batch_execute("COMMIT"));
+    let (began, value, committed) = tokio::join!(
+        biased;
+        begin_housekeeping(client, rollback_first),
+        work,
+        client.batch_execute("COMMIT")
+    );
     began?;
     let value = value?;
     committed?;
@@ -374,24 +412,80 @@ impl deadpool_postgres::Connect for Connector {
             // its abort gives the connection CLOSE_GRACE to finish, then ends
             // it (a server that stopped answering is not waited for).
             let (closing, closed) = tokio::sync::oneshot::channel::<()>();
-            tokio::spawn(async move {
+            // What the server says on the side is reported in the span (a
+            // run's) and for the view of whoever connected.
+            let view = VIEW.try_with(Clone::clone).ok();
+            let connected = async move {
                 let abandoned = async {
                     let _ = closed.await;
                     tokio::time::sleep(CLOSE_GRACE).await;
                 };
                 tokio::select! {
-                    result = connection => if let Err(err) = result {
-                        tracing::debug!(error = %error_chain(&err), "connection closed");
-                    },
+                    () = drive(connection, view) => {},
                     () = abandoned => {}
                 }
-            });
+            };
+            tokio::spawn(connected.in_current_span());
             let held = tokio::spawn(async move {
                 let _closing = closing;
                 std::future::pending::<()>().await
             });
             Ok((client, held))
         })
+    }
+}
+
+tokio::task_local! {
+    /// The view the current task works on: the server's notices on the
+    /// connections it opens are reported as about that view.
+    static VIEW: String;
+}
+
+/// Runs `work` as work on `view` (see [`VIEW`]).
+pub async fn working_on<F: Future>(view: String, work: F) -> F::Output {
+    VIEW.scope(view, work).await
+}
+
+/// Runs `connection` until it closes, reporting what the server says on the
+/// side (notices) for the connection's `view`.
+async fn drive<S, T>(mut connection: tokio_postgres::Connection<S, T>, view: Option<String>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(AsyncMessage::Notice(notice))) => report_notice(&notice, view.as_deref()),
+            Some(Ok(_)) => {}
+            Some(Err(err)) => {
+                tracing::debug!(error = %error_chain(&err), "connection closed");
+                return;
+            }
+            None => return,
+        }
+    }
+}
+
+/// Logs a server notice at its own severity: a `WARNING` as a warning naming
+/// the view (and, from a Citus worker, the node: the detail says `from
+/// host:port`); `NOTICE` and `INFO` at debug, unless they name the view.
+fn report_notice(notice: &DbError, view: Option<&str>) {
+    let view = view.unwrap_or("");
+    let severity = notice.severity();
+    let message = notice.message();
+    let detail = notice.detail().unwrap_or("");
+    let about_view = !view.is_empty() && {
+        let name = view.rsplit('.').next().unwrap_or(view);
+        message.contains(name)
+    };
+    match notice.parsed_severity() {
+        Some(Severity::Warning) => {
+            tracing::warn!(view, severity, detail, "server warning: {message}");
+        }
+        Some(Severity::Notice | Severity::Info) if about_view => {
+            tracing::info!(view, severity, detail, "server notice: {message}");
+        }
+        _ => tracing::debug!(view, severity, detail, "server notice: {message}"),
     }
 }
 

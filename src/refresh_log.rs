@@ -244,11 +244,13 @@ impl RefreshLog {
             return Ok(());
         }
         // IF NOT EXISTS on existing tables says so in NOTICEs: not news.
-        tx.batch_execute(&format!(
-            "SET LOCAL client_min_messages = warning; {}",
-            crate::db::housekeeping_timeouts()
-        ))
-        .await?;
+        let [statement_timeout, lock_timeout] = crate::db::housekeeping_timeouts();
+        let settings = [
+            "SET LOCAL client_min_messages = warning".to_owned(),
+            statement_timeout,
+            lock_timeout,
+        ];
+        crate::db::execute_each(&tx, &settings).await?;
         tx.batch_execute(&DDL.replace("{schema}", &quote_ident(&self.schema)))
             .await?;
         tx.commit().await?;

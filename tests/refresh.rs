@@ -625,3 +625,36 @@ fn a_refresher_that_waited_while_another_created_the_log_tables_leaves_them_alon
     out.code(0).stdout_has("1 refreshed");
     reader.batch_execute("COMMIT").unwrap();
 }
+
+#[test]
+fn a_server_warning_is_a_warn_event_naming_the_view_and_notices_stay_at_debug() {
+    let db = TestDb::platform("server_notices");
+    db.execute(
+        "CREATE FUNCTION noisy(i int) RETURNS int LANGUAGE plpgsql AS $$ BEGIN \
+             RAISE WARNING 'noisy_view: row % looks odd', i; \
+             RAISE NOTICE 'chatter that is about nothing in particular'; \
+             RETURN i; END $$; \
+         CREATE MATERIALIZED VIEW noisy_view AS SELECT noisy(1) AS id; \
+         CREATE UNIQUE INDEX ON noisy_view (id);",
+    );
+    let registry = db.registry("[[view]]\nname = \"noisy_view\"\n");
+    let out = db.mvr_with(&registry).arg("refresh").run();
+    out.code(0).never_shows("chatter");
+    let warning = out.log_line_with("row 1 looks odd");
+    assert!(
+        warning.contains(" WARN ") && warning.contains("view=\"public.noisy_view\""),
+        "{warning}\n{out}"
+    );
+
+    // The same in JSON: the level, the view and the server's severity.
+    let out = db
+        .mvr_with(&registry)
+        .args(["--log-format", "json", "refresh"])
+        .run();
+    out.code(0).never_shows("chatter");
+    let event: serde_json::Value =
+        serde_json::from_str(out.log_line_with("row 1 looks odd")).unwrap();
+    assert_eq!(event["level"], "WARN", "{out}");
+    assert_eq!(event["view"], "public.noisy_view", "{out}");
+    assert_eq!(event["severity"], "WARNING", "{out}");
+}

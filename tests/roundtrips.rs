@@ -115,3 +115,45 @@ fn a_views_refresh_takes_at_most_six_round_trips_and_planning_a_constant_number(
         .scalar("SELECT count(*) FROM materialized_views_refresh_history WHERE status = 'success'");
     assert_eq!(successes, 1 + 1 + 4, "every refresh recorded");
 }
+
+/// A Citus coordinator forwards the whole text of a message holding a
+/// propagated `SET` to every worker connection of the transaction: sent with
+/// `BEGIN` in one string, the workers warned "there is already a transaction
+/// in progress" dozens of times a run. So every `SET` the refresher sends is
+/// a message of its own, whatever the view and the method.
+#[test]
+fn every_set_is_a_message_of_its_own() {
+    let db = TestDb::platform("set_messages");
+    let registry = db.registry(
+        "[defaults]\nwork_mem = \"12MB\"\n\n\
+         [[view]]\nname = \"tenants_summary_view\"\n\n\
+         [[view]]\nname = \"top_bets_today\"\nconcurrently = \"never\"\n",
+    );
+    // A first run populates and creates; the counted ones are the usual.
+    db.mvr_with(&registry).arg("refresh").run().code(0);
+    db.mvr().arg("refresh").run().code(0);
+    let proxy = CountingProxy::start(db.cluster.port);
+    for registry in [Some(&registry), None] {
+        let mut mvr = db.mvr().env("DATABASE_URL", &proxy.url(&db.name));
+        if let Some(registry) = registry {
+            mvr = mvr.arg("--registry").arg(registry);
+        }
+        mvr.arg("refresh").run().code(0);
+    }
+    let sessions = proxy.take_sessions();
+    let sets: Vec<&String> = sessions
+        .iter()
+        .flat_map(|s| s.round_trips.iter().flatten())
+        .filter(|m| m.contains("SET LOCAL"))
+        .collect();
+    assert!(
+        sets.iter().any(|m| m.contains("work_mem")),
+        "the registry's work_mem is set: {sets:#?}"
+    );
+    let joined: Vec<&&String> = sets.iter().filter(|m| m.contains(';')).collect();
+    assert!(
+        joined.is_empty(),
+        "SETs sent with other statements in one message: {joined:#?}\n{}",
+        describe(&sessions)
+    );
+}

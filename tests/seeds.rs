@@ -194,3 +194,18 @@ fn status_after_a_refresh_shows_the_seed_views_fresh_and_the_twins_as_not_here()
         }
     }
 }
+
+#[test]
+fn init_and_verify_on_the_embedded_default_pass_without_the_twins() {
+    for seeds in Seeds::BOTH {
+        let db = TestDb::seeds(seeds, "verify");
+        db.mvr().arg("init").run().code(0);
+        let out = db.mvr().arg("verify").run();
+        out.code(0);
+        for twin in TWINS {
+            let line = out.line_with(&format!("{twin}:"));
+            assert!(line.contains("skipped"), "{seeds:?}: {line}\n{out}");
+        }
+        assert!(warnings(&out).is_empty(), "{seeds:?}:\n{out}");
+    }
+}

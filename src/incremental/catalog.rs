@@ -99,11 +99,11 @@ pub async fn describe(
 ) -> Result<Vec<Described>, tokio_postgres::Error> {
     // Citus warns that a temporary view depends on a temporary schema: not
     // news, and rolled back with the rest.
-    client
-        .batch_execute(&format!(
-            "SAVEPOINT {PROBE_SAVEPOINT}; SET LOCAL client_min_messages = error"
-        ))
-        .await?;
+    let silenced = [
+        format!("SAVEPOINT {PROBE_SAVEPOINT}"),
+        "SET LOCAL client_min_messages = error".to_owned(),
+    ];
+    crate::db::execute_each(client, &silenced).await?;
     let described = probe(client, wanted, known).await;
     client
         .batch_execute(&format!(

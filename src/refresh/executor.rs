@@ -22,7 +22,7 @@ use super::transaction::{self, Done};
 use super::{Failure, Outcome, Status};
 use crate::catalog::{Lookup, Relation};
 use crate::cycle::{Refresher, Stops};
-use crate::db::DbTarget;
+use crate::db::{self, DbTarget};
 use crate::plan::{Plan, Step};
 use crate::progress;
 use crate::refresh_log::RefreshLog;
@@ -127,8 +127,12 @@ pub async fn execute(ctx: Arc<RunContext>, plan: Arc<Plan>) -> Vec<Outcome> {
             started[i] = true;
             let (ctx, plan) = (ctx.clone(), plan.clone());
             running.spawn(
-                async move { (i, refresh_step(&ctx, &plan.steps[i], blocked_by).await) }
-                    .in_current_span(),
+                async move {
+                    let step = &plan.steps[i];
+                    let refreshed = refresh_step(&ctx, step, blocked_by);
+                    (i, db::working_on(step.view_name(), refreshed).await)
+                }
+                .in_current_span(),
             );
         }
         match running.join_next().await {

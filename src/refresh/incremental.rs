@@ -24,7 +24,7 @@ use super::executor::RunContext;
 use super::record::Slot;
 use super::statement::cancellable;
 use super::statement::silence_limit;
-use super::transaction::{Done, commit, fresh, settings_sql};
+use super::transaction::{Done, begin, commit, fresh};
 use super::{Counts, Failure, Method, Outcome, Status};
 use crate::incremental::catalog::{MarkerKind, Target};
 use crate::incremental::sql::Statements;
@@ -221,7 +221,6 @@ async fn open(
     (view_name, definition): (&str, &str),
     log: &crate::refresh_log::RefreshLog,
 ) -> Result<Opened, tokio_postgres::Error> {
-    let begin = format!("BEGIN; {}", settings_sql(step, ctx.citus));
     let name: [(&(dyn ToSql + Sync), Type); 1] = [(&view_name, Type::TEXT)];
     // Keyed by the name's hash: the table may not exist yet.
     let lock_sql = format!(
@@ -244,7 +243,7 @@ async fn open(
     );
     let (began, locked, states, age) = tokio::join!(
         biased;
-        client.batch_execute(&begin),
+        begin(client, step, ctx.citus),
         client.query_typed_one(&lock_sql, &name),
         client.query_typed(&state_sql, &state_params),
         client.query_typed_opt(&age_sql, &name),

@@ -157,17 +157,24 @@ async fn refresh(
     let started = Instant::now();
     let refreshed = {
         let _running = ctx.running();
-        let sql = refresh_sql(relation, method, &lock_wait);
+        let (wait, sql) = refresh_sql(relation, method, &lock_wait);
         let silence = silence_limit(step.settings());
         let token = client.cancel_token();
-        cancellable(
-            ctx,
-            &relation.to_string(),
-            &token,
-            silence,
-            client.batch_execute(&sql),
-        )
-        .await
+        // The lock wait's SET, when there is one, in the same write.
+        let refreshed = async {
+            let (waited, refreshed) = tokio::join!(
+                biased;
+                async {
+                    match &wait {
+                        Some(wait) => client.batch_execute(wait).await,
+                        None => Ok(()),
+                    }
+                },
+                client.batch_execute(&sql),
+            );
+            waited.and(refreshed)
+        };
+        cancellable(ctx, &relation.to_string(), &token, silence, refreshed).await
     };
     let duration_ms = round_ms(started.elapsed().as_secs_f64() * 1000.0);
     refreshed.map_err(|interrupted| {
@@ -183,14 +190,13 @@ async fn open(
     step: &Step,
     relation: &Relation,
 ) -> Result<Opened, tokio_postgres::Error> {
-    let begin = format!("BEGIN; {}", settings_sql(step, ctx.citus));
     let (key, view_name) = (lock_key(relation.oid), relation.to_string());
     let lock_params: [(&(dyn ToSql + Sync), Type); 1] = [(&key, Type::INT8)];
     let state_params: [(&(dyn ToSql + Sync), Type); 2] =
         [(&relation.oid, Type::OID), (&view_name, Type::TEXT)];
     let (began, locked, state) = tokio::join!(
         biased;
-        client.batch_execute(&begin),
+        begin(client, step, ctx.citus),
         client.query_typed_one("SELECT pg_try_advisory_xact_lock($1)", &lock_params),
         client.query_typed_opt(&ctx.state_sql, &state_params),
     );
@@ -240,23 +246,28 @@ pub(super) fn fresh(settings: &ViewSettings, age_s: Option<f64>) -> Option<Strin
         .then(|| format!("fresh: refreshed {age:.0}s ago, min_interval is {interval}"))
 }
 
-/// The `REFRESH`, after the lock timeout of a refresh that blocks readers.
-fn refresh_sql(relation: &Relation, method: Method, lock_wait: &LockWait) -> String {
-    let wait = match lock_wait.blocks_readers {
-        true => format!(
-            "SET LOCAL lock_timeout = {}; ",
+/// The `REFRESH`, after the `SET LOCAL lock_timeout` of a refresh that
+/// blocks readers (a message of its own, as every `SET` is: see [`begin`]).
+fn refresh_sql(
+    relation: &Relation,
+    method: Method,
+    lock_wait: &LockWait,
+) -> (Option<String>, String) {
+    let wait = lock_wait.blocks_readers.then(|| {
+        format!(
+            "SET LOCAL lock_timeout = {}",
             quote_literal(&lock_wait.timeout.setting())
-        ),
-        false => String::new(),
-    };
-    match method {
+        )
+    });
+    let refresh = match method {
         Method::Concurrently => format!(
-            "{wait}REFRESH MATERIALIZED VIEW CONCURRENTLY {}",
+            "REFRESH MATERIALIZED VIEW CONCURRENTLY {}",
             relation.quoted()
         ),
-        Method::Full => format!("{wait}REFRESH MATERIALIZED VIEW {}", relation.quoted()),
+        Method::Full => format!("REFRESH MATERIALIZED VIEW {}", relation.quoted()),
         Method::Incremental => unreachable!("an incremental view is no materialized view"),
-    }
+    };
+    (wait, refresh)
 }
 
 /// The third round trip: the dead rows (when `bloat_of` names the relation),
@@ -359,37 +370,58 @@ pub(super) async fn vacuum(
     }
 }
 
-/// The `SET LOCAL` statements for a view's settings. On Citus they are
-/// propagated to the workers, where a distributed view's aggregation runs
-/// (`set_config` would change the coordinator only). The values come from
-/// validated settings (`65536kB`, `600000ms`) and are quoted all the same.
-pub(super) fn settings_sql(step: &Step, citus: bool) -> String {
+/// `BEGIN` and the `SET LOCAL`s of a view's settings, each its own message,
+/// all sent at once (the caller's next statements follow in the same write):
+/// Citus forwards the whole text of a message that holds a propagated `SET`
+/// to every worker connection of the transaction (sent as one string,
+/// `BEGIN` and the coordinator's own guards went along, and the workers
+/// answered "there is already a transaction in progress").
+/// Only `work_mem` is propagated, the setting a distributed view's
+/// aggregation needs on the workers (`set_config` would change the
+/// coordinator only); propagation is switched off again after it, so nothing
+/// later in the transaction is forwarded. The values come from validated
+/// settings (`65536kB`, `600000ms`) and are quoted all the same.
+pub(super) async fn begin(
+    client: &Client,
+    step: &Step,
+    citus: bool,
+) -> Result<(), tokio_postgres::Error> {
+    crate::db::execute_each(client, &settings_statements(step, citus)).await
+}
+
+/// The statements [`begin`] sends, in order.
+fn settings_statements(step: &Step, citus: bool) -> Vec<String> {
     let settings = step.settings();
-    // First, for this coordinator session only (before Citus propagation, as
-    // a worker's connection may idle while the coordinator works): a
-    // transaction whose client went away (an abandoned connection behind a
-    // pooler or a silent network) must not sit idle holding the view's locks,
-    // and a direct connection whose client closed ends its statement.
-    let mut sql = format!(
-        "SET LOCAL idle_in_transaction_session_timeout = '{}ms'; \
-         SET LOCAL client_connection_check_interval = '{}ms'; ",
-        IDLE_IN_TRANSACTION.as_millis(),
-        CLIENT_CHECK_INTERVAL.as_millis(),
-    );
-    if citus {
-        sql.push_str("SET LOCAL citus.propagate_set_commands = 'local'; ");
-    }
+    let set = |name: &str, value: &str| format!("SET LOCAL {name} = {}", quote_literal(value));
+    let mut statements = vec![
+        "BEGIN".to_owned(),
+        // For this coordinator session only: a transaction whose client went
+        // away (an abandoned connection behind a pooler or a silent network)
+        // must not sit idle holding the view's locks, and a direct connection
+        // whose client closed ends its statement.
+        set(
+            "idle_in_transaction_session_timeout",
+            &format!("{}ms", IDLE_IN_TRANSACTION.as_millis()),
+        ),
+        set(
+            "client_connection_check_interval",
+            &format!("{}ms", CLIENT_CHECK_INTERVAL.as_millis()),
+        ),
+        // The coordinator's statement ends the workers' with it.
+        set("statement_timeout", &settings.statement_timeout.setting()),
+        set("lock_timeout", &settings.lock_timeout.setting()),
+    ];
     // Without a work_mem of its own the view keeps the server's.
     if let Some(work_mem) = step.work_mem.value {
-        sql.push_str(&format!(
-            "SET LOCAL work_mem = {}; ",
-            quote_literal(&work_mem.setting())
-        ));
+        let work_mem = set("work_mem", &work_mem.setting());
+        match citus {
+            true => statements.extend([
+                set("citus.propagate_set_commands", "local"),
+                work_mem,
+                set("citus.propagate_set_commands", "none"),
+            ]),
+            false => statements.push(work_mem),
+        }
     }
-    sql.push_str(&format!(
-        "SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}",
-        quote_literal(&settings.statement_timeout.setting()),
-        quote_literal(&settings.lock_timeout.setting()),
-    ));
-    sql
+    statements
 }

@@ -647,6 +647,15 @@ impl Output {
             .unwrap_or_else(|| panic!("no line of stdout holds {needle:?}\n{self}"))
     }
 
+    /// The first line of stderr (the logs) holding `needle`.
+    #[track_caller]
+    pub fn log_line_with(&self, needle: &str) -> &str {
+        self.stderr
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line of stderr holds {needle:?}\n{self}"))
+    }
+
     /// Asserts `needle` appears nowhere in the output.
     #[track_caller]
     pub fn never_shows(&self, needle: &str) -> &Self {
