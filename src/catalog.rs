@@ -82,6 +82,27 @@ impl Lookup {
             Self::Missing { qualified, .. } => qualified.clone(),
         }
     }
+
+    /// Whether this is what a registry view names: a materialized view, or for
+    /// an `incremental` one a table (or nothing yet, which its first refresh
+    /// creates or skips). Anything else fails every run and is never recorded.
+    pub fn fits(&self, incremental: bool) -> bool {
+        match self {
+            Self::MatView(_) => !incremental,
+            Self::Table(_) | Self::Missing { .. } if incremental => true,
+            _ => false,
+        }
+    }
+}
+
+/// A registry view as the log tables and the metrics name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryName {
+    /// Schema-qualified: `public.top_bets_today`.
+    pub qualified: String,
+    /// It names nothing that can be refreshed (a typo, a table): see
+    /// [`Lookup::fits`].
+    pub unrefreshable: bool,
 }
 
 /// Every materialized view the session can see, schema-qualified: the
@@ -275,17 +296,21 @@ fn found(row: &tokio_postgres::Row, name: &ViewName) -> Found {
 }
 
 /// The schema-qualified names of `views`, as the log tables and the metrics
-/// know them: each found the way PostgreSQL would, in one statement.
-pub async fn qualified_names(
+/// know them, each found the way PostgreSQL would, in one statement; and
+/// whether each names something that can be refreshed at all.
+pub async fn registry_names(
     client: &impl GenericClient,
     views: &[crate::registry::ViewSpec],
-) -> Result<Vec<String>, tokio_postgres::Error> {
+) -> Result<Vec<RegistryName>, tokio_postgres::Error> {
     let names: Vec<ViewName> = views.iter().map(|view| view.name.clone()).collect();
     let catalog = find(client, &names).await?;
-    Ok(catalog
-        .views
+    Ok(views
         .iter()
-        .map(|found| found.lookup.qualified_name())
+        .zip(&catalog.views)
+        .map(|(view, found)| RegistryName {
+            qualified: found.lookup.qualified_name(),
+            unrefreshable: !found.lookup.fits(view.incremental.is_some()),
+        })
         .collect())
 }
 

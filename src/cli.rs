@@ -48,8 +48,11 @@ pub struct GlobalArgs {
     )]
     pub database_url_file: Option<PathBuf>,
 
-    /// View registry (TOML); absent: the embedded default listing the three
-    /// aggregate views of the reference platform.
+    /// View registry (TOML); absent: the embedded default, which lists the
+    /// reference platform's five views: its three materialized views
+    /// (tenants_summary_view, user_activity_view, top_bets_today) and two
+    /// incremental read models (user_activity, bets_latest, skipped where
+    /// their tables do not exist).
     #[arg(long, env = "MV_REFRESHER_REGISTRY", global = true)]
     pub registry: Option<PathBuf>,
 
@@ -64,7 +67,7 @@ pub struct GlobalArgs {
     pub log_format: LogFormat,
 
     /// Views refreshed in parallel by refresh and run, given before the command
-    /// (as SPEC §2.1 writes it) or after it; other commands refuse it.
+    /// or after it; other commands refuse it.
     #[arg(long, value_name = "N", value_parser = parse_jobs)]
     pub jobs: Option<NonZeroUsize>,
 

@@ -17,10 +17,16 @@ use crate::schedule::Schedule;
 use crate::telemetry::LogFormat;
 use crate::units::PgDuration;
 
+/// The libpq variables that say which database to reach (the others say how).
+const WHERE_VARIABLES: [&str; 5] = ["PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE"];
+
 /// A command, validated.
 #[derive(Debug)]
 pub struct Config {
     pub target: DbTarget,
+    /// Neither a URL nor a `PG*` variable said where the database is: the
+    /// target is libpq's default, `localhost:5432`.
+    pub default_target: bool,
     pub log: RefreshLog,
     pub log_format: LogFormat,
     pub command: CommandConfig,
@@ -130,6 +136,10 @@ impl Config {
         }
         let url = database_url(global)?;
         let target = DbTarget::new(url.as_deref(), |key| std::env::var(key).ok())?;
+        let default_target = url.is_none()
+            && WHERE_VARIABLES
+                .iter()
+                .all(|key| std::env::var_os(key).is_none());
         let registry = || Registry::load(global.registry.as_deref());
         let command = match &cli.command {
             Command::Refresh(args) => CommandConfig::Refresh(refresh(global, args, registry()?)?),
@@ -162,6 +172,7 @@ impl Config {
         };
         Ok(Self {
             target,
+            default_target,
             log: RefreshLog::new(&global.log_schema),
             log_format: global.log_format,
             command,
@@ -200,7 +211,7 @@ fn refresh(
     })
 }
 
-/// `--jobs` before the command (as SPEC §2.1 writes it) or after it.
+/// `--jobs` before the command (`mv-refresher --jobs 2 refresh`) or after it.
 fn cycle(global: &GlobalArgs, args: &CycleArgs) -> CycleConfig {
     CycleConfig {
         jobs: global.jobs.or(args.jobs).map_or(1, |n| n.get()),

@@ -5,9 +5,9 @@
 use std::process::ExitCode;
 
 use crate::db::{ConnectError, InvalidUrl, describe_error, is_connection_error};
-use crate::registry::RegistryError;
+use crate::registry::LoadError;
 
-/// Exit codes, part of the interface (SPEC §2.1).
+/// Exit codes, part of the interface (README: Exit codes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     /// 0: all views refreshed or skipped on purpose.
@@ -44,7 +44,7 @@ impl From<Exit> for ExitCode {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Registry(#[from] RegistryError),
+    Registry(#[from] LoadError),
     #[error("{0}")]
     Usage(String),
     #[error(transparent)]
@@ -99,7 +99,25 @@ impl std::fmt::Display for Chain<'_> {
     }
 }
 
+/// How to say where the database is, for one that was not reached where
+/// nothing said it was.
+const WHERE_HINT: &str = "set DATABASE_URL (or --database-url, --database-url-file) or the PG* \
+     variables (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE)";
+
 impl Error {
+    /// An unreachable database also says how to name the right one: for a
+    /// target that neither a URL nor a `PG*` variable gave (libpq's default,
+    /// `localhost:5432`), which a newcomer may not know was tried.
+    pub fn with_where_hint(self) -> Self {
+        match self {
+            Self::Connect(mut err) => {
+                err.reason = format!("{}; {WHERE_HINT}", err.reason);
+                Self::Connect(err)
+            }
+            other => other,
+        }
+    }
+
     /// Wraps a PostgreSQL error met while doing `context`; a lost connection
     /// counts as unreachable.
     pub fn database(

@@ -6,7 +6,9 @@
 //! Per view, from the log tables (the same from every replica, and across
 //! restarts): `mv_refresher_view_last_success_timestamp_seconds` (0: never),
 //! `mv_refresher_view_last_duration_seconds`, `mv_refresher_view_failing` and
-//! `mv_refresher_view_refreshes_total{status}` (every status, from 0).
+//! `mv_refresher_view_refreshes_total{status}` (every status, from 0). A
+//! registry name that is no view that can be refreshed (a typo, a table) has no
+//! log row, and is failing: every run fails it.
 //!
 //! Per process: `mv_refresher_build_info`, `mv_refresher_last_run_timestamp_seconds`,
 //! `mv_refresher_last_run_duration_seconds`, `mv_refresher_refreshes_in_progress`,
@@ -305,7 +307,8 @@ fn view_families(views: &[ViewState]) -> Vec<MetricFamily> {
     let failing = gauges(
         &registry,
         "mv_refresher_view_failing",
-        "1 when the view's latest refresh failed or was cancelled, else 0",
+        "1 when the view's latest refresh failed or was cancelled, or its registry name is \
+         not one that can be refreshed (no log row is written for it), else 0",
         &["view"],
     );
     let watermark = gauges(
@@ -333,7 +336,8 @@ fn view_families(views: &[ViewState]) -> Vec<MetricFamily> {
         if let Some(at) = view.watermark_at {
             watermark.with_label_values(&[name]).set(at);
         }
-        let failed = matches!(view.last_status.as_deref(), Some("failed" | "cancelled"));
+        let failed = view.unrefreshable
+            || matches!(view.last_status.as_deref(), Some("failed" | "cancelled"));
         failing
             .with_label_values(&[name])
             .set(if failed { 1.0 } else { 0.0 });
@@ -429,6 +433,21 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn a_registry_name_that_cannot_be_refreshed_is_failing_with_no_log_row() {
+        let mut typo = view("public.user_activty_view");
+        typo.unrefreshable = true;
+        let text = encode_views(&[typo, view("public.fine")]);
+        assert!(
+            text.contains("mv_refresher_view_failing{view=\"public.user_activty_view\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mv_refresher_view_failing{view=\"public.fine\"} 0\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -82,12 +82,16 @@ pub fn round_ms(ms: f64) -> f64 {
 }
 
 /// A cycle's results as one JSON object on one line, for scripts: the run,
-/// counts per status, and one entry per view in plan order.
+/// how many views ended with each status (`counts`), whether the run is a
+/// success (`ok`: exit code 0), and one entry per view in plan order, with an
+/// incremental cycle's counts under the names of the history's columns (null
+/// for a materialized view, and for an incremental cycle that did not succeed).
 pub fn cycle_json(cycle: &Cycle) -> String {
     let views: Vec<Value> = cycle
         .outcomes
         .iter()
         .map(|o| {
+            let counts = o.counts.as_ref();
             json!({
                 "view": o.view_name,
                 "status": o.status.as_str(),
@@ -96,6 +100,10 @@ pub fn cycle_json(cycle: &Cycle) -> String {
                 "attempts": o.attempts,
                 "message": o.message,
                 "log_error": o.log_error,
+                "keys_scanned": counts.map(|c| c.keys),
+                "rows_inserted": counts.map(|c| c.inserted),
+                "rows_updated": counts.map(|c| c.updated),
+                "rows_deleted": counts.map(|c| c.deleted),
             })
         })
         .collect();
@@ -109,7 +117,10 @@ pub fn cycle_json(cycle: &Cycle) -> String {
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "duration_ms": round_ms(cycle.duration.as_secs_f64() * 1000.0),
         "counts": counts,
-        "failed": cycle.failed(),
+        // Not "failed", which would read like counts.failed: true when every
+        // view refreshed or was skipped on purpose, and every outcome was
+        // recorded.
+        "ok": !cycle.failed(),
         "views": views,
     })
     .to_string()

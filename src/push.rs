@@ -294,19 +294,24 @@ pub async fn body(
     metrics.observe_run(cycle);
     let client = refresher.target.connect(&refresher.pool).await?;
     let db_err = |context| Error::in_context(context, &refresher.target);
-    let mut names = catalog::qualified_names(&*client, registry_views)
+    let registry = catalog::registry_names(&*client, registry_views)
         .await
         .map_err(db_err("looking up the registry views"))?;
+    let mut names: Vec<String> = registry.iter().map(|r| r.qualified.clone()).collect();
     for outcome in &cycle.outcomes {
         if !names.contains(&outcome.view_name) {
             names.push(outcome.view_name.clone());
         }
     }
-    let states = refresher
+    let mut states = refresher
         .log
         .view_states(&*client, &names)
         .await
         .map_err(db_err("reading the refresh log"))?;
+    // In the order of `names`, which starts with the registry's.
+    for (state, name) in states.iter_mut().zip(&registry) {
+        state.unrefreshable = name.unrefreshable;
+    }
     metrics.set_views(&states);
     Ok(metrics.encode())
 }

@@ -132,6 +132,10 @@ pub struct ViewState {
     /// Incremental views: when the snapshot of the last applied cycle was
     /// taken, Unix seconds (changes after it are not in the table yet).
     pub watermark_at: Option<f64>,
+    /// The registry name is nothing that can be refreshed (a typo, a table):
+    /// every run fails it, and the log tables never hold it. Not read from the
+    /// log tables: whoever looked the name up sets it.
+    pub unrefreshable: bool,
 }
 
 impl LogRow {
@@ -595,6 +599,7 @@ impl RefreshLog {
                 last_duration_ms: r.get(6),
                 last_status: r.get(7),
                 watermark_at: watermarks.get(&r.get::<_, String>(0)).map(|w| w.0),
+                unrefreshable: false,
             })
             .collect())
     }

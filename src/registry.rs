@@ -1,7 +1,7 @@
 //! The view registry: which materialized views to refresh and with what settings.
 //!
 //! The registry is a TOML file (or the embedded default listing the seeds' three
-//! aggregate views). Everything in it is checked here, before any connection is
+//! aggregate views and their two incremental twins). Everything in it is checked here, before any connection is
 //! made: unknown keys, malformed or out-of-range values, duplicate views and an
 //! empty list are errors naming the file, line and key. What the names refer to in
 //! the database is checked later, by `catalog`.
@@ -17,7 +17,8 @@ use crate::incremental::Template;
 use crate::quote::display_ident;
 use crate::units::{Memory, PgDuration};
 
-/// The registry used when none is given: the seeds' three aggregate views.
+/// The registry used when none is given: the seeds' three aggregate views and
+/// the reference platform's two incremental read models.
 pub const EMBEDDED_REGISTRY: &str = include_str!("default_registry.toml");
 
 /// What `source` says when the embedded default is in use.
@@ -191,6 +192,17 @@ pub enum Concurrently {
 pub struct ViewName {
     pub schema: Option<String>,
     pub name: String,
+}
+
+/// A registry that cannot be loaded: a file that cannot be read, or one that
+/// is wrong somewhere.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoadError {
+    /// The file cannot be read at all: there is no line to point at.
+    #[error("cannot read registry {file}: {reason}")]
+    Unreadable { file: String, reason: String },
+    #[error(transparent)]
+    Invalid(#[from] RegistryError),
 }
 
 /// A registry that cannot be used, with the place that is wrong.
@@ -404,18 +416,16 @@ impl Registry {
     }
 
     /// Reads the registry at `path`, or the embedded default when `path` is `None`.
-    pub fn load(path: Option<&Path>) -> Result<Self, RegistryError> {
+    pub fn load(path: Option<&Path>) -> Result<Self, LoadError> {
         match path {
-            None => Self::parse(EMBEDDED_REGISTRY, EMBEDDED_SOURCE),
+            None => Ok(Self::parse(EMBEDDED_REGISTRY, EMBEDDED_SOURCE)?),
             Some(path) => {
                 let source = path.display().to_string();
-                let text = std::fs::read_to_string(path).map_err(|err| RegistryError {
-                    message: format!("cannot read registry: {err}"),
+                let text = std::fs::read_to_string(path).map_err(|err| LoadError::Unreadable {
+                    reason: io_reason(&err),
                     file: source.clone(),
-                    line: 1,
-                    column: 1,
                 })?;
-                Self::parse(&text, &source)
+                Ok(Self::parse(&text, &source)?)
             }
         }
     }
@@ -432,7 +442,7 @@ impl Registry {
             }
         };
         let raw: RawRegistry = toml::from_str(text)
-            .map_err(|err| error_at(err.span(), err.message().trim_end().to_owned()))?;
+            .map_err(|err| error_at(err.span(), suggest_key(err.message().trim_end())))?;
 
         let builtin = ViewSettings::default();
         let dir = (source != EMBEDDED_SOURCE)
@@ -515,6 +525,42 @@ impl Registry {
             picked.push(spec);
         }
         Ok(picked)
+    }
+}
+
+/// What the system says of `err`, without the `(os error 2)` it appends.
+fn io_reason(err: &std::io::Error) -> String {
+    let text = err.to_string();
+    match err.raw_os_error() {
+        Some(code) => text
+            .strip_suffix(&format!(" (os error {code})"))
+            .map_or(text.clone(), str::to_owned),
+        None => text,
+    }
+}
+
+/// serde's `unknown field `x`, expected one of `a`, `b`` with the closest
+/// known key put first, when one is close enough to be a likely typo; any
+/// other message as it is.
+fn suggest_key(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.to_owned();
+    };
+    // The names serde quotes in backticks: the unknown one, then those expected.
+    let mut names = rest.split('`').step_by(2);
+    let Some(unknown) = names.next() else {
+        return message.to_owned();
+    };
+    let closest = names
+        .map(|known| (strsim::jaro_winkler(unknown, known), known))
+        .filter(|(score, _)| *score >= 0.85)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match closest {
+        Some((_, known)) => {
+            let expected = rest.split_once(", ").map_or("", |(_, expected)| expected);
+            format!("unknown field `{unknown}`: did you mean `{known}`? ({expected})")
+        }
+        None => message.to_owned(),
     }
 }
 

@@ -22,7 +22,7 @@ use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
 use crate::catalog;
-use crate::cycle::{Cycle, Refresher, Stops};
+use crate::cycle::{Refresher, Stops};
 use crate::db::{describe_error, describe_pool_error};
 use crate::error::{Error, Exit};
 use crate::http::{self, Shared};
@@ -196,7 +196,7 @@ async fn serve(
     shared: &Arc<Shared>,
 ) -> JoinHandle<std::io::Result<()>> {
     tokio::select! {
-        () = load_views(refresher, views, None, shared) => {}
+        () = load_views(refresher, views, shared) => {}
         _ = stops.drain.stopped() => {}
     }
     if let Ok(addr) = listener.local_addr() {
@@ -241,7 +241,7 @@ async fn run_cycle(
             // The log tables' state first: a scrape never sees this process's
             // counts of the cycle without the views' state after it.
             if serving {
-                load_views(refresher, &views, Some(&cycle), shared).await;
+                load_views(refresher, &views, shared).await;
             }
             shared.metrics.observe_run(&cycle);
             let failed = cycle.failed();
@@ -267,33 +267,30 @@ async fn run_cycle(
     }
 }
 
-/// Reads the state of the views from the log tables into the metrics, on the
-/// probes' connection: the views `cycle` refreshed (every registry view, by
-/// their schema-qualified names), or before any cycle the registry's, looked
-/// up. A failure is a warning; the metrics keep what they had.
-async fn load_views(
-    refresher: &Refresher,
-    views: &[ViewSpec],
-    cycle: Option<&Cycle>,
-    shared: &Shared,
-) {
+/// Reads the state of the registry's views from the log tables into the
+/// metrics, on the probes' connection, with each name looked up (one that is
+/// no view that can be refreshed is failing, with no log row). A failure is a
+/// warning; the metrics keep what they had.
+async fn load_views(refresher: &Refresher, views: &[ViewSpec], shared: &Shared) {
     let read = async {
         let client = shared
             .pool
             .get()
             .await
             .map_err(|e| describe_pool_error(&e))?;
-        let names = match cycle {
-            Some(cycle) => cycle.outcomes.iter().map(|o| o.view_name.clone()).collect(),
-            None => catalog::qualified_names(&**client, views)
-                .await
-                .map_err(|e| describe_error(&e))?,
-        };
-        refresher
+        let registry = catalog::registry_names(&**client, views)
+            .await
+            .map_err(|e| describe_error(&e))?;
+        let names: Vec<String> = registry.iter().map(|r| r.qualified.clone()).collect();
+        let mut states = refresher
             .log
             .view_states(&**client, &names)
             .await
-            .map_err(|e| describe_error(&e))
+            .map_err(|e| describe_error(&e))?;
+        for (state, name) in states.iter_mut().zip(&registry) {
+            state.unrefreshable = name.unrefreshable;
+        }
+        Ok::<_, String>(states)
     };
     match read.await {
         Ok(states) => shared.metrics.set_views(&states),

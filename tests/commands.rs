@@ -671,3 +671,232 @@ fn check_warns_when_auto_resolves_to_a_refresh_that_blocks_readers() {
     );
     assert_eq!(out.stdout.matches("warning:").count(), 1, "{out}");
 }
+
+/// A registry name that is not a materialized view (a typo, a table) fails
+/// every run but was never recorded, so `status` showed it as `never`, 0
+/// failed, no error: it now says it fails, why, and the name meant, as the run
+/// says it; and the log tables still never hold it.
+#[test]
+fn status_shows_a_registry_name_that_is_no_materialized_view_as_failing_with_did_you_mean() {
+    let db = TestDb::platform("status_typo");
+    let registry = db.registry(
+        "[[view]]\nname = \"top_bets_today\"\n[[view]]\nname = \"user_activty_view\"\n\
+         [[view]]\nname = \"bets_view\"\n",
+    );
+    let typo = "public.user_activty_view does not exist (no relation of that name); \
+                did you mean public.user_activity_view?";
+    db.mvr_with(&registry)
+        .arg("refresh")
+        .run()
+        .code(1)
+        .stdout_has(typo);
+
+    let table = db.mvr_with(&registry).arg("status").run();
+    table.code(0);
+    let line = table.line_with("public.user_activty_view");
+    assert!(
+        line.contains(" failed ")
+            && line.contains(
+                "does not exist (no relation of that name); did you mean public.user_activity_view?"
+            ),
+        "{line}"
+    );
+    let line = table.line_with("public.bets_view");
+    assert!(
+        line.contains(" failed ") && line.contains("is a table, not a materialized view"),
+        "{line}"
+    );
+
+    let json = db
+        .mvr_with(&registry)
+        .args(["status", "--format", "json"])
+        .run();
+    json.code(0);
+    let doc: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let view = |name: &str| {
+        doc["views"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["view_name"] == name)
+            .unwrap_or_else(|| panic!("no {name}\n{json}"))
+            .clone()
+    };
+    let typo_view = view("public.user_activty_view");
+    assert_eq!(typo_view["failing"], true, "{json}");
+    assert_eq!(
+        typo_view["problem"],
+        "does not exist (no relation of that name); did you mean public.user_activity_view?"
+    );
+    assert_eq!(view("public.bets_view")["failing"], true);
+    let top = view("public.top_bets_today");
+    assert_eq!(top["failing"], false);
+    assert_eq!(top["problem"], serde_json::Value::Null);
+
+    let prometheus = db
+        .mvr_with(&registry)
+        .args(["status", "--format", "prometheus"])
+        .run();
+    prometheus
+        .code(0)
+        .stdout_has("mv_refresher_view_failing{view=\"public.user_activty_view\"} 1\n")
+        .stdout_has("mv_refresher_view_failing{view=\"public.bets_view\"} 1\n")
+        .stdout_has("mv_refresher_view_failing{view=\"public.top_bets_today\"} 0\n");
+
+    // Reported, never recorded.
+    let recorded: i64 = db.scalar(
+        "SELECT (SELECT count(*) FROM materialized_views_refresh_log \
+                 WHERE view_name <> 'public.top_bets_today') \
+              + (SELECT count(*) FROM materialized_views_refresh_history \
+                 WHERE view_name <> 'public.top_bets_today')",
+    );
+    assert_eq!(recorded, 0);
+}
+
+/// `status` did not say how each view was refreshed: its METHOD column shows
+/// the latest attempt's, as the log has it (`last_method` in JSON).
+#[test]
+fn status_shows_the_method_of_each_views_latest_refresh() {
+    let db = TestDb::platform("status_method");
+    db.mvr().arg("refresh").run().code(0);
+    let out = db.mvr().arg("status").run();
+    out.code(0);
+    let header = out.line_with("VIEW");
+    assert!(header.contains(" METHOD "), "{header}");
+    // Columns are separated by at least two spaces, and every cell has text.
+    let cells = |line: &str| -> Vec<String> {
+        line.split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let at = cells(header).iter().position(|n| n == "METHOD").unwrap();
+    let method_of = |view: &str| cells(out.line_with(view))[at].clone();
+    assert_eq!(method_of("public.top_bets_today"), "concurrently", "{out}");
+    assert_eq!(
+        method_of("public.tenants_summary_view"),
+        "concurrently",
+        "{out}"
+    );
+    assert_eq!(method_of("public.user_activity "), "incremental", "{out}");
+
+    let json = db.mvr().args(["status", "--format", "json"]).run();
+    let doc: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let twin = doc["views"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["view_name"] == "public.bets_latest")
+        .unwrap();
+    assert_eq!(twin["last_method"], "incremental", "{json}");
+}
+
+/// With neither DATABASE_URL nor a PG* variable the refresher tries libpq's
+/// default, localhost:5432, and its exit-3 error said nothing of how to name
+/// another database: it now does, and only then.
+#[test]
+fn without_a_database_url_or_pg_variables_exit_3_says_how_to_name_the_database() {
+    // Nothing of the harness listens on 5432 (its clusters take free ports); a
+    // server someone runs there would not let user postgres in over TCP
+    // without a password either (Debian's default), also exit 3.
+    Mvr::new()
+        .arg("refresh")
+        .run()
+        .code(3)
+        .stderr_has("could not connect to host localhost port 5432")
+        .stderr_has("set DATABASE_URL (or --database-url, --database-url-file) or the PG* variables (PGHOST, PGPORT,");
+    // Where something said where: no advice on how to say it.
+    let url = closed_port_url();
+    let port = url.split(':').nth(2).unwrap().split('/').next().unwrap();
+    Mvr::new()
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", port)
+        .arg("refresh")
+        .run()
+        .code(3)
+        .never_shows("set DATABASE_URL");
+    Mvr::new()
+        .env("DATABASE_URL", &url)
+        .arg("refresh")
+        .run()
+        .code(3)
+        .never_shows("set DATABASE_URL");
+}
+
+/// A misspelled registry key listed every key there is but suggested none.
+#[test]
+fn a_misspelled_registry_key_suggests_the_closest() {
+    registry_error(
+        "misspelled_key",
+        "[[view]]\nname = \"a\"\nstatment_timeout = \"1min\"\n",
+    )
+    .stderr_has(":3:")
+    .stderr_has("unknown field `statment_timeout`: did you mean `statement_timeout`?");
+    // Nothing close: no guess.
+    registry_error("far_key", "[[view]]\nname = \"a\"\nfrobnicate = 1\n")
+        .stderr_has("unknown field `frobnicate`")
+        .never_shows("did you mean");
+}
+
+/// A registry file that cannot be read was reported at a made-up line and
+/// column (`nope.toml:1:1`).
+#[test]
+fn a_missing_registry_file_is_reported_without_a_line_or_column() {
+    let missing = std::env::temp_dir().join(format!("mvr-{}-nope.toml", std::process::id()));
+    let shown = missing.display().to_string();
+    Mvr::new()
+        .env("DATABASE_URL", &closed_port_url())
+        .args(["refresh", "--registry", &shown])
+        .run()
+        .code(2)
+        .stderr_has(&format!(
+            "cannot read registry {shown}: No such file or directory\n"
+        ))
+        .never_shows(&format!("{shown}:1:1"))
+        .never_shows("os error");
+}
+
+/// `--help` said the embedded default lists "the three aggregate views" (it has
+/// five) and cited "SPEC §2.1", a document users do not have.
+#[test]
+fn help_describes_the_embedded_default_and_cites_no_document_users_lack() {
+    for args in [
+        vec!["--help"],
+        vec!["refresh", "--help"],
+        vec!["run", "--help"],
+        vec!["check", "--help"],
+        vec!["status", "--help"],
+    ] {
+        let out = Mvr::new().args(&args).run();
+        out.code(0)
+            .stdout_has("five views")
+            .stdout_has("user_activity, bets_latest")
+            .never_shows("SPEC")
+            .never_shows("three aggregate");
+    }
+}
+
+/// `check` printed `lag = 60000` without a unit.
+#[test]
+fn check_prints_a_sources_lag_with_its_unit() {
+    let db = TestDb::platform("check_lag_unit");
+    let out = db.mvr().arg("check").run();
+    out.code(0);
+    let line = out.line_with("public.bets_view: marker last_updated_timestamp");
+    assert!(
+        line.contains("late commits caught within lag = 60000 (marker units)"),
+        "{line}"
+    );
+    // A duration says its own unit.
+    let registry = db.registry(
+        "[[view]]\nname = \"recent_users\"\nkey = [\"tenant_id\", \"user_id\"]\n\
+         query = \"SELECT tenant_id, user_id, count(*) AS n FROM bets_view \
+                   WHERE $changed(tenant_id, user_id) GROUP BY tenant_id, user_id\"\n\
+         [[view.changes]]\ntable = \"bets_view\"\nkey = [\"tenant_id\", \"user_id\"]\n\
+         marker = \"created_at\"\nlag = \"1min\"\n",
+    );
+    let out = db.mvr_with(&registry).arg("check").run();
+    let line = out.line_with("public.bets_view: marker created_at");
+    assert!(line.contains("within lag = 1min;"), "{out}");
+}

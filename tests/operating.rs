@@ -1095,3 +1095,76 @@ fn refresh_pushes_the_log_tables_truth_to_a_pushgateway_and_a_failed_push_is_onl
         "the bad invocations refreshed nothing"
     );
 }
+
+/// A registry name that is not a materialized view (a typo, a table) fails
+/// every run, but its metrics said `failing 0` (only its last success, 0, gave
+/// it away), so the failing alert never fired: `/metrics` from the first scrape,
+/// the Pushgateway's push and `status --format prometheus` now all say
+/// failing; the log tables still never hold it.
+#[test]
+fn a_registry_name_that_is_no_materialized_view_is_failing_in_every_metrics_path() {
+    let db = TestDb::platform("metrics_typo");
+    let registry = db.registry(
+        "[[view]]\nname = \"top_bets_today\"\n[[view]]\nname = \"user_activty_view\"\n\
+         [[view]]\nname = \"bets_view\"\n",
+    );
+    let failing = |metrics: &str, view: &str| {
+        sample(
+            metrics,
+            &format!("mv_refresher_view_failing{{view=\"public.{view}\"}}"),
+        )
+    };
+
+    // The sidecar: from the first scrape, before any cycle.
+    let port = free_port();
+    let mut run = run_serving(&db, &registry, NEVER_SOON, port);
+    let metrics = run.wait_until("the metrics", || scrape(port));
+    assert_eq!(
+        failing(&metrics, "user_activty_view"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(failing(&metrics, "bets_view"), Some(1.0), "{metrics}");
+    assert_eq!(failing(&metrics, "top_bets_today"), Some(0.0), "{metrics}");
+    run.signal("TERM");
+    run.wait().code(0);
+
+    // The CronJob: its push.
+    let gateway = Pushgateway::start();
+    db.mvr_with(&registry)
+        .args(["refresh", "--pushgateway", &gateway.url()])
+        .run()
+        .code(1);
+    for (view, value) in [
+        ("public.user_activty_view", 1.0),
+        ("public.bets_view", 1.0),
+        ("public.top_bets_today", 0.0),
+    ] {
+        assert_eq!(
+            gateway.value("mv_refresher_view_failing", &[("view", view)]),
+            Some(value),
+            "{view}\n{}",
+            gateway.metrics()
+        );
+    }
+    promtool_accepts(&gateway.metrics());
+
+    // And the log tables' own report.
+    let out = db
+        .mvr_with(&registry)
+        .args(["status", "--format", "prometheus"])
+        .run();
+    out.code(0);
+    assert_eq!(
+        failing(&out.stdout, "user_activty_view"),
+        Some(1.0),
+        "{out}"
+    );
+    assert_eq!(failing(&out.stdout, "top_bets_today"), Some(0.0), "{out}");
+
+    let recorded: i64 = db.scalar(
+        "SELECT count(*) FROM materialized_views_refresh_history \
+         WHERE view_name <> 'public.top_bets_today'",
+    );
+    assert_eq!(recorded, 0, "reported, never recorded");
+}

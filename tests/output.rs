@@ -114,7 +114,7 @@ fn refresh_format_chooses_the_results_on_stdout_independently_of_the_logs() {
     assert_eq!(results.len(), 1, "one object for the whole run\n{out}");
     let run = &results[0];
     assert_eq!(run["counts"]["success"], 5);
-    assert_eq!(run["failed"], false);
+    assert_eq!(run["ok"], true);
     let views: Vec<&str> = run["views"]
         .as_array()
         .unwrap()
@@ -397,4 +397,87 @@ fn status_json_numbers_are_short_even_for_rows_written_by_others() {
         .find(|v| v["view_name"] == "public.top_bets_today")
         .unwrap();
     assert_eq!(top["avg_refresh_time_ms"], 7.8);
+}
+
+/// `refresh --format json` lacked the counts of an incremental cycle that the
+/// history has, and its run-wide `failed` (a flag) sat beside `counts.failed`
+/// (a number): each view now has the history's `keys_scanned`, `rows_inserted`,
+/// `rows_updated`, `rows_deleted` (null for a materialized view), and the flag
+/// is `ok`.
+#[test]
+fn refresh_json_has_each_incremental_cycles_counts_and_no_ambiguous_failed() {
+    let db = TestDb::platform("json_counts");
+    let refresh = |mvr: common::Mvr, code: i32| {
+        let out = mvr.args(["refresh", "--format", "json"]).run();
+        out.code(code);
+        let results = json_lines("stdout", &out.stdout);
+        assert_eq!(results.len(), 1, "{out}");
+        results.into_iter().next().unwrap()
+    };
+    // The embedded default: the three materialized views and the two twins.
+    refresh(db.mvr(), 0);
+    // One bet changes: its key recomputed, its row updated.
+    db.execute(
+        "INSERT INTO bet_events (tenant_id, aggregate_id, idempotency_key, event_type, \
+                                 event_data, \"timestamp\", version) \
+         SELECT tenant_id, aggregate_id, gen_random_uuid()::text, 'V1_BETS_BET_SETTLED', \
+                '{}'::jsonb, \"timestamp\" + 1, version + 1 \
+         FROM bet_events ORDER BY seq DESC LIMIT 1",
+    );
+    let run = refresh(db.mvr(), 0);
+    assert_eq!(run["ok"], true, "{run}");
+    assert!(run.get("failed").is_none(), "{run}");
+    let view = |run: &Value, name: &str| {
+        run["views"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["view"] == name)
+            .unwrap_or_else(|| panic!("no {name}: {run}"))
+            .clone()
+    };
+    let twin = view(&run, "public.bets_latest");
+    assert_eq!(twin["method"], "incremental", "{twin}");
+    assert_eq!(
+        (
+            &twin["keys_scanned"],
+            &twin["rows_inserted"],
+            &twin["rows_updated"],
+            &twin["rows_deleted"]
+        ),
+        (&1.into(), &0.into(), &1.into(), &0.into()),
+        "{twin}"
+    );
+    // As the history has them.
+    let history = db.rows(
+        "SELECT keys_scanned, rows_inserted, rows_updated, rows_deleted \
+         FROM materialized_views_refresh_history \
+         WHERE view_name = 'public.bets_latest' ORDER BY id DESC LIMIT 1",
+    );
+    assert_eq!(
+        history[0],
+        ["1", "0", "1", "0"].map(|v| Some(v.to_owned())).to_vec()
+    );
+    let matview = view(&run, "public.top_bets_today");
+    for count in [
+        "keys_scanned",
+        "rows_inserted",
+        "rows_updated",
+        "rows_deleted",
+    ] {
+        assert_eq!(matview[count], Value::Null, "{matview}");
+    }
+
+    // A failure: the number is counts.failed, the run is not ok.
+    db.failing_view("fragile");
+    let registry =
+        db.registry("[[view]]\nname = \"top_bets_today\"\n[[view]]\nname = \"fragile\"\n");
+    let run = refresh(db.mvr_with(&registry), 1);
+    assert_eq!(
+        (&run["ok"], &run["counts"]["failed"]),
+        (&false.into(), &1.into()),
+        "{run}"
+    );
+    assert!(run.get("failed").is_none(), "{run}");
+    assert_eq!(view(&run, "public.fragile")["keys_scanned"], Value::Null);
 }

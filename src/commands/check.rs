@@ -10,6 +10,7 @@ use crate::outln;
 use crate::output::{self, print_table, table};
 use crate::plan::{Plan, Step};
 use crate::refresh_log::RefreshLog;
+use crate::registry::Lag;
 use crate::schedule::Schedule;
 
 /// What `check` learns from the server besides the plan.
@@ -86,7 +87,7 @@ incremental {}: {table} kept equal to its query by key ({}); full reconcile {eve
                 }
                 MarkerKind::Clock => "from clock_timestamp(): its writers are waited for".into(),
                 MarkerKind::Other => {
-                    format!("late commits caught within lag = {}", source.spec.lag)
+                    format!("late commits caught within lag = {}", lag(source.spec.lag))
                 }
             };
             let index = |name: &Option<String>| name.as_deref().unwrap_or("none").to_owned();
@@ -103,6 +104,16 @@ incremental {}: {table} kept equal to its query by key ({}); full reconcile {eve
         for warning in &target.warnings {
             outln!("\nwarning: {}: {warning}", step.view_name());
         }
+    }
+}
+
+/// A source's `lag` with its unit: a duration says its own; a number is in
+/// the marker's units (epoch milliseconds for the reference platform's).
+fn lag(lag: Lag) -> String {
+    match lag {
+        Lag::Units(0) => "0".into(),
+        Lag::Units(n) => format!("{n} (marker units)"),
+        Lag::Duration(d) => d.to_string(),
     }
 }
 

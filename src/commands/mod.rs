@@ -24,11 +24,12 @@ use crate::shutdown::{self, Stop, StopHandle};
 pub async fn run(config: Config) -> Result<Exit, Error> {
     let Config {
         target,
+        default_target,
         log,
         command,
         ..
     } = config;
-    match command {
+    let ran = match command {
         CommandConfig::Refresh(options) => refresh::refresh(target, log, options).await,
         CommandConfig::Run(options) => run::run(target, log, options).await,
         CommandConfig::Check(options) => check::check(&target, &log, &options).await,
@@ -36,6 +37,10 @@ pub async fn run(config: Config) -> Result<Exit, Error> {
         CommandConfig::Init => init::init(&target, &log).await,
         CommandConfig::Forget { views } => forget::forget(&target, &log, &views).await,
         CommandConfig::Verify { views } => verify::verify(&target, &log, &views).await,
+    };
+    match default_target {
+        true => ran.map_err(Error::with_where_hint),
+        false => ran,
     }
 }
 

@@ -3,8 +3,11 @@
 //! Reads `materialized_views_refresh_log` and the recent history, and shows
 //! the `work_mem` the next refresh would use and why; never refreshes and
 //! never creates anything. A view the log has no row for is
-//! reported as never refreshed. With `--max-age` it is also a check: exit code 1
-//! when any view is older (or was never refreshed), for an alert or a probe.
+//! reported as never refreshed; a registry name that is no view that can be
+//! refreshed (a typo, a table), which the log never holds, is reported failing
+//! with the reason and the closest name, as `refresh` reports it. With
+//! `--max-age` it is also a check: exit code 1 when any view is older (or was
+//! never refreshed), for an alert or a probe.
 
 use std::collections::HashMap;
 
@@ -42,6 +45,13 @@ struct ViewReport {
     recent_durations_ms: Vec<f64>,
     /// The `work_mem` the next refresh would use, and why.
     work_mem: String,
+    /// The latest refresh failed or was cancelled, or the name cannot be
+    /// refreshed at all (`problem`): what `mv_refresher_view_failing` says.
+    failing: bool,
+    /// Why the registry name cannot be refreshed at all, as `refresh` says it
+    /// (with the closest materialized view); the log tables never hold such a
+    /// name, so its counts stay 0.
+    problem: Option<String>,
     /// Why every run skips the view on purpose (an incremental view whose
     /// table is not in this database): it is not stale, and has no metrics.
     skipped: Option<String>,
@@ -61,10 +71,18 @@ pub(super) async fn status(
     let views = options.registry.views.iter().map(|spec| {
         let step = plan.steps.iter().find(|s| s.spec.name == spec.name);
         let step = step.expect("the plan holds every registry view");
+        // What refresh fails without a log row; a view skipped on purpose
+        // (an incremental view without its table) is no problem.
+        let problem = (!step.is_recorded() && step.skip.is_none()).then(|| {
+            step.problem
+                .clone()
+                .unwrap_or_else(|| "is not a materialized view".into())
+        });
         (
             step.view_name(),
             spec.settings.min_interval,
             step.work_mem.reason.clone(),
+            problem,
             step.skip.clone(),
         )
     });
@@ -82,7 +100,7 @@ pub(super) async fn status(
         }
     };
     let reports: Vec<ViewReport> = views
-        .map(|(name, min_interval, work_mem, skipped)| {
+        .map(|(name, min_interval, work_mem, problem, skipped)| {
             let log = match rows.iter().position(|r| r.view_name == name) {
                 Some(i) => rows.swap_remove(i),
                 None => LogRow::never(name),
@@ -90,13 +108,21 @@ pub(super) async fn status(
             ViewReport {
                 recent_durations_ms: recent.remove(&log.view_name).unwrap_or_default(),
                 next_due_at: next_due_at(&log, min_interval),
+                failing: problem.is_some()
+                    || matches!(log.last_status.as_deref(), Some("failed" | "cancelled")),
                 log,
                 min_interval: min_interval.map(|d| d.to_string()),
                 work_mem,
+                problem,
                 skipped,
             }
         })
         .collect();
+    for report in &reports {
+        if let Some(problem) = &report.problem {
+            tracing::warn!(view = %report.log.view_name, %problem, "registry view cannot be refreshed");
+        }
+    }
     let exit = max_age_exit(&reports, options.max_age);
     match options.format {
         StatusFormat::Json => print_json(log, exists, reports),
@@ -106,10 +132,14 @@ pub(super) async fn status(
                 .filter(|r| r.skipped.is_none())
                 .map(|r| r.log.view_name.clone())
                 .collect();
-            let states = log
+            let mut states = log
                 .view_states(&*client, &here)
                 .await
                 .map_err(db_err("reading the refresh log"))?;
+            let here = reports.iter().filter(|r| r.skipped.is_none());
+            for (state, report) in states.iter_mut().zip(here) {
+                state.unrefreshable = report.problem.is_some();
+            }
             out!("{}", metrics::encode_views(&states));
         }
         StatusFormat::Table => print_status_table(&reports),
@@ -217,6 +247,7 @@ fn print_status_table(views: &[ViewReport]) {
         "OK",
         "FAILED",
         "STATUS",
+        "METHOD",
         "WORK_MEM",
         "WATERMARK AGE",
         "ERROR",
@@ -238,12 +269,21 @@ fn print_status_table(views: &[ViewReport]) {
             row.avg_refresh_time_ms.map_or_else(dash, millis),
             row.last_refresh_time_ms.map_or_else(dash, millis),
             sparkline(&view.recent_durations_ms),
-            row.refresh_count.to_string(),
-            row.failure_count.to_string(),
-            match &view.skipped {
-                Some(_) => "not here".into(),
-                None => row.last_status.clone().unwrap_or_else(dash),
+            // Not counted: such a name never reaches the log tables.
+            match view.problem {
+                Some(_) => dash(),
+                None => row.refresh_count.to_string(),
             },
+            match view.problem {
+                Some(_) => dash(),
+                None => row.failure_count.to_string(),
+            },
+            match (&view.problem, &view.skipped) {
+                (Some(_), _) => "failed".into(),
+                (None, Some(_)) => "not here".into(),
+                (None, None) => row.last_status.clone().unwrap_or_else(dash),
+            },
+            row.last_method.clone().unwrap_or_else(dash),
             // The value and its short why; JSON has the whole reason.
             view.work_mem
                 .split(';')
@@ -251,10 +291,10 @@ fn print_status_table(views: &[ViewReport]) {
                 .unwrap_or_default()
                 .to_owned(),
             row.watermark_age_seconds.map_or_else(dash, age),
-            view.skipped
-                .clone()
-                .or_else(|| row.last_error.clone())
-                .unwrap_or_default(),
+            match (&view.problem, &view.skipped) {
+                (Some(why), _) | (None, Some(why)) => why.clone(),
+                (None, None) => row.last_error.clone().unwrap_or_default(),
+            },
         ]);
     }
     print_table(&t);
