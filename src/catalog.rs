@@ -103,6 +103,10 @@ pub struct RegistryName {
     /// It names nothing that can be refreshed (a typo, a table): see
     /// [`Lookup::fits`].
     pub unrefreshable: bool,
+    /// Skipped on purpose by every run: an incremental view with `create =
+    /// false` whose table is not in this database. It has no metrics (a
+    /// series that never succeeds would page someone for nothing).
+    pub not_here: bool,
 }
 
 /// Every materialized view the session can see, schema-qualified: the
@@ -310,6 +314,8 @@ pub async fn registry_names(
         .map(|(view, found)| RegistryName {
             qualified: found.lookup.qualified_name(),
             unrefreshable: !found.lookup.fits(view.incremental.is_some()),
+            not_here: matches!(found.lookup, Lookup::Missing { .. })
+                && view.incremental.as_ref().is_some_and(|i| !i.create),
         })
         .collect())
 }

@@ -231,9 +231,13 @@ impl Metrics {
         took.set(cycle.duration.as_secs_f64());
         for outcome in &cycle.outcomes {
             let view = [outcome.view_name.as_str()];
-            self.retries
-                .with_label_values(&view)
-                .inc_by(u64::from(outcome.attempts.saturating_sub(1)));
+            // A view nothing was tried on (skipped before it began, such as
+            // one not in this database) gets no series from this run.
+            if outcome.attempts > 0 {
+                self.retries
+                    .with_label_values(&view)
+                    .inc_by(u64::from(outcome.attempts - 1));
+            }
             if outcome.lock_skipped {
                 self.lock_skips.with_label_values(&view).inc();
             }

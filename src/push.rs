@@ -294,12 +294,15 @@ pub async fn body(
     metrics.observe_run(cycle);
     let client = refresher.target.connect(&refresher.pool).await?;
     let db_err = |context| Error::in_context(context, &refresher.target);
-    let registry = catalog::registry_names(&*client, registry_views)
+    let (not_here, registry): (Vec<_>, Vec<_>) = catalog::registry_names(&*client, registry_views)
         .await
-        .map_err(db_err("looking up the registry views"))?;
+        .map_err(db_err("looking up the registry views"))?
+        .into_iter()
+        .partition(|name| name.not_here);
     let mut names: Vec<String> = registry.iter().map(|r| r.qualified.clone()).collect();
     for outcome in &cycle.outcomes {
-        if !names.contains(&outcome.view_name) {
+        let skipped_here = not_here.iter().any(|n| n.qualified == outcome.view_name);
+        if !names.contains(&outcome.view_name) && !skipped_here {
             names.push(outcome.view_name.clone());
         }
     }

@@ -278,9 +278,10 @@ async fn load_views(refresher: &Refresher, views: &[ViewSpec], shared: &Shared) 
             .get()
             .await
             .map_err(|e| describe_pool_error(&e))?;
-        let registry = catalog::registry_names(&**client, views)
+        let mut registry = catalog::registry_names(&**client, views)
             .await
             .map_err(|e| describe_error(&e))?;
+        registry.retain(|name| !name.not_here);
         let names: Vec<String> = registry.iter().map(|r| r.qualified.clone()).collect();
         let mut states = refresher
             .log

@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::pushgateway::Pushgateway;
 use common::{Output, Seeds, TestDb};
 
 /// The twins of the embedded default whose tables a seeds database lacks.
@@ -121,7 +122,15 @@ fn refresh_in_json_counts_the_twins_as_skipped_and_logs_no_warning() {
 fn one_cycle_of_run_refreshes_the_seed_views_and_skips_the_twins() {
     for seeds in Seeds::BOTH {
         let db = TestDb::seeds(seeds, "run");
-        let run = db.mvr().args(["run", "--schedule", "* * * * * *"]).spawn();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let run = db
+            .mvr()
+            .args(["run", "--schedule", "* * * * * *", "--listen", &listen])
+            .spawn();
         // Two refreshes of each: the first cycle, twins and all, is over.
         common::wait_until("two cycles of run", || {
             let logged: bool =
@@ -134,6 +143,22 @@ fn one_cycle_of_run_refreshes_the_seed_views_and_skips_the_twins() {
             };
             (logged && done() >= 3).then_some(())
         });
+        let metrics = ureq::get(&format!("http://{listen}/metrics"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        assert!(
+            metrics.contains("view=\"public.top_bets_today\""),
+            "{metrics}"
+        );
+        for twin in TWINS {
+            assert!(
+                !metrics.contains(&format!("view=\"{twin}\"")),
+                "{seeds:?}: a view not here has no series that could alert\n{metrics}"
+            );
+        }
         run.signal("TERM");
         let out = run.wait();
         out.code(0);
@@ -207,5 +232,29 @@ fn init_and_verify_on_the_embedded_default_pass_without_the_twins() {
             assert!(line.contains("skipped"), "{seeds:?}: {line}\n{out}");
         }
         assert!(warnings(&out).is_empty(), "{seeds:?}:\n{out}");
+    }
+}
+
+#[test]
+fn a_push_after_a_refresh_on_the_embedded_default_holds_no_series_for_the_twins() {
+    let gateway = Pushgateway::start();
+    for seeds in Seeds::BOTH {
+        let db = TestDb::seeds(seeds, "push");
+        db.mvr()
+            .args(["refresh", "--pushgateway", &gateway.url()])
+            .run()
+            .code(0)
+            .stdout_has("3 refreshed, 2 skipped, 0 failed");
+        let pushed = gateway.metrics();
+        assert!(
+            pushed.contains("view=\"public.top_bets_today\""),
+            "{pushed}"
+        );
+        for twin in TWINS {
+            assert!(
+                !pushed.contains(&format!("view=\"{twin}\"")),
+                "{seeds:?}: a view not here has no series that could alert\n{pushed}"
+            );
+        }
     }
 }
