@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use deadpool_postgres::Pool;
 use tracing::Instrument;
@@ -14,8 +14,9 @@ use uuid::Uuid;
 
 use crate::db::{self, Conn, DbTarget, describe_error, describe_pool_error};
 use crate::error::Error;
+use crate::outcome::{Cycle, Outcome};
 use crate::plan::{Plan, Tuning};
-use crate::refresh::{self, Outcome, RunContext, Status};
+use crate::refresh::{self, RunContext};
 use crate::refresh_log::RefreshLog;
 use crate::registry::ViewSpec;
 use crate::shutdown::Stop;
@@ -49,61 +50,6 @@ pub struct Stops {
 
 /// Who watches a cycle as it goes.
 pub type Watcher = Option<crate::progress::Sender>;
-
-/// What one cycle did.
-#[derive(Debug)]
-pub struct Cycle {
-    pub run_id: Uuid,
-    /// One per view, in plan order.
-    pub outcomes: Vec<Outcome>,
-    pub started_at: SystemTime,
-    /// From the first connection to the last outcome (and the pruning).
-    pub duration: Duration,
-}
-
-impl Cycle {
-    /// How many views ended with `status`.
-    pub fn count(&self, status: Status) -> usize {
-        self.outcomes.iter().filter(|o| o.status == status).count()
-    }
-
-    /// Outcomes that could not be written to the log tables.
-    pub fn unrecorded(&self) -> usize {
-        self.outcomes
-            .iter()
-            .filter(|o| o.log_error.is_some())
-            .count()
-    }
-
-    /// The run's last event: counts per status and how long it took.
-    fn summarize(&self) {
-        let (success, skipped, failed, cancelled) = (
-            self.count(Status::Success),
-            self.count(Status::Skipped),
-            self.count(Status::Failed),
-            self.count(Status::Cancelled),
-        );
-        let duration_ms = self.duration.as_millis() as u64;
-        let unrecorded = self.unrecorded();
-        // Info whatever happened: each failure was an error event of its own.
-        tracing::info!(
-            success,
-            skipped,
-            failed,
-            cancelled,
-            unrecorded,
-            duration_ms,
-            "run finished"
-        );
-    }
-
-    /// Whether anything failed, was cancelled, or went unrecorded (exit code 1).
-    pub fn failed(&self) -> bool {
-        self.outcomes.iter().any(|o| {
-            matches!(o.status, Status::Failed | Status::Cancelled) || o.log_error.is_some()
-        })
-    }
-}
 
 impl Refresher {
     /// A refresher with one pooled connection per job plus one for the log.
@@ -175,9 +121,20 @@ impl Refresher {
             .map_err(db_err("planning the refresh"))?;
         drop(client);
 
-        let ctx = Arc::new(RunContext::new(
-            self, run_id, stops, watcher, logging, plan.citus,
-        ));
+        let ctx = Arc::new(RunContext {
+            pool: self.pool.clone(),
+            log: logging.then(|| self.log.clone()),
+            run_id,
+            host: self.host.clone(),
+            jobs: self.jobs,
+            drain: stops.drain.clone(),
+            cancel: stops.cancel.clone(),
+            target: self.target.clone(),
+            progress: watcher,
+            citus: plan.citus,
+            in_progress: self.in_progress.clone(),
+            full: self.full,
+        });
         tracing::info!(
             views = plan.steps.len(),
             jobs = self.jobs,

@@ -29,6 +29,7 @@ pub mod error;
 pub mod http;
 pub mod incremental;
 pub mod metrics;
+pub mod outcome;
 pub mod output;
 pub mod plan;
 pub mod progress;

@@ -34,8 +34,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::cycle::Cycle;
-use crate::refresh::Status;
+use crate::outcome::{Cycle, Status};
 use crate::refresh_log::ViewState;
 
 /// The Content-Type of the text format the metrics are written in.

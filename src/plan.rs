@@ -11,12 +11,11 @@ use tokio_postgres::GenericClient;
 
 use crate::catalog::{self, Lookup, ViewState};
 use crate::incremental::catalog::{Target, Wanted, describe};
-use crate::refresh::Method;
+use crate::outcome::{LockWait, Method};
 use crate::refresh_log::RefreshLog;
 use crate::registry::{Concurrently, ViewSettings, ViewSpec, WorkMem};
 use crate::tuner;
 use crate::units::Memory;
-use crate::units::PgDuration;
 
 /// The views of one run, in a dependency-respecting order.
 #[derive(Debug)]
@@ -128,15 +127,6 @@ impl Step {
             spec,
         }
     }
-}
-
-/// How long a `REFRESH` may wait for its lock, and whether readers queue behind
-/// it meanwhile.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LockWait {
-    pub timeout: PgDuration,
-    /// A plain refresh of a populated view: waits `plain_lock_timeout`.
-    pub blocks_readers: bool,
 }
 
 impl Step {

@@ -15,8 +15,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::output::millis;
-use crate::refresh::Outcome;
+use crate::outcome::Outcome;
+use crate::units::millis;
 
 /// What the refresh reports as it goes.
 #[derive(Debug)]

@@ -18,9 +18,10 @@ use base64::Engine;
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
 use crate::catalog;
-use crate::cycle::{Cycle, Refresher};
+use crate::cycle::Refresher;
 use crate::error::Error;
 use crate::metrics::{self, Metrics};
+use crate::outcome::Cycle;
 use crate::registry::ViewSpec;
 
 /// The `job` label of every push.

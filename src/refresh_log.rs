@@ -15,8 +15,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
+use crate::outcome::{Counts, Method, Status};
 use crate::quote::quote_ident;
-use crate::refresh::{Counts, Method, Status};
 use crate::registry::ViewSettings;
 use crate::units::PgDuration;
 

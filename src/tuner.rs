@@ -220,7 +220,7 @@ fn measure(history: &[Run], rungs: &[Memory]) -> HashMap<usize, Measured> {
 
 /// A duration as people read it: `3.1 s`, `87 ms`.
 fn seconds(ms: f64) -> String {
-    crate::output::millis(ms)
+    crate::units::millis(ms)
 }
 
 #[cfg(test)]

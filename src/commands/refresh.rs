@@ -4,17 +4,18 @@
 use std::io::IsTerminal;
 
 use crate::config::RefreshConfig;
-use crate::cycle::{Cycle, Refresher, Stops};
+use crate::cycle::{Refresher, Stops};
 use crate::db::DbTarget;
 use crate::error::{Error, Exit};
+use crate::outcome::{Cycle, Status};
 use crate::outln;
-use crate::output::{self, ResultsFormat, millis, print_table, table};
+use crate::output::{self, ResultsFormat, print_table, table};
 use crate::progress;
 use crate::push::{self, Pushgateway};
-use crate::refresh::Status;
 use crate::refresh_log::RefreshLog;
 use crate::registry::ViewSpec;
 use crate::shutdown::StopReason;
+use crate::units::millis;
 
 pub(super) async fn refresh(
     target: DbTarget,

@@ -17,9 +17,9 @@ use crate::config::StatusConfig;
 use crate::db::DbTarget;
 use crate::error::{Error, Exit};
 use crate::metrics;
-use crate::output::{StatusFormat, age, millis, print_table, table};
+use crate::output::{StatusFormat, print_table, table};
 use crate::refresh_log::{LogRow, RefreshLog};
-use crate::units::PgDuration;
+use crate::units::{PgDuration, age, millis};
 use crate::{out, outln};
 
 /// Successful refreshes shown in the sparkline.

@@ -8,100 +8,19 @@
 //! for its turn or its retry.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
 use tokio::task::JoinSet;
 use tracing::Instrument;
-use uuid::Uuid;
 
 use super::incremental;
 use super::record::{Slot, record, report};
 use super::transaction::{self, Done};
-use super::{Failure, Outcome, Status};
+use super::{Failure, RunContext};
 use crate::catalog::{Lookup, Relation};
-use crate::cycle::{Refresher, Stops};
-use crate::db::{self, DbTarget};
+use crate::db;
+use crate::outcome::{Outcome, Status};
 use crate::plan::{Plan, Step};
-use crate::progress;
-use crate::refresh_log::RefreshLog;
-use crate::shutdown::Stop;
-
-/// Everything the refresh of one run shares.
-#[derive(Debug)]
-pub struct RunContext {
-    pub pool: Pool,
-    /// `None` when the log tables are missing and could not be created.
-    pub log: Option<RefreshLog>,
-    pub run_id: Uuid,
-    /// Host (pod) name, recorded with every attempt.
-    pub host: String,
-    pub jobs: usize,
-    /// Once this fires no view (and no retry) starts.
-    pub drain: Stop,
-    /// Once this fires running statements are cancelled on the server.
-    pub cancel: Stop,
-    /// The database, for cancel requests, which connect anew.
-    pub target: DbTarget,
-    /// Where live progress goes, when someone watches (`refresh` on a terminal).
-    pub progress: Option<progress::Sender>,
-    /// The database has the `citus` extension: settings are sent as `SET LOCAL`
-    /// with `citus.propagate_set_commands`, so they reach the workers.
-    pub citus: bool,
-    /// `REFRESH` statements running now, for the metrics.
-    pub in_progress: Arc<AtomicUsize>,
-    /// Incremental views are fully reconciled (`refresh --full`).
-    pub full: bool,
-    /// The statement that reads a view's state in its transaction.
-    pub(super) state_sql: String,
-}
-
-impl RunContext {
-    /// The context of one run of `refresher`; `logging`: the log tables can
-    /// be written; `citus`: the database has the extension.
-    pub fn new(
-        refresher: &Refresher,
-        run_id: Uuid,
-        stops: &Stops,
-        progress: Option<progress::Sender>,
-        logging: bool,
-        citus: bool,
-    ) -> Self {
-        let log = logging.then(|| refresher.log.clone());
-        Self {
-            state_sql: transaction::state_sql(log.as_ref()),
-            pool: refresher.pool.clone(),
-            log,
-            run_id,
-            host: refresher.host.clone(),
-            jobs: refresher.jobs,
-            drain: stops.drain.clone(),
-            cancel: stops.cancel.clone(),
-            target: refresher.target.clone(),
-            progress,
-            citus,
-            in_progress: refresher.in_progress.clone(),
-            full: refresher.full,
-        }
-    }
-
-    /// Counts one running `REFRESH` in [`RunContext::in_progress`] while the
-    /// returned guard lives.
-    pub(super) fn running(&self) -> Running<'_> {
-        self.in_progress.fetch_add(1, Ordering::Relaxed);
-        Running(&self.in_progress)
-    }
-}
-
-/// One running `REFRESH`, counted until dropped.
-pub(super) struct Running<'a>(&'a AtomicUsize);
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// Refreshes every view of `plan`, dependencies first, up to `ctx.jobs` at once.
 /// Returns the outcomes in plan order.

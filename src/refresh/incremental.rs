@@ -20,17 +20,16 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 use tokio_postgres::types::{ToSql, Type};
 
-use super::executor::RunContext;
 use super::record::Slot;
-use super::statement::cancellable;
-use super::statement::silence_limit;
+use super::statement::{cancellable, silence_limit};
 use super::transaction::{Done, begin, commit, fresh};
-use super::{Counts, Failure, Method, Outcome, Status};
+use super::{Failure, RunContext};
 use crate::incremental::catalog::{MarkerKind, Target};
 use crate::incremental::sql::Statements;
-use crate::output::round_ms;
+use crate::outcome::{Counts, Method, Outcome, Status};
 use crate::plan::Step;
 use crate::registry::Incremental;
+use crate::units::round_ms;
 
 /// How often the wait for a source's writers looks again.
 const WRITER_POLL: Duration = Duration::from_millis(20);

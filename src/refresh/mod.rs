@@ -9,8 +9,8 @@
 //! * [`statement`] runs a statement that may have to be cancelled on the server.
 //! * [`record`] is the one way an outcome reaches the log tables and the logs.
 //!
-//! This module owns the words of a refresh ([`Status`], [`Method`],
-//! [`Outcome`]); `refresh_log` only writes them down.
+//! The words they speak ([`Status`], [`Method`], [`Outcome`]) live in
+//! `outcome`, below this module and everything that reports a refresh.
 
 mod executor;
 mod incremental;
@@ -18,95 +18,71 @@ mod record;
 mod statement;
 mod transaction;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use deadpool_postgres::Pool;
 use tokio_postgres::error::SqlState;
+use uuid::Uuid;
 
-pub use executor::{RunContext, execute};
+pub use executor::execute;
 
-use crate::db::{describe_error, describe_pool_error, is_connection_error};
-use crate::plan::{LockWait, Step};
-use crate::shutdown::StopReason;
+use crate::db::{DbTarget, describe_error, describe_pool_error, is_connection_error};
+use crate::outcome::{LockWait, Method, Outcome, Status};
+use crate::plan::Step;
+use crate::progress;
+use crate::refresh_log::RefreshLog;
+use crate::shutdown::{Stop, StopReason};
+
+/// Everything the refresh of one run shares.
+#[derive(Debug)]
+pub struct RunContext {
+    pub pool: Pool,
+    /// `None` when the log tables are missing and could not be created.
+    pub log: Option<RefreshLog>,
+    pub run_id: Uuid,
+    /// Host (pod) name, recorded with every attempt.
+    pub host: String,
+    pub jobs: usize,
+    /// Once this fires no view (and no retry) starts.
+    pub drain: Stop,
+    /// Once this fires running statements are cancelled on the server.
+    pub cancel: Stop,
+    /// The database, for cancel requests, which connect anew.
+    pub target: DbTarget,
+    /// Where live progress goes, when someone watches (`refresh` on a terminal).
+    pub progress: Option<progress::Sender>,
+    /// The database has the `citus` extension: settings are sent as `SET LOCAL`
+    /// with `citus.propagate_set_commands`, so they reach the workers.
+    pub citus: bool,
+    /// `REFRESH` statements running now, for the metrics.
+    pub in_progress: Arc<AtomicUsize>,
+    /// Incremental views are fully reconciled (`refresh --full`).
+    pub full: bool,
+}
+
+impl RunContext {
+    /// Counts one running `REFRESH` in [`RunContext::in_progress`] while the
+    /// returned guard lives.
+    pub(super) fn running(&self) -> Running<'_> {
+        self.in_progress.fetch_add(1, Ordering::Relaxed);
+        Running(&self.in_progress)
+    }
+}
+
+/// One running `REFRESH`, counted until dropped.
+pub(super) struct Running<'a>(&'a AtomicUsize);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// The first half of every advisory lock key a refresh takes ("mvrf"): with
 /// a materialized view's OID (one `bigint` key), or with the hash of an
 /// incremental view's name (two `int4` keys, a lock space of their own).
 const LOCK_PREFIX: i32 = 0x6d76_7266;
-
-/// How an attempt ended, as the `status` column spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Success,
-    Failed,
-    Skipped,
-    Cancelled,
-}
-
-/// Which `REFRESH` ran, as the `method` column spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    Concurrently,
-    Full,
-    /// An incremental view's cycle: the changed keys recomputed, or all of
-    /// them in a full reconcile.
-    Incremental,
-}
-
-/// What an incremental cycle touched.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Counts {
-    /// Keys recomputed: the changed ones, or every key of a full reconcile.
-    pub keys: i64,
-    pub inserted: i64,
-    pub updated: i64,
-    pub deleted: i64,
-}
-
-impl Status {
-    pub const ALL: [Self; 4] = [Self::Success, Self::Failed, Self::Skipped, Self::Cancelled];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Success => "success",
-            Self::Failed => "failed",
-            Self::Skipped => "skipped",
-            Self::Cancelled => "cancelled",
-        }
-    }
-}
-
-impl Method {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Concurrently => "concurrently",
-            Self::Full => "full",
-            Self::Incremental => "incremental",
-        }
-    }
-}
-
-/// How one view's refresh ended.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    pub view_name: String,
-    pub status: Status,
-    pub method: Option<Method>,
-    /// Time spent in `REFRESH` on the last attempt, in milliseconds.
-    pub duration_ms: f64,
-    pub attempts: u32,
-    /// The error of a failure, or the reason for a skip or a method.
-    pub message: Option<String>,
-    /// The server's error code of a failure, when the server gave one.
-    pub sqlstate: Option<SqlState>,
-    /// Set when the outcome could not be written to the log tables.
-    pub log_error: Option<String>,
-    /// Whether views depending on this one must be skipped.
-    pub blocks_dependents: bool,
-    /// Skipped because another refresher held the view's advisory lock.
-    pub lock_skipped: bool,
-    /// How long the `REFRESH` could wait for its lock, when it was sent.
-    pub lock_wait: Option<LockWait>,
-    /// What an incremental cycle touched.
-    pub counts: Option<Counts>,
-}
 
 impl Outcome {
     /// An outcome for `step` with nothing run yet; only a success or a skip

@@ -5,9 +5,9 @@
 
 use deadpool_postgres::{Pool, PoolError};
 
-use super::executor::RunContext;
-use super::{Outcome, Status};
+use super::RunContext;
 use crate::db::{self, Conn, describe_error, describe_pool_error};
+use crate::outcome::{Outcome, Status};
 use crate::plan::Step;
 use crate::refresh_log::Attempt;
 

@@ -9,10 +9,10 @@ use std::time::Duration;
 use tokio_postgres::CancelToken;
 use tracing::Instrument;
 
-use super::executor::RunContext;
-use super::{Failure, Method};
+use super::{Failure, RunContext};
 use crate::db::describe_error;
-use crate::plan::{LockWait, Step};
+use crate::outcome::{LockWait, Method};
+use crate::plan::Step;
 use crate::registry::ViewSettings;
 use crate::shutdown::StopReason;
 

@@ -18,18 +18,18 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 use tokio_postgres::types::{ToSql, Type};
 
-use super::executor::RunContext;
 use super::record::Slot;
 use super::statement::{Interrupted, cancellable, silence_limit};
-use super::{Failure, Method, Outcome, Status};
+use super::{Failure, RunContext};
 use crate::catalog::{self, Bloat, Relation, ViewState};
 use crate::db::describe_error;
-use crate::output::{millis, round_ms};
-use crate::plan::{LockWait, Step, choose_method};
+use crate::outcome::{LockWait, Method, Outcome, Status};
+use crate::plan::{Step, choose_method};
 use crate::progress;
 use crate::quote::quote_literal;
 use crate::refresh_log::RefreshLog;
 use crate::registry::{Vacuum, ViewSettings};
+use crate::units::{millis, round_ms};
 
 /// How long a refresh's transaction may sit idle on the server: never, while
 /// the refresher works (its statements follow each other at once), but a
@@ -194,11 +194,12 @@ async fn open(
     let lock_params: [(&(dyn ToSql + Sync), Type); 1] = [(&key, Type::INT8)];
     let state_params: [(&(dyn ToSql + Sync), Type); 2] =
         [(&relation.oid, Type::OID), (&view_name, Type::TEXT)];
+    let state_sql = state_sql(ctx.log.as_ref());
     let (began, locked, state) = tokio::join!(
         biased;
         begin(client, step, ctx.citus),
         client.query_typed_one("SELECT pg_try_advisory_xact_lock($1)", &lock_params),
-        client.query_typed_opt(&ctx.state_sql, &state_params),
+        client.query_typed_opt(&state_sql, &state_params),
     );
     began?;
     let locked: bool = locked?.get(0);
@@ -216,7 +217,7 @@ async fn open(
 
 /// The statement that reads a view's state (`$1`, its OID) and, from the log
 /// tables when there are any, its last success (`$2`, its name).
-pub(super) fn state_sql(log: Option<&RefreshLog>) -> String {
+fn state_sql(log: Option<&RefreshLog>) -> String {
     let (columns, join) = match log {
         // The casts read a summary table made by hand in the seeds' shape.
         Some(log) => (
