@@ -633,7 +633,7 @@ impl fmt::Debug for DbTarget {
 /// a statement failing on a working connection.
 pub fn is_connection_error(err: &tokio_postgres::Error) -> bool {
     match err.code() {
-        None => true,
+        None => is_connection_lost(err),
         Some(code) => {
             let class = &code.code()[..2];
             // 08: connection exception; 28: invalid authorization; 57P0x: shutdown.
@@ -646,6 +646,17 @@ pub fn is_connection_error(err: &tokio_postgres::Error) -> bool {
                 || *code == SqlState::TOO_MANY_CONNECTIONS
         }
     }
+}
+
+/// Whether an error the server did not send (no SQLSTATE) is about the
+/// connection: closed, an I/O failure (tokio-postgres gives the `io::Error` as
+/// the source), or a TLS failure. Others are about the statement or its result
+/// (a value that does not convert, a row count that is not the expected one)
+/// on a connection that still works.
+fn is_connection_lost(err: &tokio_postgres::Error) -> bool {
+    err.is_closed()
+        || std::error::Error::source(err).is_some_and(|cause| cause.is::<io::Error>())
+        || rustls_error(err).is_some()
 }
 
 /// One line for a failure to get a pooled connection.
@@ -832,6 +843,29 @@ mod tests {
             err.to_string().contains("keepalives_idle \"soon\""),
             "{err}"
         );
+    }
+
+    /// Issue 18: every error without a SQLSTATE counted as a lost connection.
+    #[tokio::test]
+    async fn only_errors_about_the_connection_are_connection_errors() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let refused = PgConfig::from_str(&format!("host=127.0.0.1 port={closed} user=u"))
+            .unwrap()
+            .connect(tokio_postgres::NoTls)
+            .await
+            .err()
+            .expect("nothing listens there");
+        assert!(refused.code().is_none());
+        assert!(is_connection_error(&refused), "{refused:?}");
+        // The client's own error, no SQLSTATE either: nothing to do with a
+        // connection.
+        let own = PgConfig::from_str("port=none").unwrap_err();
+        assert!(own.code().is_none());
+        assert!(!is_connection_error(&own), "{own:?}");
     }
 
     #[test]

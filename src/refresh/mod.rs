@@ -234,13 +234,14 @@ impl Failure {
 }
 
 /// Errors worth another attempt: the connection, deadlocks, serialization
-/// failures, lock timeouts and server shutdowns.
+/// failures, lock timeouts and server shutdowns. An error of the client's own
+/// without a SQLSTATE (a row count, a conversion) is none of these: it would
+/// only happen again.
 fn is_transient(err: &tokio_postgres::Error) -> bool {
-    let Some(code) = err.code() else {
-        return true;
-    };
     is_connection_error(err)
-        || *code == SqlState::T_R_DEADLOCK_DETECTED
-        || *code == SqlState::T_R_SERIALIZATION_FAILURE
-        || *code == SqlState::LOCK_NOT_AVAILABLE
+        || err.code().is_some_and(|code| {
+            *code == SqlState::T_R_DEADLOCK_DETECTED
+                || *code == SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == SqlState::LOCK_NOT_AVAILABLE
+        })
 }

@@ -260,8 +260,9 @@ fn refresh_sql(relation: &Relation, method: Method, lock_wait: &LockWait) -> Str
 }
 
 /// The third round trip: the dead rows (when `bloat_of` names the relation),
-/// the success row behind a savepoint, the commit. Returns the success row's id and the dead rows; an error means
-/// nothing was committed. A success row that cannot be written is noted in
+/// the success row behind a savepoint, the commit. Returns the success row's
+/// id (when it came back) and the dead rows; an error means nothing was
+/// committed. A success row that cannot be written is noted in
 /// `outcome.log_error`, and the refresh committed without it.
 pub(super) async fn commit(
     ctx: &RunContext,
@@ -298,6 +299,13 @@ pub(super) async fn commit(
     saved?;
     match (written, committed) {
         (Ok(id), Ok(())) => Ok((Some(id), bloat)),
+        // The row's statement ran and committed, but its id did not come back
+        // (no SQLSTATE: a trigger that moves history rows elsewhere makes
+        // RETURNING return nothing). The row went where the database puts it.
+        (Err(err), Ok(())) => {
+            tracing::warn!(view = %outcome.view_name, error = %describe_error(&err), "the success row was written, but its id could not be read");
+            Ok((None, bloat))
+        }
         (Err(err), _) if !crate::db::is_connection_error(&err) => {
             // Undo the row's statement only, keep the refresh.
             let undo = format!("ROLLBACK TO SAVEPOINT {LOG_SAVEPOINT}; COMMIT");
