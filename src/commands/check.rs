@@ -14,6 +14,9 @@ use crate::schedule::Schedule;
 
 /// What `check` learns from the server besides the plan.
 struct Server {
+    /// The host and port of the list the connection reached, the database
+    /// and the user.
+    reached: String,
     version: String,
     /// `Some(coordinator?)` on Citus.
     citus: Option<bool>,
@@ -43,11 +46,12 @@ pub(super) async fn check(
         false => None,
     };
     let server = Server {
+        reached: target.at(client.endpoint()).to_string(),
         version,
         citus,
         log_exists,
     };
-    print_header(options, target, log, &server);
+    print_header(options, log, &server);
     print_plan(&plan);
     print_incremental(&plan);
     print_warnings(&plan);
@@ -106,7 +110,7 @@ incremental {}: {table} kept equal to its query by key ({}); full reconcile {eve
     }
 }
 
-fn print_header(options: &CheckConfig, target: &DbTarget, log: &RefreshLog, server: &Server) {
+fn print_header(options: &CheckConfig, log: &RefreshLog, server: &Server) {
     let registry = &options.registry;
     outln!(
         "registry:   {} ({})",
@@ -114,7 +118,8 @@ fn print_header(options: &CheckConfig, target: &DbTarget, log: &RefreshLog, serv
         output::count(registry.views.len(), "view", "views")
     );
     outln!(
-        "database:   {target}, PostgreSQL {}{}",
+        "database:   {}, PostgreSQL {}{}",
+        server.reached,
         server.version,
         match server.citus {
             Some(true) => ", Citus coordinator (per-view settings are propagated to the workers)",

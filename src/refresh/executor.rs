@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -22,7 +21,7 @@ use super::transaction::{self, Done};
 use super::{Failure, Outcome, Status};
 use crate::catalog::{Lookup, Relation};
 use crate::cycle::{Refresher, Stops};
-use crate::db::DbTarget;
+use crate::db::{DbTarget, Pool};
 use crate::plan::{Plan, Step};
 use crate::progress;
 use crate::refresh_log::RefreshLog;

@@ -190,7 +190,7 @@ impl Failure {
     }
 
     /// No connection for the attempt: worth another.
-    fn no_connection(err: &deadpool_postgres::PoolError) -> Self {
+    fn no_connection(err: &crate::db::PoolError) -> Self {
         Self {
             transient: true,
             ..Self::permanent(format!("could not connect: {}", describe_pool_error(err)))

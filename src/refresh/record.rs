@@ -3,11 +3,9 @@
 //! connection, or a new one, for everything else), then one log event and the
 //! end of its progress line.
 
-use deadpool_postgres::{Pool, PoolError};
-
 use super::executor::RunContext;
 use super::{Outcome, Status};
-use crate::db::{self, Conn, describe_error, describe_pool_error};
+use crate::db::{self, Conn, Pool, PoolError, describe_error, describe_pool_error};
 use crate::plan::Step;
 use crate::refresh_log::Attempt;
 

@@ -23,7 +23,7 @@ use super::record::Slot;
 use super::statement::{Interrupted, cancellable, silence_limit};
 use super::{Failure, Method, Outcome, Status};
 use crate::catalog::{self, Bloat, Relation, ViewState};
-use crate::db::describe_error;
+use crate::db::{Conn, describe_error};
 use crate::output::{millis, round_ms};
 use crate::plan::{LockWait, Step, choose_method};
 use crate::progress;
@@ -143,7 +143,7 @@ pub(super) async fn attempt(
 /// The second round trip: the `REFRESH`, cancellable; returns how long it took.
 async fn refresh(
     ctx: &RunContext,
-    client: &Client,
+    client: &Conn,
     step: &Step,
     relation: &Relation,
     method: Method,
@@ -159,11 +159,11 @@ async fn refresh(
         let _running = ctx.running();
         let sql = refresh_sql(relation, method, &lock_wait);
         let silence = silence_limit(step.settings());
-        let token = client.cancel_token();
+        let key = client.cancel_key();
         cancellable(
             ctx,
             &relation.to_string(),
-            &token,
+            &key,
             silence,
             client.batch_execute(&sql),
         )
@@ -329,7 +329,7 @@ pub(super) async fn vacuum(
     history_id: Option<i64>,
 ) -> Option<String> {
     let client = slot.session(&ctx.pool).await.ok()?.client;
-    let cancel = client.cancel_token();
+    let cancel = client.cancel_key();
     let started = Instant::now();
     let sql = format!("VACUUM (ANALYZE, SKIP_LOCKED) {}", relation.quoted());
     let silence = silence_limit(step.settings());
