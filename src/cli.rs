@@ -153,15 +153,17 @@ pub struct RefreshArgs {
     )]
     pub pushgateway: Option<String>,
 
-    /// A grouping label of the push, NAME=VALUE (repeatable; in the environment
-    /// comma-separated), so several refreshers share one Pushgateway.
+    /// A grouping label of the push, NAME=VALUE, so several refreshers share
+    /// one Pushgateway. Repeatable; several may also be given in one value
+    /// separated by commas, as the variable holds them
+    /// (database=platform,team=payments). In a value, \, is a comma and \\ a
+    /// backslash.
     #[arg(
         long = "pushgateway-label",
         env = "MV_REFRESHER_PUSHGATEWAY_LABELS",
-        value_name = "NAME=VALUE",
-        value_delimiter = ','
+        value_name = "NAME=VALUE"
     )]
-    pub pushgateway_labels: Vec<crate::push::GroupingLabel>,
+    pub pushgateway_labels: Vec<crate::push::GroupingLabels>,
 
     #[command(flatten)]
     pub cycle: CycleArgs,

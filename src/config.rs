@@ -186,10 +186,15 @@ fn refresh(
     registry: Registry,
 ) -> Result<RefreshConfig, Error> {
     let views = registry.select(&args.views).map_err(Error::Usage)?;
+    let labels: Vec<_> = args
+        .pushgateway_labels
+        .iter()
+        .flat_map(|labels| labels.0.iter().cloned())
+        .collect();
     let pushgateway = args
         .pushgateway
         .as_deref()
-        .map(|url| Pushgateway::new(url, &args.pushgateway_labels))
+        .map(|url| Pushgateway::new(url, &labels))
         .transpose()
         .map_err(|e| Error::Usage(format!("--pushgateway: {e}")))?;
     // Without --format, the results follow the logs: a table beside text logs,

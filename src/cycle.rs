@@ -8,11 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::{Instant, SystemTime};
 
-use deadpool_postgres::Pool;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::db::{self, Conn, DbTarget, describe_error, describe_pool_error};
+use crate::db::{self, Conn, DbTarget, Pool, describe_error, describe_pool_error};
 use crate::error::Error;
 use crate::outcome::{Cycle, Outcome};
 use crate::plan::{Plan, Tuning};

@@ -6,6 +6,12 @@
 //! a password: [`DbTarget`]'s `Debug` and `Display` show host, port, database and
 //! user only.
 //!
+//! Several hosts (`postgres://h1:5432,h2:5432/db`, `host=h1,h2 port=5432,5433`)
+//! are tried in turn for every connection, as libpq tries them, each at its
+//! `hostaddr` when one is given (the name then only checks the certificate and
+//! picks the password file's line). Every connection remembers which one it
+//! reached (an [`Endpoint`]): `check` names it, and a cancel request goes there.
+//!
 //! A connection is held only while it is in use: dropping a [`Conn`] closes it
 //! instead of keeping it idle, so a session-pooling PgBouncer's server
 //! connections go to whoever needs them. TCP keepalives are on by default, so a
@@ -16,19 +22,20 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::ops::{Deref, DerefMut};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::str::FromStr;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use deadpool_postgres::{ClientWrapper, RecyclingMethod};
 use futures_util::future::try_join_all;
 use percent_encoding::percent_decode_str;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::task::JoinHandle;
-use tokio_postgres::config::{Config as PgConfig, Host, SslMode as PgSslMode};
+use tokio_postgres::config::{Config as PgConfig, Host, LoadBalanceHosts, SslMode as PgSslMode};
 use tokio_postgres::error::{DbError, Severity, SqlState};
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{AsyncMessage, CancelToken, Client, GenericClient};
@@ -75,9 +82,79 @@ const OWN_PARAMS: [&str; 7] = [
 /// The database to connect to. Holds the password but never shows it.
 #[derive(Clone)]
 pub struct DbTarget {
+    /// Everything but where: each connection is made with one endpoint's
+    /// copy of it ([`DbTarget::config_for`]).
     config: PgConfig,
+    /// The hosts of the list, in order; never empty.
+    endpoints: Vec<Endpoint>,
+    /// The password file's password for each endpoint, when neither the URL
+    /// nor `PGPASSWORD` gives one.
+    passwords: Vec<Option<String>>,
     tls: TlsSettings,
     connector: MakeRustlsConnect,
+}
+
+/// Where a connection goes: one host of the list (a name, an address, or a
+/// Unix socket directory), the numeric address to reach it at when `hostaddr`
+/// gives one, and the port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    host: Option<Host>,
+    hostaddr: Option<IpAddr>,
+    port: u16,
+}
+
+impl Endpoint {
+    /// The name the server's certificate is checked against: the host name,
+    /// never `hostaddr` (libpq's rule); none with `hostaddr` alone or over a
+    /// Unix socket.
+    fn tls_name(&self) -> &str {
+        match &self.host {
+            Some(Host::Tcp(name)) => name,
+            _ => "",
+        }
+    }
+
+    /// The host as libpq's password file names it: the host, `hostaddr` when
+    /// there is no host, `localhost` for a Unix socket.
+    fn passfile_host(&self) -> String {
+        match (&self.host, self.hostaddr) {
+            (Some(Host::Tcp(name)), _) => name.clone(),
+            (None, Some(addr)) => addr.to_string(),
+            _ => "localhost".to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.host, self.hostaddr) {
+            (Some(host), Some(addr)) => {
+                write!(f, "host {} (address {addr})", host_text(host))?;
+            }
+            (Some(host), None) => write!(f, "host {}", host_text(host))?,
+            (None, Some(addr)) => write!(f, "host {addr}")?,
+            (None, None) => f.write_str("no host")?,
+        }
+        write!(f, " port {}", self.port)
+    }
+}
+
+/// A host as the connection string spells it: a name or a socket directory.
+fn host_text(host: &Host) -> String {
+    match host {
+        Host::Tcp(name) => name.clone(),
+        Host::Unix(path) => path.display().to_string(),
+    }
+}
+
+/// What a cancel request for a connection's statement needs: the server's key
+/// for the session, and where the session is (not the first host of the list:
+/// the one the connection reached).
+#[derive(Clone)]
+pub struct CancelKey {
+    token: CancelToken,
+    endpoint: Endpoint,
 }
 
 /// A connection string that cannot be used (exit code 2: nothing was tried).
@@ -126,45 +203,52 @@ impl DbTarget {
             root_cert: url_root.or_else(|| env("PGSSLROOTCERT")),
         };
         let connector = tls::connector(&tls).map_err(InvalidUrl)?;
-        if config.get_password().is_none() {
-            let passfile = env("PGPASSFILE")
+        let endpoints = endpoints(&config)?;
+        let passfile = match config.get_password() {
+            Some(_) => None,
+            None => env("PGPASSFILE")
                 .map(PathBuf::from)
-                .or_else(|| env("HOME").map(|home| PathBuf::from(home).join(".pgpass")));
-            if let Some(password) = passfile.and_then(|file| passfile_password(&file, &config)) {
-                config.password(password);
-            }
-        }
+                .or_else(|| env("HOME").map(|home| PathBuf::from(home).join(".pgpass")))
+                .and_then(|file| std::fs::read_to_string(file).ok()),
+        };
+        let passwords = endpoints
+            .iter()
+            .map(|endpoint| {
+                let text = passfile.as_deref()?;
+                passfile_password(text, endpoint, &config)
+            })
+            .collect();
         apply_keepalives(&mut config, &own)?;
         Ok(Self {
             config,
+            endpoints,
+            passwords,
             tls,
             connector,
         })
     }
 
     /// A pool of up to `size` connections; nothing connects until first use, and
-    /// no connection attempt outlives the connect timeout.
+    /// no connection attempt outlives the connect timeout (once per host).
     pub fn pool(&self, size: usize) -> Pool {
-        let manager = Manager::from_connect(
-            self.config.clone(),
-            Connector {
-                tls: self.connector.clone(),
-                mode: self.tls.mode,
-            },
-            // Verified: a connection whose backend was terminated is noticed on
-            // checkout, not on the next statement (which may be a log write).
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Verified,
-            },
-        );
-        // The connect timeout of tokio-postgres covers the TCP connect only; the
-        // pool's create timeout also covers a server that accepts and never answers.
-        Pool::builder(manager)
-            .max_size(size)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .create_timeout(self.config.get_connect_timeout().copied())
-            .build()
-            .expect("a tokio runtime is configured")
+        // The connect timeout of tokio-postgres covers each TCP connect only; the
+        // pool's create timeout also covers a server that accepts and never
+        // answers. Each host of the list may take the connect timeout, as with
+        // libpq: a first host that drops packets does not keep the pool from
+        // the second.
+        let hosts = u32::try_from(self.endpoints.len()).unwrap_or(u32::MAX);
+        let timeout = self
+            .config
+            .get_connect_timeout()
+            .map(|timeout| timeout.saturating_mul(hosts));
+        Pool::builder(Manager {
+            target: self.clone(),
+        })
+        .max_size(size)
+        .runtime(deadpool::Runtime::Tokio1)
+        .create_timeout(timeout)
+        .build()
+        .expect("a tokio runtime is configured")
     }
 
     /// Takes a connection from `pool`, turning a failure into [`ConnectError`].
@@ -180,31 +264,52 @@ impl DbTarget {
     /// the server closes that connection, which it does after acting on the
     /// request (a pooler such as PgBouncer forwards it first: closing early loses
     /// it). Never takes longer than [`CANCEL_TIMEOUT`].
-    pub async fn cancel(&self, token: &CancelToken) -> Result<(), String> {
+    ///
+    /// The request goes where `key`'s connection went: the host of the list it
+    /// reached, at its `hostaddr` when one is given.
+    pub async fn cancel(&self, key: &CancelKey) -> Result<(), String> {
+        let CancelKey { token, endpoint } = key;
+        let port = endpoint.port;
         let sent = tokio::time::timeout(CANCEL_TIMEOUT, async {
-            let port = self.config.get_ports().first().copied().unwrap_or(5432);
-            match self.config.get_hosts().first() {
-                Some(Host::Tcp(name)) => {
+            match (&endpoint.host, endpoint.hostaddr) {
+                (_, Some(addr)) => {
+                    let stream = tokio::net::TcpStream::connect((addr, port)).await?;
+                    self.send_cancel(token, stream, endpoint.tls_name()).await
+                }
+                (Some(Host::Tcp(name)), None) => {
                     let stream = tokio::net::TcpStream::connect((name.as_str(), port)).await?;
                     self.send_cancel(token, stream, name).await
                 }
-                Some(Host::Unix(dir)) => {
+                (Some(Host::Unix(dir)), None) => {
                     let path = dir.join(format!(".s.PGSQL.{port}"));
                     let stream = tokio::net::UnixStream::connect(path).await?;
                     self.send_cancel(token, stream, "").await
                 }
-                None => Err(io::Error::other("no host to send the cancel request to")),
+                (None, None) => Err(io::Error::other("no host to send the cancel request to")),
             }
         })
         .await;
         match sent {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) => Err(format!("cancel request to {self}: {err}")),
+            Ok(Err(err)) => Err(format!("cancel request to {endpoint}: {err}")),
             Err(_) => Err(format!(
-                "cancel request to {self}: no answer within {}s",
+                "cancel request to {endpoint}: no answer within {}s",
                 CANCEL_TIMEOUT.as_secs()
             )),
         }
+    }
+
+    /// This target as reached at `endpoint`: its host and port, database and
+    /// user, as `Display` shows the whole list.
+    pub fn at<'a>(&'a self, endpoint: &'a Endpoint) -> impl fmt::Display + 'a {
+        struct At<'a>(&'a DbTarget, &'a Endpoint);
+        impl fmt::Display for At<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}", self.1)?;
+                self.0.fmt_rest(f)
+            }
+        }
+        At(self, endpoint)
     }
 }
 
@@ -223,6 +328,171 @@ impl DbTarget {
             .await
             .map_err(io::Error::other)
     }
+
+    /// The settings of a connection to endpoint `i` alone, with its password
+    /// from the password file when that is where the password comes from.
+    fn config_for(&self, i: usize) -> PgConfig {
+        let mut config = with_one_host(&self.config, &self.endpoints[i]);
+        if let Some(password) = &self.passwords[i] {
+            config.password(password);
+        }
+        config
+    }
+
+    /// Connects as libpq does: the hosts of the list in turn (in a random
+    /// order with `load_balance_hosts=random`) until one accepts; each, for
+    /// `sslmode=prefer`, again without TLS when the TLS handshake fails. The
+    /// session knows which host it reached.
+    async fn open(&self) -> Result<Session, tokio_postgres::Error> {
+        let mut order: Vec<usize> = (0..self.endpoints.len()).collect();
+        if self.config.get_load_balance_hosts() == LoadBalanceHosts::Random {
+            fastrand::shuffle(&mut order);
+        }
+        let mut failed = None;
+        for i in order {
+            match self.open_at(i).await {
+                Ok(session) => return Ok(session),
+                Err(err) => {
+                    tracing::debug!(endpoint = %self.endpoints[i], error = %error_chain(&err), "could not connect; trying the next host");
+                    failed = Some(err);
+                }
+            }
+        }
+        // The last host's reason, as libpq and tokio-postgres report it.
+        Err(failed.expect("a target has at least one host"))
+    }
+
+    /// One connection to endpoint `i`.
+    async fn open_at(&self, i: usize) -> Result<Session, tokio_postgres::Error> {
+        let config = self.config_for(i);
+        let (client, connection) = match config.connect(self.connector.clone()).await {
+            Err(err) if self.tls.mode == SslMode::Prefer && rustls_error(&err).is_some() => {
+                tracing::debug!(error = %error_chain(&err), "TLS handshake failed; connecting without TLS (sslmode=prefer)");
+                let mut plain = config.clone();
+                plain.ssl_mode(PgSslMode::Disable);
+                plain.connect(self.connector.clone()).await?
+            }
+            connected => connected?,
+        };
+        // Dropping a ClientWrapper aborts the task it is given, which would
+        // close the socket without a word (PgBouncer logs every such close as
+        // "client unexpected eof"). So the connection runs in a task of its
+        // own, which says goodbye (Terminate) once the client is gone, and the
+        // wrapper is given a task that only holds `closing`: its abort gives
+        // the connection CLOSE_GRACE to finish, then ends it (a server that
+        // stopped answering is not waited for).
+        let (closing, closed) = tokio::sync::oneshot::channel::<()>();
+        // What the server says on the side is reported in the span (a run's)
+        // and for the view of whoever connected.
+        let view = VIEW.try_with(Clone::clone).ok();
+        let connected = async move {
+            let abandoned = async {
+                let _ = closed.await;
+                tokio::time::sleep(CLOSE_GRACE).await;
+            };
+            tokio::select! {
+                () = drive(connection, view) => {},
+                () = abandoned => {}
+            }
+        };
+        tokio::spawn(connected.in_current_span());
+        let held = tokio::spawn(async move {
+            let _closing = closing;
+            std::future::pending::<()>().await
+        });
+        Ok(Session {
+            client: ClientWrapper::new(client, held),
+            endpoint: self.endpoints[i].clone(),
+        })
+    }
+}
+
+/// The hosts of `config`'s list, each with its `hostaddr` and port, checked as
+/// libpq checks them: as many addresses as hosts (when both are given), and
+/// one port for all or one per host.
+fn endpoints(config: &PgConfig) -> Result<Vec<Endpoint>, InvalidUrl> {
+    let (hosts, addrs, ports) = (
+        config.get_hosts(),
+        config.get_hostaddrs(),
+        config.get_ports(),
+    );
+    let count = hosts.len().max(addrs.len());
+    if !hosts.is_empty() && !addrs.is_empty() && hosts.len() != addrs.len() {
+        return Err(InvalidUrl(format!(
+            "{} hosts but {} hostaddrs: give one hostaddr per host",
+            hosts.len(),
+            addrs.len()
+        )));
+    }
+    if ports.len() > 1 && ports.len() != count {
+        return Err(InvalidUrl(format!(
+            "{count} hosts but {} ports: give one port for all, or one per host",
+            ports.len()
+        )));
+    }
+    if count == 0 {
+        return Err(InvalidUrl("no host to connect to".into()));
+    }
+    Ok((0..count)
+        .map(|i| Endpoint {
+            host: hosts.get(i).cloned(),
+            hostaddr: addrs.get(i).copied(),
+            port: ports.get(i).or(ports.first()).copied().unwrap_or(5432),
+        })
+        .collect())
+}
+
+/// `config` with `endpoint` as its only host: every other setting copied.
+fn with_one_host(config: &PgConfig, endpoint: &Endpoint) -> PgConfig {
+    let mut one = PgConfig::new();
+    if let Some(user) = config.get_user() {
+        one.user(user);
+    }
+    if let Some(password) = config.get_password() {
+        one.password(password);
+    }
+    if let Some(dbname) = config.get_dbname() {
+        one.dbname(dbname);
+    }
+    if let Some(options) = config.get_options() {
+        one.options(options);
+    }
+    if let Some(name) = config.get_application_name() {
+        one.application_name(name);
+    }
+    one.ssl_mode(config.get_ssl_mode());
+    one.ssl_negotiation(config.get_ssl_negotiation());
+    match &endpoint.host {
+        Some(Host::Tcp(name)) => {
+            one.host(name);
+        }
+        Some(Host::Unix(dir)) => {
+            one.host_path(dir);
+        }
+        None => {}
+    }
+    if let Some(addr) = endpoint.hostaddr {
+        one.hostaddr(addr);
+    }
+    one.port(endpoint.port);
+    if let Some(timeout) = config.get_connect_timeout() {
+        one.connect_timeout(*timeout);
+    }
+    if let Some(timeout) = config.get_tcp_user_timeout() {
+        one.tcp_user_timeout(*timeout);
+    }
+    one.keepalives(config.get_keepalives());
+    one.keepalives_idle(config.get_keepalives_idle());
+    if let Some(interval) = config.get_keepalives_interval() {
+        one.keepalives_interval(interval);
+    }
+    if let Some(retries) = config.get_keepalives_retries() {
+        one.keepalives_retries(retries);
+    }
+    one.target_session_attrs(config.get_target_session_attrs());
+    one.channel_binding(config.get_channel_binding());
+    one.load_balance_hosts(config.get_load_balance_hosts());
+    one
 }
 
 /// Fills in what the URL left out from libpq's variables (`env`), as libpq does:
@@ -231,16 +501,40 @@ fn fill_from_env(
     config: &mut PgConfig,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<(), InvalidUrl> {
-    if config.get_hosts().is_empty() {
-        for host in env("PGHOST").as_deref().unwrap_or("localhost").split(',') {
-            config.host(host);
+    if let (true, Some(addrs)) = (config.get_hostaddrs().is_empty(), env("PGHOSTADDR")) {
+        for addr in addrs.split(',') {
+            let addr = addr
+                .parse()
+                .map_err(|_| InvalidUrl(format!("PGHOSTADDR {addr:?} is not an IP address")))?;
+            config.hostaddr(addr);
         }
     }
-    if let (true, Some(port)) = (config.get_ports().is_empty(), env("PGPORT")) {
-        let port = port
-            .parse()
-            .map_err(|_| InvalidUrl(format!("PGPORT {port:?} is not a port number")))?;
-        config.port(port);
+    // Without a host, hostaddr alone says where (libpq's rule); without
+    // either, localhost.
+    if config.get_hosts().is_empty() {
+        match env("PGHOST") {
+            Some(hosts) => {
+                for host in hosts.split(',') {
+                    config.host(host);
+                }
+            }
+            None if config.get_hostaddrs().is_empty() => {
+                config.host("localhost");
+            }
+            None => {}
+        }
+    }
+    if let (true, Some(ports)) = (config.get_ports().is_empty(), env("PGPORT")) {
+        for port in ports.split(',') {
+            // An empty entry is the default port, as in the URL's list.
+            let port = match port {
+                "" => 5432,
+                port => port
+                    .parse()
+                    .map_err(|_| InvalidUrl(format!("PGPORT {port:?} is not a port number")))?,
+            };
+            config.port(port);
+        }
     }
     if config.get_user().is_none() {
         let user = env("PGUSER")
@@ -350,12 +644,29 @@ pub async fn housekeeping<T>(
 /// holds no more server connections than it uses (a session-pooling PgBouncer
 /// gives each client connection a server connection for its whole life, and
 /// idle ones held by one refresher starve another).
-pub struct Conn(Option<Object>);
+pub struct Conn(Option<managed::Object<Manager>>);
 
 impl Conn {
     /// A connection from `pool`: waits for a free slot, then connects.
-    pub async fn get(pool: &Pool) -> Result<Self, deadpool_postgres::PoolError> {
+    pub async fn get(pool: &Pool) -> Result<Self, PoolError> {
         pool.get().await.map(|object| Self(Some(object)))
+    }
+
+    /// Where this connection went: the host of the list it reached.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.session().endpoint
+    }
+
+    /// What a cancel request for this connection's statement needs.
+    pub fn cancel_key(&self) -> CancelKey {
+        CancelKey {
+            token: self.cancel_token(),
+            endpoint: self.endpoint().clone(),
+        }
+    }
+
+    fn session(&self) -> &Session {
+        self.0.as_ref().expect("a connection until dropped")
     }
 }
 
@@ -363,7 +674,7 @@ impl Deref for Conn {
     type Target = Client;
 
     fn deref(&self) -> &Client {
-        self.0.as_ref().expect("a connection until dropped")
+        self.session()
     }
 }
 
@@ -377,61 +688,67 @@ impl Drop for Conn {
     fn drop(&mut self) {
         // Taken out of the pool, the client is dropped and its connection closed.
         if let Some(object) = self.0.take() {
-            drop(Object::take(object));
+            drop(managed::Object::take(object));
         }
     }
 }
 
-/// Connects as libpq does for `sslmode=prefer`: when the TLS handshake fails,
-/// again without TLS.
-struct Connector {
-    tls: MakeRustlsConnect,
-    mode: SslMode,
+/// A pool of connections to a [`DbTarget`], each knowing where it went.
+pub type Pool = managed::Pool<Manager>;
+
+/// A connection the pool could not give.
+pub type PoolError = managed::PoolError<tokio_postgres::Error>;
+
+/// Makes the pool's connections ([`DbTarget::open`]) and checks an idle one
+/// before it is used again.
+#[derive(Debug)]
+pub struct Manager {
+    target: DbTarget,
 }
 
-type Connected = Result<(Client, JoinHandle<()>), tokio_postgres::Error>;
+/// A pooled connection: the client, with the task that drives its connection,
+/// and the host of the list it reached.
+#[derive(Debug)]
+pub struct Session {
+    client: ClientWrapper,
+    endpoint: Endpoint,
+}
 
-impl deadpool_postgres::Connect for Connector {
-    fn connect(&self, config: &PgConfig) -> Pin<Box<dyn Future<Output = Connected> + Send + '_>> {
-        let config = config.clone();
-        Box::pin(async move {
-            let (client, connection) = match config.connect(self.tls.clone()).await {
-                Err(err) if self.mode == SslMode::Prefer && rustls_error(&err).is_some() => {
-                    tracing::debug!(error = %error_chain(&err), "TLS handshake failed; connecting without TLS (sslmode=prefer)");
-                    let mut plain = config.clone();
-                    plain.ssl_mode(PgSslMode::Disable);
-                    plain.connect(self.tls.clone()).await?
-                }
-                connected => connected?,
-            };
-            // deadpool aborts the task it is given when the client is dropped,
-            // which would close the socket without a word (PgBouncer logs every
-            // such close as "client unexpected eof"). So the connection runs in
-            // a task of its own, which says goodbye (Terminate) once the client
-            // is gone, and deadpool is given a task that only holds `closing`:
-            // its abort gives the connection CLOSE_GRACE to finish, then ends
-            // it (a server that stopped answering is not waited for).
-            let (closing, closed) = tokio::sync::oneshot::channel::<()>();
-            // What the server says on the side is reported in the span (a
-            // run's) and for the view of whoever connected.
-            let view = VIEW.try_with(Clone::clone).ok();
-            let connected = async move {
-                let abandoned = async {
-                    let _ = closed.await;
-                    tokio::time::sleep(CLOSE_GRACE).await;
-                };
-                tokio::select! {
-                    () = drive(connection, view) => {},
-                    () = abandoned => {}
-                }
-            };
-            tokio::spawn(connected.in_current_span());
-            let held = tokio::spawn(async move {
-                let _closing = closing;
-                std::future::pending::<()>().await
-            });
-            Ok((client, held))
-        })
+impl Deref for Session {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl DerefMut for Session {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
+impl managed::Manager for Manager {
+    type Type = Session;
+    type Error = tokio_postgres::Error;
+
+    async fn create(&self) -> Result<Session, tokio_postgres::Error> {
+        self.target.open().await
+    }
+
+    async fn recycle(
+        &self,
+        session: &mut Session,
+        _: &Metrics,
+    ) -> RecycleResult<tokio_postgres::Error> {
+        // Verified: a connection whose backend was terminated is noticed on
+        // checkout, not on the next statement (which may be a log write).
+        if session.is_closed() {
+            return Err(RecycleError::message("connection closed"));
+        }
+        let verify = RecyclingMethod::Verified.query().unwrap_or_default();
+        session.simple_query(verify).await?;
+        Ok(())
     }
 }
 
@@ -643,21 +960,13 @@ fn apply_keepalives(
     Ok(())
 }
 
-/// The password for `config`'s first host, port, database and user in a
-/// libpq password file (`host:port:database:user:password`, `*` matching
-/// anything, `\:` and `\\` escaped).
-fn passfile_password(file: &Path, config: &PgConfig) -> Option<String> {
-    let text = std::fs::read_to_string(file).ok()?;
-    let host = match config.get_hosts().first()? {
-        Host::Tcp(name) => name.clone(),
-        Host::Unix(_) => "localhost".to_owned(),
-    };
-    let port = config
-        .get_ports()
-        .first()
-        .copied()
-        .unwrap_or(5432)
-        .to_string();
+/// The password for `endpoint`'s host and port and `config`'s database and
+/// user in the text of a libpq password file
+/// (`host:port:database:user:password`, `*` matching anything, `\:` and `\\`
+/// escaped).
+fn passfile_password(text: &str, endpoint: &Endpoint, config: &PgConfig) -> Option<String> {
+    let host = endpoint.passfile_host();
+    let port = endpoint.port.to_string();
     let wanted = [
         host.as_str(),
         port.as_str(),
@@ -691,22 +1000,13 @@ fn split_passfile_line(line: &str) -> Vec<String> {
     fields
 }
 
-impl fmt::Display for DbTarget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let hosts: Vec<String> = self
-            .config
-            .get_hosts()
-            .iter()
-            .map(|host| match host {
-                Host::Tcp(name) => name.clone(),
-                Host::Unix(path) => path.display().to_string(),
-            })
-            .collect();
-        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+impl DbTarget {
+    /// What `Display` shows after the host and port: database, user and a
+    /// sslmode other than the default.
+    fn fmt_rest(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "host {} port {port} database {:?} as user {:?}",
-            hosts.join(","),
+            " database {:?} as user {:?}",
             self.config.get_dbname().unwrap_or_default(),
             self.config.get_user().unwrap_or_default(),
         )?;
@@ -714,6 +1014,43 @@ impl fmt::Display for DbTarget {
             SslMode::Prefer => Ok(()),
             mode => write!(f, " (sslmode {mode})"),
         }
+    }
+}
+
+/// Every host of the list and its port (one port when all share it), the
+/// database and the user; [`DbTarget::at`] shows the one a connection reached.
+impl fmt::Display for DbTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list = |part: &dyn Fn(&Endpoint) -> String| {
+            self.endpoints
+                .iter()
+                .map(part)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let hosts = list(&|e| match (&e.host, e.hostaddr) {
+            (Some(host), _) => host_text(host),
+            (None, Some(addr)) => addr.to_string(),
+            (None, None) => String::new(),
+        });
+        write!(f, "host {hosts}")?;
+        if self
+            .endpoints
+            .iter()
+            .all(|e| e.host.is_some() && e.hostaddr.is_some())
+        {
+            write!(
+                f,
+                " (address {})",
+                list(&|e| e.hostaddr.map(|a| a.to_string()).unwrap_or_default())
+            )?;
+        }
+        let port = self.endpoints[0].port;
+        match self.endpoints.iter().all(|e| e.port == port) {
+            true => write!(f, " port {port}")?,
+            false => write!(f, " port {}", list(&|e| e.port.to_string()))?,
+        }
+        self.fmt_rest(f)
     }
 }
 
@@ -727,7 +1064,7 @@ impl fmt::Debug for DbTarget {
 /// a statement failing on a working connection.
 pub fn is_connection_error(err: &tokio_postgres::Error) -> bool {
     match err.code() {
-        None => true,
+        None => is_connection_lost(err),
         Some(code) => {
             let class = &code.code()[..2];
             // 08: connection exception; 28: invalid authorization; 57P0x: shutdown.
@@ -742,9 +1079,19 @@ pub fn is_connection_error(err: &tokio_postgres::Error) -> bool {
     }
 }
 
+/// Whether an error the server did not send (no SQLSTATE) is about the
+/// connection: closed, an I/O failure (tokio-postgres gives the `io::Error` as
+/// the source), or a TLS failure. Others are about the statement or its result
+/// (a value that does not convert, a row count that is not the expected one)
+/// on a connection that still works.
+fn is_connection_lost(err: &tokio_postgres::Error) -> bool {
+    err.is_closed()
+        || std::error::Error::source(err).is_some_and(|cause| cause.is::<io::Error>())
+        || rustls_error(err).is_some()
+}
+
 /// One line for a failure to get a pooled connection.
-pub fn describe_pool_error(err: &deadpool_postgres::PoolError) -> String {
-    use deadpool_postgres::PoolError;
+pub fn describe_pool_error(err: &PoolError) -> String {
     match err {
         PoolError::Backend(pg) => describe_error(pg),
         PoolError::Timeout(_) => "no answer within the connect timeout \
@@ -839,6 +1186,80 @@ mod tests {
     }
 
     #[test]
+    fn every_host_of_the_list_is_an_endpoint_with_its_port_and_hostaddr() {
+        let target = DbTarget::new(Some("postgres://u@h1:1,h2:5432/d"), env(&[])).unwrap();
+        assert_eq!(
+            target.to_string(),
+            "host h1,h2 port 1,5432 database \"d\" as user \"u\""
+        );
+        assert_eq!(
+            target.at(&target.endpoints[1]).to_string(),
+            "host h2 port 5432 database \"d\" as user \"u\""
+        );
+
+        let target = DbTarget::new(
+            Some("host=a,b hostaddr=10.0.0.1,10.0.0.2 port=6432 user=u dbname=d"),
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(
+            target.to_string(),
+            "host a,b (address 10.0.0.1,10.0.0.2) port 6432 database \"d\" as user \"u\""
+        );
+        let second = &target.endpoints[1];
+        assert_eq!(second.to_string(), "host b (address 10.0.0.2) port 6432");
+        // The certificate is checked against the name, the connection goes to
+        // the address.
+        assert_eq!(second.tls_name(), "b");
+        let config = target.config_for(1);
+        assert_eq!(config.get_hosts(), [Host::Tcp("b".into())]);
+        assert_eq!(
+            config.get_hostaddrs(),
+            ["10.0.0.2".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(config.get_ports(), [6432]);
+
+        // hostaddr alone: no host name is made up (libpq's rule), here or from
+        // PGHOSTADDR.
+        for (url, vars) in [
+            (Some("hostaddr=127.0.0.1 user=u"), vec![]),
+            (None, vec![("PGHOSTADDR", "127.0.0.1")]),
+        ] {
+            let target = DbTarget::new(url, env(&vars)).unwrap();
+            assert_eq!(target.endpoints[0].host, None);
+            assert_eq!(target.endpoints[0].tls_name(), "");
+            assert!(
+                target.to_string().starts_with("host 127.0.0.1 port 5432 "),
+                "{target}"
+            );
+        }
+
+        // A Unix socket: its directory.
+        let target = DbTarget::new(Some("host=/run/postgresql port=5433"), env(&[])).unwrap();
+        assert_eq!(
+            target.endpoints[0].to_string(),
+            "host /run/postgresql port 5433"
+        );
+
+        for (url, says) in [
+            ("host=a,b hostaddr=10.0.0.1", "2 hosts but 1 hostaddrs"),
+            ("host=a,b,c port=1,2", "3 hosts but 2 ports"),
+        ] {
+            let err = DbTarget::new(Some(url), env(&[])).unwrap_err();
+            assert!(err.to_string().contains(says), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_connection_to_one_host_keeps_every_other_setting() {
+        let url = "postgres://u:pw@h:6432/d?options=-c%20x%3D1&application_name=a&connect_timeout=3\
+                   &target_session_attrs=read-write&channel_binding=require&keepalives_idle=7";
+        let target = DbTarget::new(Some(url), env(&[])).unwrap();
+        // One host: its own copy must equal the whole configuration.
+        assert_eq!(target.config_for(0), target.config);
+    }
+
+    #[test]
     fn a_password_file_fills_in_the_password() {
         let dir = std::env::temp_dir().join(format!("mvr-pgpass-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -852,7 +1273,7 @@ mod tests {
         let password = |url: &str| {
             let target = DbTarget::new(Some(url), env(&[("PGPASSFILE", &file)])).unwrap();
             target
-                .config
+                .config_for(0)
                 .get_password()
                 .map(|p| String::from_utf8_lossy(p).into_owned())
         };
@@ -865,6 +1286,19 @@ mod tests {
             password("postgres://u:given@db:6432/x").as_deref(),
             Some("given")
         );
+        // Each host of a list has its own line.
+        let target = DbTarget::new(
+            Some("postgres://u@other:1,db:6432/x"),
+            env(&[("PGPASSFILE", &file)]),
+        )
+        .unwrap();
+        let passwords: Vec<_> = (0..2)
+            .map(|i| {
+                let config = target.config_for(i);
+                String::from_utf8_lossy(config.get_password().unwrap()).into_owned()
+            })
+            .collect();
+        assert_eq!(passwords, ["nope", "pa:ss"]);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -926,6 +1360,29 @@ mod tests {
             err.to_string().contains("keepalives_idle \"soon\""),
             "{err}"
         );
+    }
+
+    /// Issue 18: every error without a SQLSTATE counted as a lost connection.
+    #[tokio::test]
+    async fn only_errors_about_the_connection_are_connection_errors() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let refused = PgConfig::from_str(&format!("host=127.0.0.1 port={closed} user=u"))
+            .unwrap()
+            .connect(tokio_postgres::NoTls)
+            .await
+            .err()
+            .expect("nothing listens there");
+        assert!(refused.code().is_none());
+        assert!(is_connection_error(&refused), "{refused:?}");
+        // The client's own error, no SQLSTATE either: nothing to do with a
+        // connection.
+        let own = PgConfig::from_str("port=none").unwrap_err();
+        assert!(own.code().is_none());
+        assert!(!is_connection_error(&own), "{own:?}");
     }
 
     #[test]

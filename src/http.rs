@@ -12,10 +12,9 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use deadpool_postgres::Pool;
 use tokio::net::TcpListener;
 
-use crate::db::{describe_error, describe_pool_error};
+use crate::db::{Pool, describe_error, describe_pool_error};
 use crate::metrics::{self, Metrics};
 
 /// How long `/readyz` waits for the database before saying no.

@@ -109,6 +109,44 @@ impl FromStr for GroupingLabel {
     }
 }
 
+/// Grouping labels as one value gives them: `NAME=VALUE` pairs separated by
+/// commas, where `\,` is a comma in a value and `\\` a backslash (any other
+/// backslash is itself). `MV_REFRESHER_PUSHGATEWAY_LABELS` holds such a list;
+/// so may each `--pushgateway-label`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupingLabels(pub Vec<GroupingLabel>);
+
+impl FromStr for GroupingLabels {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        split_escaped(text)
+            .iter()
+            .map(|label| label.parse())
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+}
+
+/// Splits `text` at the commas that `\` does not escape, unescaping `\,` and
+/// `\\`.
+fn split_escaped(text: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        let part = parts.last_mut().expect("never empty");
+        match c {
+            '\\' => match chars.next_if(|&next| next == ',' || next == '\\') {
+                Some(escaped) => part.push(escaped),
+                None => part.push('\\'),
+            },
+            ',' => parts.push(String::new()),
+            c => part.push(c),
+        }
+    }
+    parts
+}
+
 impl GroupingLabel {
     /// The label as two path segments: `/name/value`, or
     /// `/name@base64/<url-safe base64>` for a value that is empty or holds a
@@ -345,6 +383,33 @@ mod tests {
         assert_eq!(label("_a1=x=y").unwrap().value, "x=y");
         assert_eq!(label("env=").unwrap().value, "");
         assert!(label("instance").unwrap_err().contains("NAME=VALUE"));
+    }
+
+    #[test]
+    fn a_list_of_labels_splits_at_unescaped_commas() {
+        let labels = |text: &str| {
+            text.parse::<GroupingLabels>().map(|l| {
+                l.0.into_iter()
+                    .map(|l| (l.name, l.value))
+                    .collect::<Vec<_>>()
+            })
+        };
+        let pair = |name: &str, value: &str| (name.to_owned(), value.to_owned());
+        assert_eq!(
+            labels("database=platform,instance=nightly").unwrap(),
+            [pair("database", "platform"), pair("instance", "nightly")]
+        );
+        assert_eq!(
+            labels(r"team=a\,b,path=c:\\d\,,raw=\n").unwrap(),
+            [
+                pair("team", "a,b"),
+                pair("path", r"c:\d,"),
+                pair("raw", r"\n")
+            ]
+        );
+        assert_eq!(labels(r"x=ends\").unwrap(), [pair("x", r"ends\")]);
+        assert!(labels("a=1,,b=2").unwrap_err().contains("NAME=VALUE"));
+        assert!(labels(r"a=1\\,b").unwrap_err().contains(r#""b""#));
     }
 
     #[test]

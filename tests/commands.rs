@@ -5,15 +5,19 @@ mod common;
 
 use common::{Mvr, PASSWORD, PASSWORD_ROLE, TestDb, cluster};
 
-/// A URL nothing listens on: a registry error must win over it (exit 2, not 3),
-/// which shows the registry is checked before any connection is tried.
-fn closed_port_url() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+/// A local port nothing listens on: a connection to it is refused at once.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
-    format!("postgres://postgres@127.0.0.1:{port}/nothing")
+        .port()
+}
+
+/// A URL nothing listens on: a registry error must win over it (exit 2, not 3),
+/// which shows the registry is checked before any connection is tried.
+fn closed_port_url() -> String {
+    format!("postgres://postgres@127.0.0.1:{}/nothing", closed_port())
 }
 
 fn registry_error(name: &str, toml: &str) -> common::Output {
@@ -278,6 +282,36 @@ fn check_prints_the_plan_and_exits_0_when_all_is_well() {
     let created: bool =
         db.scalar("SELECT to_regclass('materialized_views_refresh_log') IS NOT NULL");
     assert!(!created, "check must not create anything");
+}
+
+/// Issue 18: with several hosts, `check` named the first host and port of the
+/// list, not the one it reached.
+#[test]
+fn check_names_the_host_and_port_it_connected_to_not_the_first_of_the_list() {
+    let db = TestDb::platform("check_second_host");
+    let (closed, port) = (closed_port(), db.cluster.port);
+    for url in [
+        format!(
+            "postgres://postgres@127.0.0.1:{closed},localhost:{port}/{}",
+            db.name
+        ),
+        format!(
+            "host=127.0.0.1,localhost port={closed},{port} user=postgres dbname={}",
+            db.name
+        ),
+    ] {
+        let out = Mvr::new().env("DATABASE_URL", &url).arg("check").run();
+        out.code(0);
+        let line = out.line_with("database:");
+        assert!(
+            line.contains(&format!(
+                "host localhost port {port} database \"{}\"",
+                db.name
+            )),
+            "{line}\n{out}"
+        );
+        assert!(!line.contains(&closed.to_string()), "{line}");
+    }
 }
 
 #[test]

@@ -971,6 +971,62 @@ fn refreshes_in_progress_retries_and_lock_skips_are_counted() {
     run.wait().code(0);
 }
 
+/// Issue 18: clap split MV_REFRESHER_PUSHGATEWAY_LABELS at every comma, so a
+/// label value could not hold one. `\,` keeps it (and `\\` a backslash);
+/// repeated flags still give one label each.
+#[test]
+fn a_pushgateway_label_value_may_hold_an_escaped_comma() {
+    let db = TestDb::platform("push_comma");
+    let gateway = Pushgateway::start();
+    let registry = db.registry("[[view]]\nname = \"top_bets_today\"\n");
+    db.mvr()
+        .env("MV_REFRESHER_PUSHGATEWAY", &gateway.url())
+        .env(
+            "MV_REFRESHER_PUSHGATEWAY_LABELS",
+            r"database=platform,team=a\,b,path=c:\\d",
+        )
+        .args(["refresh", "--registry"])
+        .arg(&registry)
+        .run()
+        .code(0);
+    db.mvr()
+        .env("MV_REFRESHER_PUSHGATEWAY", &gateway.url())
+        .args([
+            "refresh",
+            "--pushgateway-label",
+            "database=other",
+            "--pushgateway-label",
+            "team=x",
+            "--registry",
+        ])
+        .arg(&registry)
+        .run()
+        .code(0);
+    let groups: Vec<_> = gateway.groups().into_iter().map(|g| g.labels).collect();
+    let group = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    for expected in [
+        group(&[
+            ("database", "platform"),
+            ("team", "a,b"),
+            ("path", r"c:\d"),
+            ("job", "mv-refresher"),
+        ]),
+        group(&[
+            ("database", "other"),
+            ("team", "x"),
+            ("job", "mv-refresher"),
+        ]),
+    ] {
+        assert!(groups.contains(&expected), "{expected:?} not in {groups:?}");
+    }
+    assert_eq!(groups.len(), 2, "{groups:?}");
+}
+
 #[test]
 fn refresh_pushes_the_log_tables_truth_to_a_pushgateway_and_a_failed_push_is_only_a_warning() {
     let db = TestDb::platform("push");

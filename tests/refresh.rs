@@ -216,6 +216,40 @@ fn a_typo_on_the_command_line_exits_2_before_anything_is_written() {
     assert_eq!(tables, 0, "no log tables were created");
 }
 
+/// Issue 18: an error without a SQLSTATE was taken for a lost connection.
+/// Here the success row's `INSERT ... RETURNING id` returns no row (a trigger
+/// moves history rows to an archive, as trigger-based partitioning does): the
+/// client's "unexpected number of rows" made the committed refresh a failure,
+/// retried as transient.
+#[test]
+fn a_success_row_a_trigger_diverts_is_no_lost_connection_and_nothing_is_retried() {
+    let db = TestDb::platform("history_trigger");
+    db.mvr().arg("init").run().code(0);
+    db.execute(
+        "CREATE TABLE history_archive (LIKE materialized_views_refresh_history); \
+         CREATE FUNCTION archive_history() RETURNS trigger LANGUAGE plpgsql AS \
+           $$BEGIN INSERT INTO history_archive SELECT NEW.*; RETURN NULL; END$$; \
+         CREATE TRIGGER archive BEFORE INSERT ON materialized_views_refresh_history \
+           FOR EACH ROW EXECUTE FUNCTION archive_history();",
+    );
+    let out = db.mvr().args(["refresh", "top_bets_today"]).run();
+    out.code(0).stdout_has("1 refreshed");
+    let archived = db.rows(
+        "SELECT status, attempt::text FROM history_archive \
+         WHERE view_name = 'public.top_bets_today' ORDER BY id",
+    );
+    assert_eq!(
+        archived,
+        [[Some("success".to_owned()), Some("1".to_owned())]],
+        "one attempt, recorded once\n{out}"
+    );
+    let count: i64 = db.scalar(
+        "SELECT refresh_count FROM materialized_views_refresh_log \
+         WHERE view_name = 'public.top_bets_today'",
+    );
+    assert_eq!(count, 1, "{out}");
+}
+
 #[test]
 fn a_failing_refresh_is_rolled_back_recorded_with_its_sqlstate_and_does_not_stop_others() {
     let db = TestDb::platform("failing_refresh");

@@ -450,6 +450,66 @@ fn signal_cancels(signal: &str, code: i32) {
     assert_eq!(status, "cancelled");
 }
 
+/// SIGTERM during a refresh of a ten-minute view over `url`: the server
+/// cancels it (its own message says so) before the process exits, and leaves
+/// no backend running it.
+fn sigterm_cancels_on_the_server_over(db: &TestDb, url: &str) {
+    db.slow_view("m_endless", 600.0);
+    let run = Mvr::new()
+        .env("DATABASE_URL", url)
+        .args(["refresh", "m_endless"])
+        .spawn();
+    db.wait_for_refresh("m_endless");
+    run.signal("TERM");
+    let out = run.wait();
+    out.code(143).stdout_has("cancelled");
+    assert_eq!(
+        db.running_refreshes(),
+        0,
+        "no backend may be left running the REFRESH\n{out}"
+    );
+    let error = db.history("m_endless")[0][5].clone().unwrap_or_default();
+    assert!(
+        error.contains("canceling statement due to user request"),
+        "cancelled by the server: {error}\n{out}"
+    );
+}
+
+/// A local port nothing listens on: a connection to it is refused at once.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Issue 18: the cancel request went to the first host and port of the list,
+/// not to the one the session was connected to.
+#[test]
+fn a_cancel_goes_to_the_host_connected_to_not_the_first_of_the_list() {
+    let db = TestDb::platform("cancel_second_host");
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{}",
+        closed_port(),
+        db.cluster.port,
+        db.name
+    );
+    sigterm_cancels_on_the_server_over(&db, &url);
+}
+
+/// Issue 18: with `hostaddr`, the session went to that address (as libpq
+/// does) but the cancel request to the host name, which need not resolve.
+#[test]
+fn a_cancel_goes_to_hostaddr_not_to_the_host_name() {
+    let db = TestDb::platform("cancel_hostaddr");
+    let url = format!(
+        "host=db.invalid hostaddr=127.0.0.1 port={} user=postgres dbname={}",
+        db.cluster.port, db.name
+    );
+    sigterm_cancels_on_the_server_over(&db, &url);
+}
+
 #[test]
 fn sigterm_cancels_server_side_and_exits_143() {
     signal_cancels("TERM", 143);

@@ -15,6 +15,9 @@ use crate::schedule::Schedule;
 
 /// What `check` learns from the server besides the plan.
 struct Server {
+    /// The host and port of the list the connection reached, the database
+    /// and the user.
+    reached: String,
     version: String,
     /// `Some(coordinator?)` on Citus.
     citus: Option<bool>,
@@ -44,11 +47,12 @@ pub(super) async fn check(
         false => None,
     };
     let server = Server {
+        reached: target.at(client.endpoint()).to_string(),
         version,
         citus,
         log_exists,
     };
-    print_header(options, target, log, &server);
+    print_header(options, log, &server);
     print_plan(&plan);
     print_incremental(&plan);
     print_warnings(&plan);
@@ -117,7 +121,7 @@ fn lag(lag: Lag) -> String {
     }
 }
 
-fn print_header(options: &CheckConfig, target: &DbTarget, log: &RefreshLog, server: &Server) {
+fn print_header(options: &CheckConfig, log: &RefreshLog, server: &Server) {
     let registry = &options.registry;
     outln!(
         "registry:   {} ({})",
@@ -125,7 +129,8 @@ fn print_header(options: &CheckConfig, target: &DbTarget, log: &RefreshLog, serv
         output::count(registry.views.len(), "view", "views")
     );
     outln!(
-        "database:   {target}, PostgreSQL {}{}",
+        "database:   {}, PostgreSQL {}{}",
+        server.reached,
         server.version,
         match server.citus {
             Some(true) => ", Citus coordinator (per-view settings are propagated to the workers)",

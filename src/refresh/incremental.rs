@@ -24,6 +24,7 @@ use super::record::Slot;
 use super::statement::{cancellable, silence_limit};
 use super::transaction::{Done, begin, commit, fresh};
 use super::{Failure, RunContext};
+use crate::db::CancelKey;
 use crate::incremental::catalog::{MarkerKind, Target};
 use crate::incremental::sql::Statements;
 use crate::outcome::{Counts, Method, Outcome, Status};
@@ -99,7 +100,7 @@ pub(super) async fn attempt(
         state_table: log.state_table(),
         definition: &definition,
     };
-    let (counts, duration_ms) = run(ctx, step, cycle).await?;
+    let (counts, duration_ms) = run(ctx, step, &client.cancel_key(), cycle).await?;
 
     let reason = match counts.keys {
         0 if !full => "nothing changed".to_owned(),
@@ -144,15 +145,19 @@ fn success(step: &Step, reason: String, counts: Counts, duration_ms: f64, attemp
 }
 
 /// Runs `cycle`, cancellable; returns what it touched and how long it took.
-async fn run(ctx: &RunContext, step: &Step, cycle: Cycle<'_>) -> Result<(Counts, f64), Failure> {
+async fn run(
+    ctx: &RunContext,
+    step: &Step,
+    cancel: &CancelKey,
+    cycle: Cycle<'_>,
+) -> Result<(Counts, f64), Failure> {
     let started = Instant::now();
     let mut counts = Counts::default();
     let run = {
         let _running = ctx.running();
-        let token = cycle.client.cancel_token();
         let view = cycle.view_name;
         let silence = silence_limit(step.settings());
-        cancellable(ctx, view, &token, silence, cycle.run(&mut counts)).await
+        cancellable(ctx, view, cancel, silence, cycle.run(&mut counts)).await
     };
     let duration_ms = round_ms(started.elapsed().as_secs_f64() * 1000.0);
     run.map_err(|interrupted| {

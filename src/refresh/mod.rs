@@ -21,13 +21,12 @@ mod transaction;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use deadpool_postgres::Pool;
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
 pub use executor::execute;
 
-use crate::db::{DbTarget, describe_error, describe_pool_error, is_connection_error};
+use crate::db::{DbTarget, Pool, describe_error, describe_pool_error, is_connection_error};
 use crate::outcome::{LockWait, Method, Outcome, Status};
 use crate::plan::Step;
 use crate::progress;
@@ -166,7 +165,7 @@ impl Failure {
     }
 
     /// No connection for the attempt: worth another.
-    fn no_connection(err: &deadpool_postgres::PoolError) -> Self {
+    fn no_connection(err: &crate::db::PoolError) -> Self {
         Self {
             transient: true,
             ..Self::permanent(format!("could not connect: {}", describe_pool_error(err)))
@@ -210,13 +209,14 @@ impl Failure {
 }
 
 /// Errors worth another attempt: the connection, deadlocks, serialization
-/// failures, lock timeouts and server shutdowns.
+/// failures, lock timeouts and server shutdowns. An error of the client's own
+/// without a SQLSTATE (a row count, a conversion) is none of these: it would
+/// only happen again.
 fn is_transient(err: &tokio_postgres::Error) -> bool {
-    let Some(code) = err.code() else {
-        return true;
-    };
     is_connection_error(err)
-        || *code == SqlState::T_R_DEADLOCK_DETECTED
-        || *code == SqlState::T_R_SERIALIZATION_FAILURE
-        || *code == SqlState::LOCK_NOT_AVAILABLE
+        || err.code().is_some_and(|code| {
+            *code == SqlState::T_R_DEADLOCK_DETECTED
+                || *code == SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == SqlState::LOCK_NOT_AVAILABLE
+        })
 }

@@ -3,10 +3,8 @@
 //! connection, or a new one, for everything else), then one log event and the
 //! end of its progress line.
 
-use deadpool_postgres::{Pool, PoolError};
-
 use super::RunContext;
-use crate::db::{self, Conn, describe_error, describe_pool_error};
+use crate::db::{self, Conn, Pool, PoolError, describe_error, describe_pool_error};
 use crate::outcome::{Outcome, Status};
 use crate::plan::Step;
 use crate::refresh_log::Attempt;

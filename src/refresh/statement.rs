@@ -6,11 +6,10 @@
 use std::future::Future;
 use std::time::Duration;
 
-use tokio_postgres::CancelToken;
 use tracing::Instrument;
 
 use super::{Failure, RunContext};
-use crate::db::describe_error;
+use crate::db::{CancelKey, describe_error};
 use crate::outcome::{LockWait, Method};
 use crate::plan::Step;
 use crate::registry::ViewSettings;
@@ -97,7 +96,7 @@ impl Interrupted {
 pub(super) async fn cancellable(
     ctx: &RunContext,
     view: &str,
-    token: &CancelToken,
+    key: &CancelKey,
     silence: Option<Duration>,
     statement: impl Future<Output = Result<(), tokio_postgres::Error>>,
 ) -> Result<(), Interrupted> {
@@ -130,10 +129,10 @@ pub(super) async fn cancellable(
     // for, at most one request's CANCEL_TIMEOUT.
     let (done, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let repeater = tokio::spawn({
-        let (target, token, view) = (ctx.target.clone(), token.clone(), view.to_owned());
+        let (target, key, view) = (ctx.target.clone(), key.clone(), view.to_owned());
         async move {
             loop {
-                if let Err(error) = target.cancel(&token).await {
+                if let Err(error) = target.cancel(&key).await {
                     tracing::warn!(%view, %error, "could not cancel the statement");
                 }
                 tokio::select! {

@@ -22,7 +22,7 @@ use super::record::Slot;
 use super::statement::{Interrupted, cancellable, silence_limit};
 use super::{Failure, RunContext};
 use crate::catalog::{self, Bloat, Relation, ViewState};
-use crate::db::describe_error;
+use crate::db::{Conn, describe_error};
 use crate::outcome::{LockWait, Method, Outcome, Status};
 use crate::plan::{Step, choose_method};
 use crate::progress;
@@ -143,7 +143,7 @@ pub(super) async fn attempt(
 /// The second round trip: the `REFRESH`, cancellable; returns how long it took.
 async fn refresh(
     ctx: &RunContext,
-    client: &Client,
+    client: &Conn,
     step: &Step,
     relation: &Relation,
     method: Method,
@@ -159,7 +159,7 @@ async fn refresh(
         let _running = ctx.running();
         let (wait, sql) = refresh_sql(relation, method, &lock_wait);
         let silence = silence_limit(step.settings());
-        let token = client.cancel_token();
+        let key = client.cancel_key();
         // The lock wait's SET, when there is one, in the same write.
         let refreshed = async {
             let (waited, refreshed) = tokio::join!(
@@ -174,7 +174,7 @@ async fn refresh(
             );
             waited.and(refreshed)
         };
-        cancellable(ctx, &relation.to_string(), &token, silence, refreshed).await
+        cancellable(ctx, &relation.to_string(), &key, silence, refreshed).await
     };
     let duration_ms = round_ms(started.elapsed().as_secs_f64() * 1000.0);
     refreshed.map_err(|interrupted| {
@@ -272,8 +272,9 @@ fn refresh_sql(
 }
 
 /// The third round trip: the dead rows (when `bloat_of` names the relation),
-/// the success row behind a savepoint, the commit. Returns the success row's id and the dead rows; an error means
-/// nothing was committed. A success row that cannot be written is noted in
+/// the success row behind a savepoint, the commit. Returns the success row's
+/// id (when it came back) and the dead rows; an error means nothing was
+/// committed. A success row that cannot be written is noted in
 /// `outcome.log_error`, and the refresh committed without it.
 pub(super) async fn commit(
     ctx: &RunContext,
@@ -310,6 +311,13 @@ pub(super) async fn commit(
     saved?;
     match (written, committed) {
         (Ok(id), Ok(())) => Ok((Some(id), bloat)),
+        // The row's statement ran and committed, but its id did not come back
+        // (no SQLSTATE: a trigger that moves history rows elsewhere makes
+        // RETURNING return nothing). The row went where the database puts it.
+        (Err(err), Ok(())) => {
+            tracing::warn!(view = %outcome.view_name, error = %describe_error(&err), "the success row was written, but its id could not be read");
+            Ok((None, bloat))
+        }
         (Err(err), _) if !crate::db::is_connection_error(&err) => {
             // Undo the row's statement only, keep the refresh.
             let undo = format!("ROLLBACK TO SAVEPOINT {LOG_SAVEPOINT}; COMMIT");
@@ -333,7 +341,7 @@ pub(super) async fn vacuum(
     history_id: Option<i64>,
 ) -> Option<String> {
     let client = slot.session(&ctx.pool).await.ok()?.client;
-    let cancel = client.cancel_token();
+    let cancel = client.cancel_key();
     let started = Instant::now();
     let sql = format!("VACUUM (ANALYZE, SKIP_LOCKED) {}", relation.quoted());
     let silence = silence_limit(step.settings());
