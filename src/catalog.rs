@@ -104,7 +104,8 @@ pub struct RegistryName {
     /// [`Lookup::fits`].
     pub unrefreshable: bool,
     /// Skipped on purpose by every run: an incremental view with `create =
-    /// false` whose table is not in this database. It has no metrics (a
+    /// false` whose table is not in this database (nothing, or a relation of
+    /// another kind, has its name). It has no metrics (a
     /// series that never succeeds would page someone for nothing).
     pub not_here: bool,
 }
@@ -314,7 +315,7 @@ pub async fn registry_names(
         .map(|(view, found)| RegistryName {
             qualified: found.lookup.qualified_name(),
             unrefreshable: !found.lookup.fits(view.incremental.is_some()),
-            not_here: matches!(found.lookup, Lookup::Missing { .. })
+            not_here: !matches!(found.lookup, Lookup::Table(_))
                 && view.incremental.as_ref().is_some_and(|i| !i.create),
         })
         .collect())

@@ -12,6 +12,12 @@
 //! picks the password file's line). Every connection remembers which one it
 //! reached (an [`Endpoint`]): `check` names it, and a cancel request goes there.
 //!
+//! What the server says on the side (notices) is logged at its own severity
+//! by the task that drives the connection: a `WARNING` is a warning naming
+//! the view whose task opened the connection ([`working_on`]; each view's
+//! connection is its own, never handed to another view), and, from a Citus
+//! worker, the node; `NOTICE` and `INFO` go to debug unless they name it.
+//!
 //! A connection is held only while it is in use: dropping a [`Conn`] closes it
 //! instead of keeping it idle, so a session-pooling PgBouncer's server
 //! connections go to whoever needs them. TCP keepalives are on by default, so a
@@ -786,17 +792,15 @@ where
 /// Logs a server notice at its own severity: a `WARNING` as a warning naming
 /// the view (and, from a Citus worker, the node: the detail says `from
 /// host:port`); `NOTICE` and `INFO` at debug, unless they name the view.
+/// The warning a `ROLLBACK` gets when a failed `COMMIT` already ended the
+/// transaction (25P01) is the refresher's own doing, and goes to debug.
 fn report_notice(notice: &DbError, view: Option<&str>) {
-    let view = view.unwrap_or("");
     let severity = notice.severity();
     let message = notice.message();
-    let detail = notice.detail().unwrap_or("");
-    let about_view = !view.is_empty() && {
-        let name = view.rsplit('.').next().unwrap_or(view);
-        message.contains(name)
-    };
+    let detail = notice.detail();
+    let about_view = view.is_some_and(|view| names(message, view));
     match notice.parsed_severity() {
-        Some(Severity::Warning) => {
+        Some(Severity::Warning) if *notice.code() != SqlState::NO_ACTIVE_SQL_TRANSACTION => {
             tracing::warn!(view, severity, detail, "server warning: {message}");
         }
         Some(Severity::Notice | Severity::Info) if about_view => {
@@ -804,6 +808,19 @@ fn report_notice(notice: &DbError, view: Option<&str>) {
         }
         _ => tracing::debug!(view, severity, detail, "server notice: {message}"),
     }
+}
+
+/// Whether `message` names `view` (`schema.name`): its name as a word of its
+/// own, not a part of a longer identifier (`bets` is not in `bets_view`).
+fn names(message: &str, view: &str) -> bool {
+    let name = view.rsplit('.').next().unwrap_or(view).trim_matches('"');
+    let is_ident = |c: char| c.is_alphanumeric() || c == '_' || c == '$';
+    !name.is_empty()
+        && message.match_indices(name).any(|(at, _)| {
+            let before = message[..at].chars().next_back();
+            let after = message[at + name.len()..].chars().next();
+            !before.is_some_and(is_ident) && !after.is_some_and(is_ident)
+        })
 }
 
 /// The rustls error behind `err`, when a TLS handshake failed (as opposed to
@@ -1155,6 +1172,18 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_notice_names_a_view_by_its_whole_name() {
+        assert!(names(
+            "refreshing top_bets_today now",
+            "public.top_bets_today"
+        ));
+        assert!(names("\"bets\" is odd", "public.bets"));
+        assert!(!names("bets_view is odd", "public.bets"));
+        assert!(!names("sidebets are odd", "public.bets"));
+        assert!(!names("anything", ""));
+    }
 
     fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |key| {

@@ -2,9 +2,9 @@
 //! reports one: how an attempt ended ([`Status`]), which statement ran
 //! ([`Method`]), what an incremental cycle touched ([`Counts`]), how long a
 //! `REFRESH` may wait for its lock ([`LockWait`]), one view's [`Outcome`] and
-//! one run's [`Cycle`]. Nothing here talks to a database or prints results:
-//! the modules that do import these words, and this module imports none of
-//! them.
+//! one run's [`Cycle`]. Nothing here talks to a database or writes results
+//! (a cycle's summary is one log event): the modules that do import these
+//! words, and this module imports none of them.
 
 use std::time::{Duration, SystemTime};
 

@@ -240,17 +240,30 @@ async fn describe_incremental(
     steps: &mut [Step],
     index_of: &HashMap<u32, usize>,
 ) -> Result<(), tokio_postgres::Error> {
-    // A missing table that may not be created is decided first: its query
-    // and sources are not probed (they may name what this database lacks).
+    // A table that is not here and may not be created is decided first: its
+    // query and sources are not probed (they may name what this database
+    // lacks). A relation of another kind under its name is no table either
+    // (a generic name such as the embedded default's `user_activity` may be
+    // a view of the user's).
     for step in steps.iter_mut() {
-        if let (Some(spec), Lookup::Missing { qualified, .. }) =
-            (&step.spec.incremental, &step.lookup)
-            && !spec.create
-        {
-            step.skip = Some(format!(
-                "its table {qualified} does not exist here, and create = false"
-            ));
+        let Some(spec) = &step.spec.incremental else {
+            continue;
+        };
+        if spec.create {
+            continue;
         }
+        step.skip = match &step.lookup {
+            Lookup::Missing { qualified, .. } => Some(format!(
+                "its table {qualified} does not exist here, and create = false"
+            )),
+            Lookup::MatView(relation) => Some(format!(
+                "{relation} is a materialized view here, not its table, and create = false"
+            )),
+            Lookup::Other { relation, kind } => Some(format!(
+                "{relation} is {kind} here, not its table, and create = false"
+            )),
+            Lookup::Table(_) => None,
+        };
     }
     let which: Vec<usize> = (0..steps.len())
         .filter(|&i| steps[i].spec.incremental.is_some() && steps[i].skip.is_none())

@@ -692,3 +692,22 @@ fn a_server_warning_is_a_warn_event_naming_the_view_and_notices_stay_at_debug() 
     assert_eq!(event["view"], "public.noisy_view", "{out}");
     assert_eq!(event["severity"], "WARNING", "{out}");
 }
+
+#[test]
+fn a_commit_that_fails_leaves_no_warning_about_a_transaction_not_in_progress() {
+    let db = TestDb::platform("commit_fails");
+    db.mvr().arg("init").run().code(0);
+    // The success row is written in the refresh's transaction; a deferred
+    // trigger on it makes that COMMIT fail.
+    db.execute(
+        "CREATE FUNCTION no_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             IF NEW.status = 'success' THEN RAISE EXCEPTION 'no commit today'; END IF; \
+             RETURN NULL; END $$; \
+         CREATE CONSTRAINT TRIGGER no_commit AFTER INSERT ON materialized_views_refresh_history \
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION no_commit();",
+    );
+    let registry = db.registry("[[view]]\nname = \"top_bets_today\"\nretries = 0\n");
+    let out = db.mvr_with(&registry).arg("refresh").run();
+    out.code(1).stdout_has("no commit today");
+    out.never_shows("no transaction in progress");
+}

@@ -193,7 +193,7 @@ fn print_plan(plan: &Plan) {
             (i + 1).to_string(),
             step.view_name(),
             match (&step.problem, step.method) {
-                _ if step.skip.is_some() => "skipped (no table here, create = false)".into(),
+                _ if let Some(why) = &step.skip => format!("skipped: {why}"),
                 (None, Some((method, reason))) => format!("{} ({reason})", method.as_str()),
                 _ => "cannot refresh".into(),
             },

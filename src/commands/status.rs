@@ -108,8 +108,11 @@ pub(super) async fn status(
             ViewReport {
                 recent_durations_ms: recent.remove(&log.view_name).unwrap_or_default(),
                 next_due_at: next_due_at(&log, min_interval),
+                // A view not here is not failing, whatever an older run
+                // recorded for it.
                 failing: problem.is_some()
-                    || matches!(log.last_status.as_deref(), Some("failed" | "cancelled")),
+                    || (skipped.is_none()
+                        && matches!(log.last_status.as_deref(), Some("failed" | "cancelled"))),
                 log,
                 min_interval: min_interval.map(|d| d.to_string()),
                 work_mem,

@@ -105,11 +105,11 @@ pub async fn describe(
     ];
     crate::db::execute_each(client, &silenced).await?;
     let described = probe(client, wanted, known).await;
-    client
-        .batch_execute(&format!(
-            "ROLLBACK TO SAVEPOINT {PROBE_SAVEPOINT}; RELEASE SAVEPOINT {PROBE_SAVEPOINT}"
-        ))
-        .await?;
+    let undone = [
+        format!("ROLLBACK TO SAVEPOINT {PROBE_SAVEPOINT}"),
+        format!("RELEASE SAVEPOINT {PROBE_SAVEPOINT}"),
+    ];
+    crate::db::execute_each(client, &undone).await?;
     let mut described = described?;
     let sources = sources(client, wanted).await?;
     for (found, sources) in described.iter_mut().zip(sources) {

@@ -385,9 +385,13 @@ pub(super) async fn vacuum(
 /// to every worker connection of the transaction (sent as one string,
 /// `BEGIN` and the coordinator's own guards went along, and the workers
 /// answered "there is already a transaction in progress").
-/// Only `work_mem` is propagated, the setting a distributed view's
-/// aggregation needs on the workers (`set_config` would change the
-/// coordinator only); propagation is switched off again after it, so nothing
+///
+/// On Citus the view's settings (`statement_timeout`, `lock_timeout`,
+/// `work_mem`) are propagated, so a distributed view's aggregation and its
+/// lock waits on the workers run under them (`set_config` would change the
+/// coordinator only); the session guards are not, since a worker connection
+/// idles while the coordinator works. Propagation is off around them
+/// whatever the database or role sets it to, and off again after, so nothing
 /// later in the transaction is forwarded. The values come from validated
 /// settings (`65536kB`, `600000ms`) and are quoted all the same.
 pub(super) async fn begin(
@@ -402,12 +406,21 @@ pub(super) async fn begin(
 fn settings_statements(step: &Step, citus: bool) -> Vec<String> {
     let settings = step.settings();
     let set = |name: &str, value: &str| format!("SET LOCAL {name} = {}", quote_literal(value));
-    let mut statements = vec![
-        "BEGIN".to_owned(),
-        // For this coordinator session only: a transaction whose client went
-        // away (an abandoned connection behind a pooler or a silent network)
-        // must not sit idle holding the view's locks, and a direct connection
-        // whose client closed ends its statement.
+    let propagate = |on: bool| {
+        set(
+            "citus.propagate_set_commands",
+            if on { "local" } else { "none" },
+        )
+    };
+    let mut statements = vec!["BEGIN".to_owned()];
+    if citus {
+        statements.push(propagate(false));
+    }
+    // For this coordinator session only: a transaction whose client went away
+    // (an abandoned connection behind a pooler or a silent network) must not
+    // sit idle holding the view's locks, and a direct connection whose client
+    // closed ends its statement.
+    statements.extend([
         set(
             "idle_in_transaction_session_timeout",
             &format!("{}ms", IDLE_IN_TRANSACTION.as_millis()),
@@ -416,21 +429,108 @@ fn settings_statements(step: &Step, citus: bool) -> Vec<String> {
             "client_connection_check_interval",
             &format!("{}ms", CLIENT_CHECK_INTERVAL.as_millis()),
         ),
-        // The coordinator's statement ends the workers' with it.
+    ]);
+    if citus {
+        statements.push(propagate(true));
+    }
+    statements.extend([
         set("statement_timeout", &settings.statement_timeout.setting()),
         set("lock_timeout", &settings.lock_timeout.setting()),
-    ];
+    ]);
     // Without a work_mem of its own the view keeps the server's.
     if let Some(work_mem) = step.work_mem.value {
-        let work_mem = set("work_mem", &work_mem.setting());
-        match citus {
-            true => statements.extend([
-                set("citus.propagate_set_commands", "local"),
-                work_mem,
-                set("citus.propagate_set_commands", "none"),
-            ]),
-            false => statements.push(work_mem),
-        }
+        statements.push(set("work_mem", &work_mem.setting()));
+    }
+    if citus {
+        statements.push(propagate(false));
     }
     statements
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Lookup;
+    use crate::plan::WorkMemChoice;
+    use crate::registry::ViewSpec;
+    use crate::units::Memory;
+
+    fn step(work_mem: Option<Memory>) -> Step {
+        Step {
+            spec: ViewSpec {
+                name: "v".parse().unwrap(),
+                settings: ViewSettings::default(),
+                incremental: None,
+            },
+            lookup: Lookup::Missing {
+                qualified: "public.v".into(),
+                schema: "public".into(),
+                name: "v".into(),
+            },
+            depends_on: Vec::new(),
+            problem: None,
+            method: None,
+            work_mem: WorkMemChoice {
+                value: work_mem,
+                reason: String::new(),
+            },
+            populated: true,
+            incremental: None,
+            skip: None,
+        }
+    }
+
+    /// Which of `statements` a Citus coordinator forwards to its workers: a
+    /// `SET LOCAL` sent while `citus.propagate_set_commands` is `local`
+    /// (Citus decides before the `SET` takes effect, and never forwards its
+    /// own setting). A database or role may make `local` the default.
+    fn forwarded(statements: &[String], default_local: bool) -> Vec<String> {
+        let mut local = default_local;
+        let mut sent = Vec::new();
+        for statement in statements {
+            assert!(
+                !statement.contains(';'),
+                "one statement a message: {statement}"
+            );
+            match statement.strip_prefix("SET LOCAL citus.propagate_set_commands = ") {
+                Some(value) => local = value == "'local'",
+                None if local && statement.starts_with("SET LOCAL ") => {
+                    sent.push(
+                        statement["SET LOCAL ".len()..]
+                            .split(' ')
+                            .next()
+                            .unwrap()
+                            .to_owned(),
+                    );
+                }
+                None => {}
+            }
+        }
+        assert!(!local, "propagation is off at the end: {statements:#?}");
+        sent
+    }
+
+    #[test]
+    fn on_citus_the_views_settings_reach_the_workers_and_the_session_guards_do_not() {
+        let work_mem = Some(Memory::from_kilobytes(12 * 1024));
+        for default_local in [false, true] {
+            let statements = settings_statements(&step(work_mem), true);
+            assert_eq!(statements[0], "BEGIN");
+            assert_eq!(
+                forwarded(&statements, default_local),
+                ["statement_timeout", "lock_timeout", "work_mem"],
+                "{statements:#?}"
+            );
+            let statements = settings_statements(&step(None), true);
+            assert_eq!(
+                forwarded(&statements, default_local),
+                ["statement_timeout", "lock_timeout"],
+                "the server's work_mem: {statements:#?}"
+            );
+        }
+        // Without Citus, no Citus setting at all.
+        let plain = settings_statements(&step(work_mem), false);
+        assert!(plain.iter().all(|s| !s.contains("citus")), "{plain:#?}");
+        assert_eq!(plain.len(), 6, "{plain:#?}");
+    }
 }

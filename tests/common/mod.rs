@@ -59,6 +59,8 @@ impl Seeds {
 pub struct Cluster {
     pub dir: PathBuf,
     pub port: u16,
+    /// The seeds' templates, made on first use (most clusters never need them).
+    seeds: OnceLock<()>,
 }
 
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
@@ -163,7 +165,11 @@ impl Cluster {
             dir = dir.display()
         ));
 
-        let cluster = Self { dir, port };
+        let cluster = Self {
+            dir,
+            port,
+            seeds: OnceLock::new(),
+        };
         cluster.load_template();
         cluster
     }
@@ -214,17 +220,24 @@ impl Cluster {
         assert!(status.success(), "pg-throwaway resume failed");
     }
 
+    /// Makes the templates of the seeds' databases, once.
+    fn load_seeds(&self) {
+        self.seeds.get_or_init(|| {
+            let mut admin = self.connect("postgres");
+            for seeds in Seeds::BOTH {
+                admin
+                    .batch_execute(&format!("CREATE DATABASE {}", seeds.template()))
+                    .unwrap();
+                let path = repo().join(format!("tests/fixtures/{}.sql", seeds.fixture()));
+                self.connect(&seeds.template())
+                    .batch_execute(&std::fs::read_to_string(&path).unwrap())
+                    .unwrap_or_else(|e| panic!("{} loads: {e}", path.display()));
+            }
+        });
+    }
+
     fn load_template(&self) {
         let mut admin = self.connect("postgres");
-        for seeds in Seeds::BOTH {
-            admin
-                .batch_execute(&format!("CREATE DATABASE {}", seeds.template()))
-                .unwrap();
-            let path = repo().join(format!("tests/fixtures/{}.sql", seeds.fixture()));
-            self.connect(&seeds.template())
-                .batch_execute(&std::fs::read_to_string(&path).unwrap())
-                .unwrap_or_else(|e| panic!("{} loads: {e}", path.display()));
-        }
         admin
             .batch_execute(&format!("CREATE DATABASE {TEMPLATE}"))
             .unwrap();
@@ -277,7 +290,13 @@ impl TestDb {
     /// A database built from the seeds' documents in the dialect of `seeds`.
     pub fn seeds(seeds: Seeds, test: &str) -> Self {
         let test = format!("{test}_{}", seeds.fixture());
-        Self::create(cluster(), &test, &format!("TEMPLATE {}", seeds.template()))
+        let cluster = cluster();
+        {
+            // No copy is made while the templates are being loaded.
+            let _guard = CREATE_DB.lock().unwrap_or_else(|e| e.into_inner());
+            cluster.load_seeds();
+        }
+        Self::create(cluster, &test, &format!("TEMPLATE {}", seeds.template()))
     }
 
     /// An empty database.
