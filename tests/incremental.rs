@@ -365,7 +365,9 @@ fn a_missing_table_is_created_unless_create_is_false_then_the_view_is_skipped_un
         .arg("check")
         .run()
         .code(0)
-        .stdout_has("skipped (no table here, create = false)");
+        .stdout_has(
+            "skipped: its table public.user_totals does not exist here, and create = false",
+        );
     db.mvr_with(&registry)
         .arg("refresh")
         .run()
