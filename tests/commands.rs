@@ -3,21 +3,12 @@
 
 mod common;
 
-use common::{Mvr, PASSWORD, PASSWORD_ROLE, TestDb, cluster};
-
-/// A local port nothing listens on: a connection to it is refused at once.
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{Mvr, PASSWORD, PASSWORD_ROLE, TestDb, cluster, free_port};
 
 /// A URL nothing listens on: a registry error must win over it (exit 2, not 3),
 /// which shows the registry is checked before any connection is tried.
 fn closed_port_url() -> String {
-    format!("postgres://postgres@127.0.0.1:{}/nothing", closed_port())
+    format!("postgres://postgres@127.0.0.1:{}/nothing", free_port())
 }
 
 fn registry_error(name: &str, toml: &str) -> common::Output {
@@ -289,7 +280,7 @@ fn check_prints_the_plan_and_exits_0_when_all_is_well() {
 #[test]
 fn check_names_the_host_and_port_it_connected_to_not_the_first_of_the_list() {
     let db = TestDb::platform("check_second_host");
-    let (closed, port) = (closed_port(), db.cluster.port);
+    let (closed, port) = (free_port(), db.cluster.port);
     for url in [
         format!(
             "postgres://postgres@127.0.0.1:{closed},localhost:{port}/{}",

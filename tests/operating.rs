@@ -5,15 +5,7 @@
 mod common;
 
 use common::pushgateway::Pushgateway;
-use common::{Mvr, TestDb, private_cluster};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{Mvr, TestDb, free_port, private_cluster};
 
 /// `mv-refresher run` on `db` every second, with `registry` (else the embedded
 /// default) and the `extra` options.

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{TERMINAL, TestDb};
+use common::{TERMINAL, TestDb, free_port};
 use serde_json::Value;
 
 /// Every line of `text`, each of which must be one JSON object.
@@ -345,14 +345,6 @@ fn schedules_are_read_as_kubernetes_reads_them() {
         .find(|l| l.contains("refreshing on schedule"))
         .unwrap_or_else(|| panic!("no schedule at start\n{out}"));
     assert_eq!(line.matches(" 00:00:00 CE").count(), 3, "{line}");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

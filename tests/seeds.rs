@@ -122,11 +122,7 @@ fn refresh_in_json_counts_the_twins_as_skipped_and_logs_no_warning() {
 fn one_cycle_of_run_refreshes_the_seed_views_and_skips_the_twins() {
     for seeds in Seeds::BOTH {
         let db = TestDb::seeds(seeds, "run");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
-        let listen = format!("127.0.0.1:{port}");
+        let listen = format!("127.0.0.1:{}", common::free_port());
         let run = db
             .mvr()
             .args(["run", "--schedule", "* * * * * *", "--listen", &listen])

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Mvr, TestDb, private_cluster};
+use common::{Mvr, TestDb, free_port, private_cluster};
 
 #[test]
 fn auto_decides_from_the_catalog_and_records_the_reason() {
@@ -475,15 +475,6 @@ fn sigterm_cancels_on_the_server_over(db: &TestDb, url: &str) {
     );
 }
 
-/// A local port nothing listens on: a connection to it is refused at once.
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Issue 18: the cancel request went to the first host and port of the list,
 /// not to the one the session was connected to.
 #[test]
@@ -491,7 +482,7 @@ fn a_cancel_goes_to_the_host_connected_to_not_the_first_of_the_list() {
     let db = TestDb::platform("cancel_second_host");
     let url = format!(
         "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{}",
-        closed_port(),
+        free_port(),
         db.cluster.port,
         db.name
     );

@@ -136,7 +136,9 @@ pub fn text_rows(messages: Vec<postgres::SimpleQueryMessage>) -> Vec<Vec<Option<
         .collect()
 }
 
-fn free_port() -> u16 {
+/// A local port nothing listens on (until someone binds it): a connection
+/// to it is refused at once.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free local port")
