@@ -23,7 +23,7 @@ use crate::units::PgDuration;
 const DDL: &str = include_str!("sql/log_tables.sql");
 
 /// The version `sql/log_tables.sql` ends with (in the history table's comment).
-const SCHEMA_VERSION: i32 = 4;
+const SCHEMA_VERSION: i32 = 5;
 
 /// The version that added `skip_count` and `cancel_count` to the summary table.
 const OUTCOME_COUNTS_VERSION: i32 = 3;
@@ -31,6 +31,10 @@ const OUTCOME_COUNTS_VERSION: i32 = 3;
 /// The version that added incremental views: the state table, the counts in
 /// the history, method `incremental`.
 const INCREMENTAL_VERSION: i32 = 4;
+
+/// The version that keeps with an incremental view's state the cluster and
+/// the identities of its table and sources.
+const IDENTITY_VERSION: i32 = 5;
 
 /// Rows deleted per statement when pruning the history: short locks, small WAL bursts.
 const PRUNE_BATCH: u64 = 1000;
@@ -189,6 +193,13 @@ impl RefreshLog {
     /// Whether the tables have what incremental views need (the state table).
     pub fn has_incremental(&self) -> bool {
         self.version.load(Ordering::Relaxed) >= INCREMENTAL_VERSION
+    }
+
+    /// Whether the state table keeps the cluster and the identities of the
+    /// table and sources a state belongs to (a role that may not upgrade
+    /// older tables keeps their state without them).
+    pub fn keeps_identities(&self) -> bool {
+        self.version.load(Ordering::Relaxed) >= IDENTITY_VERSION
     }
 
     /// The state table of incremental views, schema-qualified and quoted.

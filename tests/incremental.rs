@@ -172,6 +172,10 @@ fn after_every_cycle_the_table_equals_its_query_under_random_concurrent_writes()
 
     let mut rng = fastrand::Rng::with_seed(12);
     for round in 0..6u64 {
+        // Now and then the table is emptied behind the refresher's back.
+        if round % 3 == 1 {
+            db.execute("TRUNCATE user_totals");
+        }
         // Quiet writes, then writers racing the refresher's cycles.
         let mut client = db.client();
         for _ in 0..rng.usize(5..40) {
@@ -197,11 +201,23 @@ fn after_every_cycle_the_table_equals_its_query_under_random_concurrent_writes()
     let all = cycles(&db);
     let (note, keys) = all.last().unwrap();
     assert_eq!((note.as_str(), *keys), ("nothing changed", 0), "{all:?}");
-    // The cycles were incremental: the first loaded everything, the others
-    // recomputed fewer keys than the table holds.
+    // The cycles were incremental: the first loaded everything, the first
+    // after each truncation reconciled in full, the others recomputed fewer
+    // keys than the table holds.
     let total: i64 = db.scalar("SELECT count(*) FROM user_totals");
     assert_eq!(all[0].0, "created and fully loaded");
-    for (note, keys) in &all[1..] {
+    let emptied = "full reconcile: the table was emptied or rewritten";
+    assert_eq!(
+        all.iter()
+            .filter(|(note, _)| note.starts_with(emptied))
+            .count(),
+        2,
+        "{all:?}"
+    );
+    for (note, keys) in all[1..]
+        .iter()
+        .filter(|(note, _)| !note.starts_with(emptied))
+    {
         assert!(
             note.starts_with("changed keys") || note == "nothing changed",
             "{all:?}"
@@ -633,4 +649,270 @@ fn a_writer_still_open_after_lock_timeout_fails_the_attempt_and_the_retry_succee
     assert_eq!(drift(&db), 0);
     let name: String = db.scalar("SELECT name FROM user_totals WHERE user_id = 2");
     assert_eq!(name, "held");
+}
+
+/// The issue's shared setup: one source `s` whose marker `m` is the clock at
+/// insert, a view of sums per `k` (8 keys).
+const S_SCHEMA: &str = "
+CREATE TABLE s (id bigserial PRIMARY KEY, k int NOT NULL, v int NOT NULL,
+    m timestamptz NOT NULL DEFAULT clock_timestamp());
+CREATE INDEX ON s (m); CREATE INDEX ON s (k);
+INSERT INTO s (k, v) SELECT g % 8, g FROM generate_series(1, 80) g;
+";
+
+const S_REGISTRY: &str = r#"
+[[view]]
+name = "iv"
+key = ["k"]
+full_every = "0"
+query = "SELECT k, sum(v) AS total, count(*) AS n FROM s WHERE $changed(k) GROUP BY k"
+
+[[view.changes]]
+table = "s"
+key = ["k"]
+marker = "m"
+"#;
+
+/// The note of the last successful cycle of `public.iv`.
+fn last_note(db: &TestDb) -> String {
+    let mut notes: Vec<String> = db
+        .history("iv")
+        .into_iter()
+        .filter(|row| row[0].as_deref() == Some("success"))
+        .map(|row| row[4].clone().unwrap_or_default())
+        .collect();
+    notes.pop().unwrap_or_default()
+}
+
+/// One refresh of `registry` that must succeed, then `verify`, which must
+/// find the table equal to its query; returns the cycle's note.
+fn refresh_and_verify(db: &TestDb, registry: &std::path::Path) -> String {
+    db.mvr_with(registry).arg("refresh").run().code(0);
+    let note = last_note(db);
+    let verify = db.mvr_with(registry).arg("verify").run();
+    assert_eq!(
+        verify.code,
+        Some(0),
+        "after a cycle noted {note:?}\n{verify}"
+    );
+    note
+}
+
+#[test]
+fn a_truncated_table_is_reconciled_in_full_by_the_next_cycle() {
+    let db = TestDb::empty("incremental_truncated");
+    db.execute(S_SCHEMA);
+    let registry = db.registry(S_REGISTRY);
+    db.mvr_with(&registry).arg("refresh").run().code(0);
+    // Emptied behind the refresher's back; one key changes meanwhile.
+    db.execute("TRUNCATE iv; INSERT INTO s (k, v) VALUES (3, 1000);");
+    let note = refresh_and_verify(&db, &registry);
+    assert_eq!(
+        note,
+        "full reconcile: the table was emptied or rewritten since the last cycle \
+         (its relfilenode changed)"
+    );
+    let rows: i64 = db.scalar("SELECT count(*) FROM iv");
+    assert_eq!(rows, 8);
+    // Its new identity is kept: the next cycle is incremental again.
+    assert_eq!(refresh_and_verify(&db, &registry), "nothing changed");
+}
+
+#[test]
+fn a_create_false_table_re_created_by_a_migration_is_reconciled_in_full() {
+    let db = TestDb::empty("incremental_recreated");
+    db.execute(S_SCHEMA);
+    let table = "CREATE TABLE iv (k int PRIMARY KEY, total bigint, n bigint)";
+    db.execute(table);
+    let registry =
+        db.registry(&S_REGISTRY.replace("name = \"iv\"", "name = \"iv\"\ncreate = false"));
+    db.mvr_with(&registry).arg("refresh").run().code(0);
+    assert_eq!(drift_of_iv(&db), 0);
+    // A migration drops the table and creates it again, empty.
+    db.execute(&format!("DROP TABLE iv; {table}"));
+    let note = refresh_and_verify(&db, &registry);
+    assert_eq!(
+        note,
+        "full reconcile: the table was re-created since the last cycle (its OID changed)"
+    );
+    assert_eq!(refresh_and_verify(&db, &registry), "nothing changed");
+}
+
+#[test]
+fn a_source_truncated_and_replayed_with_its_old_markers_is_reconciled_in_full() {
+    let db = TestDb::empty("incremental_rebuilt");
+    db.execute(S_SCHEMA);
+    let registry = db.registry(S_REGISTRY);
+    db.mvr_with(&registry).arg("refresh").run().code(0);
+    // Rebuilt from its events: the same rows, corrected, with the markers
+    // they had (all below the watermark).
+    db.execute(
+        "CREATE TABLE kept AS SELECT * FROM s; TRUNCATE s; \
+         INSERT INTO s SELECT id, k, v * 2, m FROM kept; DROP TABLE kept;",
+    );
+    let note = refresh_and_verify(&db, &registry);
+    assert_eq!(
+        note,
+        "full reconcile: source public.s was rebuilt since the last cycle \
+         (its relfilenode changed)"
+    );
+    assert_eq!(refresh_and_verify(&db, &registry), "nothing changed");
+}
+
+#[test]
+fn a_state_saved_in_another_cluster_or_ahead_of_this_server_is_reconciled_in_full() {
+    let db = TestDb::empty("incremental_copied");
+    db.execute(S_SCHEMA);
+    let registry = db.registry(S_REGISTRY);
+    db.mvr_with(&registry).arg("refresh").run().code(0);
+
+    // A copy into a cluster whose transaction ids are lower than the ones
+    // the state was saved with: a change written there (transaction `t`)
+    // lies below the saved snapshot, as if the last cycle had seen it.
+    let t: i64 = db.scalar(
+        "WITH w AS (INSERT INTO s (k, v) VALUES (2, 500) RETURNING 1) \
+         SELECT pg_current_xact_id()::text::bigint FROM w",
+    );
+    db.execute(&format!(
+        "UPDATE materialized_views_refresh_state \
+         SET snapshot = '{next}:{next}:', system_identifier = system_identifier # 1",
+        next = t + 1
+    ));
+    let note = refresh_and_verify(&db, &registry);
+    assert!(
+        note.starts_with(
+            "full reconcile: the state was saved in another cluster (system identifier "
+        ),
+        "{note}"
+    );
+    assert_eq!(refresh_and_verify(&db, &registry), "nothing changed");
+
+    // The same copy with the cluster unknown (a state saved before it was
+    // kept): the snapshot, ahead of every transaction here, gives it away.
+    db.execute(
+        "INSERT INTO s (k, v) VALUES (5, 700); \
+         UPDATE materialized_views_refresh_state \
+         SET snapshot = '4000000000:4000000000:', system_identifier = NULL",
+    );
+    let note = refresh_and_verify(&db, &registry);
+    assert_eq!(
+        note,
+        "full reconcile: the saved snapshot is ahead of this server's (a copy of the database?)"
+    );
+    assert_eq!(refresh_and_verify(&db, &registry), "nothing changed");
+}
+
+/// Rows of `iv` that differ from its query, both ways.
+fn drift_of_iv(db: &TestDb) -> i64 {
+    let full = "SELECT k, sum(v) AS total, count(*) AS n FROM s GROUP BY k";
+    db.scalar(&format!(
+        "SELECT count(*) FROM ((TABLE iv EXCEPT ALL ({full})) \
+         UNION ALL (({full}) EXCEPT ALL TABLE iv)) d"
+    ))
+}
+
+/// Takes the log tables back to version 4: no cluster, no identities.
+fn back_to_version_4(db: &TestDb) {
+    db.execute(
+        "ALTER TABLE materialized_views_refresh_state DROP COLUMN system_identifier, \
+             DROP COLUMN table_identity, DROP COLUMN source_identity; \
+         COMMENT ON TABLE materialized_views_refresh_history IS 'mv-refresher schema version 4';",
+    );
+}
+
+#[test]
+fn a_version_4_state_is_upgraded_and_trusted_and_a_role_that_may_not_upgrade_keeps_it_as_before() {
+    let db = TestDb::empty("incremental_upgrade");
+    db.execute(S_SCHEMA);
+    let registry = db.registry(S_REGISTRY);
+    db.mvr_with(&registry).arg("refresh").run().code(0);
+
+    // A role that may write the tables but not alter them: the cycles go
+    // on as they did with version 4, without identities.
+    back_to_version_4(&db);
+    let role = format!("writer_{}", db.name);
+    db.execute(&format!(
+        "CREATE ROLE {role} LOGIN; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role};"
+    ));
+    let url = db.url().replace("postgres@", &format!("{role}@"));
+    db.execute("INSERT INTO s (k, v) VALUES (1, 100)");
+    common::Mvr::new()
+        .env("DATABASE_URL", &url)
+        .arg("--registry")
+        .arg(&registry)
+        .arg("refresh")
+        .run()
+        .code(0)
+        .stderr_has("may not upgrade");
+    assert_eq!(last_note(&db), "changed keys of 1 source(s)");
+    db.mvr_with(&registry).arg("verify").run().code(0);
+
+    // Upgraded by the next refresh of a role that may: the state saved
+    // without identities is taken as this table's (no full reconcile), and
+    // kept with them from now on.
+    db.execute("INSERT INTO s (k, v) VALUES (2, 100)");
+    db.mvr_with(&registry)
+        .arg("refresh")
+        .run()
+        .code(0)
+        .stderr_has("upgraded the log tables");
+    assert_eq!(last_note(&db), "changed keys of 1 source(s)");
+    let version: String = db.scalar(
+        "SELECT obj_description('materialized_views_refresh_history'::regclass, 'pg_class')",
+    );
+    assert_eq!(version, "mv-refresher schema version 5");
+    let kept: i64 = db.scalar(
+        "SELECT count(*) FROM materialized_views_refresh_state \
+         WHERE system_identifier = (SELECT system_identifier FROM pg_control_system()) \
+           AND (table_identity ->> 'oid')::oid = 'iv'::regclass \
+           AND (source_identity ->> 'oid')::oid = 's'::regclass",
+    );
+    assert_eq!(kept, 1);
+    // init upgrades version 4 as well, and changes nothing on version 5.
+    back_to_version_4(&db);
+    for _ in 0..2 {
+        db.mvr().arg("init").run().code(0);
+        let version: String = db.scalar(
+            "SELECT obj_description('materialized_views_refresh_history'::regclass, 'pg_class')",
+        );
+        assert_eq!(version, "mv-refresher schema version 5");
+    }
+    // A cycle keeps the identities again; they serve at once.
+    db.mvr_with(&registry).arg("refresh").run().code(0);
+    db.execute("TRUNCATE iv");
+    assert!(
+        refresh_and_verify(&db, &registry).starts_with("full reconcile: the table was emptied")
+    );
+    db.execute(&format!("DROP OWNED BY {role}; DROP ROLE {role};"));
+}
+
+#[test]
+fn a_role_that_may_not_read_the_system_identifier_still_runs_incremental_cycles() {
+    let db = TestDb::empty("incremental_no_control");
+    db.execute(S_SCHEMA);
+    let registry = db.registry(S_REGISTRY);
+    db.mvr_with(&registry).arg("refresh").run().code(0);
+    // As a managed service may: pg_control_system() refused.
+    let role = format!("nocontrol_{}", db.name);
+    db.execute(&format!(
+        "CREATE ROLE {role} LOGIN; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}; \
+         REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC; \
+         INSERT INTO s (k, v) VALUES (4, 100);"
+    ));
+    let url = db.url().replace("postgres@", &format!("{role}@"));
+    common::Mvr::new()
+        .env("DATABASE_URL", &url)
+        .arg("--registry")
+        .arg(&registry)
+        .arg("refresh")
+        .run()
+        .code(0);
+    assert_eq!(last_note(&db), "changed keys of 1 source(s)");
+    let unknown: bool =
+        db.scalar("SELECT system_identifier IS NULL FROM materialized_views_refresh_state");
+    assert!(unknown, "the cluster is kept as unknown");
+    db.mvr_with(&registry).arg("verify").run().code(0);
+    db.execute(&format!("DROP OWNED BY {role}; DROP ROLE {role};"));
 }

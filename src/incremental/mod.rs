@@ -6,8 +6,11 @@
 //! * [`catalog`] reads, while planning, the query's columns and what it reads,
 //!   the table's keys, and each source's marker and indexes.
 //! * [`sql`] makes the statements of a cycle; `refresh::incremental` runs them.
+//! * [`identity`] reads and compares what ties a view's state to its table,
+//!   its sources and this cluster.
 
 pub mod catalog;
+pub mod identity;
 pub mod sql;
 mod template;
 

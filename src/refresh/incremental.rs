@@ -1,7 +1,11 @@
 //! One attempt at an incremental view (SPEC §2.5), in one transaction:
 //!
 //! 1. `BEGIN` and the view's `SET LOCAL`s, its advisory lock, its state (the
-//!    sources' watermarks and the last cycle's snapshot) and its last success.
+//!    sources' watermarks and the last cycle's snapshot, and what it was kept
+//!    for: the cluster, the table, the sources), its last success, and what
+//!    the table and the sources are now. A state kept for another table, a
+//!    source since rebuilt, or another cluster makes the cycle a full
+//!    reconcile.
 //! 2. For sources whose marker comes from a sequence or `clock_timestamp()`:
 //!    the highest value drawn so far, then a wait for the transactions
 //!    writing the table at that moment, so that every value up to it is
@@ -18,7 +22,7 @@
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::{Json, ToSql, Type};
 
 use super::record::Slot;
 use super::statement::{cancellable, silence_limit};
@@ -26,6 +30,7 @@ use super::transaction::{Done, begin, commit, fresh};
 use super::{Failure, RunContext};
 use crate::db::CancelKey;
 use crate::incremental::catalog::{MarkerKind, Target};
+use crate::incremental::identity::{Change, Identity, identities, identity_of};
 use crate::incremental::sql::Statements;
 use crate::outcome::{Counts, Method, Outcome, Status};
 use crate::plan::Step;
@@ -39,6 +44,11 @@ const WRITER_POLL: Duration = Duration::from_millis(20);
 struct SourceState {
     source: String,
     watermark: Option<String>,
+    /// The cluster it was saved in; `None` before that was kept.
+    system: Option<i64>,
+    /// The table and the source it was kept for; `None` before that was kept.
+    table: Option<Identity>,
+    identity: Option<Identity>,
 }
 
 /// What the first round trip reads.
@@ -53,6 +63,15 @@ struct Opened {
     same_definition: bool,
     /// Seconds since the last success.
     age_s: Option<f64>,
+    /// The last cycle's snapshot is ahead of this server's: the state was
+    /// saved where transaction ids had gone further.
+    ahead: bool,
+    /// This cluster's system identifier; `None` where it may not be read.
+    system: Option<i64>,
+    /// The table as it is now; `None` until it exists.
+    table: Option<Identity>,
+    /// Each source as it is now, in the target's order.
+    sources: Vec<Option<Identity>>,
 }
 
 /// One attempt at the incremental view `step`.
@@ -78,7 +97,7 @@ pub(super) async fn attempt(
     let client = session.client;
     let view_name = step.view_name();
     let definition = spec.definition();
-    let opened = open(ctx, client, step, (&view_name, &definition), log).await;
+    let opened = open(ctx, client, step, target, (&view_name, &definition), log).await;
     *session.in_transaction = true;
     let opened = opened.map_err(pg)?;
     if !opened.locked {
@@ -98,6 +117,7 @@ pub(super) async fn attempt(
         citus: ctx.citus,
         lock_timeout: step.settings().lock_timeout.to_std(),
         state_table: log.state_table(),
+        identities: log.keeps_identities(),
         definition: &definition,
     };
     let (counts, duration_ms) = run(ctx, step, &client.cancel_key(), cycle).await?;
@@ -186,6 +206,9 @@ fn mode(
             .iter()
             .any(|st| st.source == s.relation.to_string())
     });
+    if let Some(reason) = elsewhere(target, opened) {
+        return (true, format!("full reconcile: {reason}"));
+    }
     if let Some(source) = unknown {
         return (
             true,
@@ -217,11 +240,65 @@ fn mode(
     }
 }
 
-/// The first round trip: `BEGIN`, the settings, the lock, the state.
+/// Why the state does not belong to this table in this database, if it does
+/// not: saved in another cluster, or where transaction ids had gone further
+/// (a copy); kept for a table since emptied or re-created, or for a source
+/// since rebuilt. A state saved before these were kept is taken as this
+/// table's, as it always was.
+fn elsewhere(target: &Target, opened: &Opened) -> Option<String> {
+    let states = &opened.states;
+    if let Some(here) = opened.system
+        && let Some(there) = states.iter().find_map(|s| s.system.filter(|&t| t != here))
+    {
+        return Some(format!(
+            "the state was saved in another cluster (system identifier {there}, this one's {here})"
+        ));
+    }
+    if opened.ahead {
+        return Some(
+            "the saved snapshot is ahead of this server's (a copy of the database?)".into(),
+        );
+    }
+    let change = |now: &Option<Identity>, saved: &Option<Identity>| match (now, saved) {
+        (Some(now), Some(saved)) => now.change_since(saved),
+        _ => None,
+    };
+    if let Some(change) = states.iter().find_map(|s| change(&opened.table, &s.table)) {
+        return Some(match change {
+            Change::Recreated => {
+                format!(
+                    "the table was re-created since the last cycle ({})",
+                    change.evidence()
+                )
+            }
+            _ => format!(
+                "the table was emptied or rewritten since the last cycle ({})",
+                change.evidence()
+            ),
+        });
+    }
+    target
+        .sources
+        .iter()
+        .zip(&opened.sources)
+        .find_map(|(source, now)| {
+            let name = source.relation.to_string();
+            let saved = states.iter().find(|s| s.source == name)?;
+            let change = change(now, &saved.identity)?;
+            Some(format!(
+                "source {name} was rebuilt since the last cycle ({})",
+                change.evidence()
+            ))
+        })
+}
+
+/// The first round trip: `BEGIN`, the settings, the lock, the state, what
+/// the table and the sources are now and the cluster's identifier.
 async fn open(
     ctx: &RunContext,
     client: &Client,
     step: &Step,
+    target: &Target,
     (view_name, definition): (&str, &str),
     log: &crate::refresh_log::RefreshLog,
 ) -> Result<Opened, tokio_postgres::Error> {
@@ -231,13 +308,29 @@ async fn open(
         "SELECT pg_try_advisory_xact_lock({}, hashtext($1))",
         super::LOCK_PREFIX
     );
+    // What a state was kept for, where the state table keeps it.
+    let kept_for = match log.keeps_identities() {
+        true => "system_identifier, table_identity, source_identity",
+        false => "NULL::bigint, NULL::jsonb, NULL::jsonb",
+    };
     let state_sql = format!(
         "SELECT source, watermark, pg_snapshot_xmin(snapshot)::text::bigint, \
              extract(epoch FROM clock_timestamp() - last_full_at)::float8, \
-             definition IS NOT DISTINCT FROM md5($2) \
+             definition IS NOT DISTINCT FROM md5($2), \
+             pg_snapshot_xmin(snapshot)::text::bigint \
+                 > pg_snapshot_xmax(pg_current_snapshot())::text::bigint, \
+             {kept_for} \
          FROM {} WHERE view_name = $1",
         log.state_table()
     );
+    let relations: Vec<String> = target
+        .table
+        .iter()
+        .map(|_| target.quoted.clone())
+        .chain(target.sources.iter().map(|s| s.relation.quoted()))
+        .collect();
+    let identities_sql = identities();
+    let relations: [(&(dyn ToSql + Sync), Type); 1] = [(&relations, Type::TEXT_ARRAY)];
     let state_params: [(&(dyn ToSql + Sync), Type); 2] =
         [(&view_name, Type::TEXT), (&definition, Type::TEXT)];
     let age_sql = format!(
@@ -245,18 +338,31 @@ async fn open(
          FROM {} WHERE view_name = $1",
         log.summary_table()
     );
-    let (began, locked, states, age) = tokio::join!(
+    let (began, locked, states, age, now, system) = tokio::join!(
         biased;
         begin(client, step, ctx.citus),
         client.query_typed_one(&lock_sql, &name),
         client.query_typed(&state_sql, &state_params),
         client.query_typed_opt(&age_sql, &name),
+        client.query_typed(&identities_sql, &relations),
+        system_identifier(client),
     );
     began?;
     let locked: bool = locked?.get(0);
     let rows = states?;
     let age = age?;
+    let mut now = now?.iter().map(|r| identity(r, 0)).collect::<Vec<_>>();
+    let table = match target.table {
+        Some(_) => now.remove(0),
+        None => None,
+    };
     Ok(Opened {
+        ahead: rows
+            .iter()
+            .any(|r| r.get::<_, Option<bool>>(5) == Some(true)),
+        system: system?,
+        table,
+        sources: now,
         locked,
         seen_xmin: rows.iter().filter_map(|r| r.get::<_, Option<i64>>(2)).min(),
         full_age_s: rows
@@ -269,10 +375,42 @@ async fn open(
             .map(|r| SourceState {
                 source: r.get(0),
                 watermark: r.get(1),
+                system: r.get(6),
+                table: identity(r, 7),
+                identity: identity(r, 8),
             })
             .collect(),
         age_s: age.and_then(|row| row.get(0)),
     })
+}
+
+/// The identity in column `i` of `row`; `None` when NULL or not one.
+fn identity(row: &tokio_postgres::Row, i: usize) -> Option<Identity> {
+    row.try_get::<_, Option<Json<Identity>>>(i)
+        .ok()
+        .flatten()
+        .map(|Json(identity)| identity)
+}
+
+/// The cluster's system identifier, or `None` where `pg_control_system()`
+/// may not be called (a managed service may refuse it): read behind a
+/// savepoint, so that a refusal does not end the transaction. All four
+/// statements in one write.
+async fn system_identifier(client: &Client) -> Result<Option<i64>, tokio_postgres::Error> {
+    let (saved, read, undone, released) = tokio::join!(
+        biased;
+        client.batch_execute("SAVEPOINT mv_refresher_system"),
+        client.query_typed_one(
+            "SELECT system_identifier FROM pg_catalog.pg_control_system()",
+            &[]
+        ),
+        client.batch_execute("ROLLBACK TO SAVEPOINT mv_refresher_system"),
+        client.batch_execute("RELEASE SAVEPOINT mv_refresher_system"),
+    );
+    saved?;
+    undone?;
+    released?;
+    Ok(read.ok().map(|row| row.get(0)))
 }
 
 /// The work of one cycle after the lock, on the view's transaction.
@@ -286,6 +424,8 @@ struct Cycle<'a> {
     citus: bool,
     lock_timeout: Duration,
     state_table: String,
+    /// The state table keeps the cluster and the identities (version 5).
+    identities: bool,
     /// The view's definition, kept (as its md5) with the watermarks.
     definition: &'a str,
 }
@@ -477,7 +617,9 @@ impl Cycle<'_> {
         Ok(())
     }
 
-    /// The sources' new watermarks and the snapshot they were read in.
+    /// The sources' new watermarks and the snapshot they were read in; with
+    /// them, this cluster's identifier and what the table and the sources
+    /// were when the cycle began (a table it created: as it is now).
     async fn save_state(
         &self,
         watermarks: &[Option<String>],
@@ -490,19 +632,38 @@ impl Cycle<'_> {
             .iter()
             .map(|s| s.relation.to_string())
             .collect();
+        // The identities' columns from version 5 on; the parameters are
+        // bound either way.
+        let (columns, values, updates) = match self.identities {
+            true => (
+                ", system_identifier, table_identity, source_identity",
+                format!(
+                    ", $8::bigint, coalesce($9::jsonb, {}), u.identity",
+                    identity_of("pg_catalog.to_regclass($10)")
+                ),
+                ", system_identifier = EXCLUDED.system_identifier, \
+                 table_identity = EXCLUDED.table_identity, \
+                 source_identity = EXCLUDED.source_identity",
+            ),
+            false => ("", String::new(), ""),
+        };
         let sql = format!(
             "WITH gone AS (DELETE FROM {st} WHERE view_name = $1 AND source <> ALL ($2)) \
              INSERT INTO {st} AS s (view_name, source, watermark, snapshot, applied_at, \
-                 last_full_at, definition) \
+                 last_full_at, definition{columns}) \
              SELECT $1, u.source, u.watermark, $4::pg_snapshot, $5::timestamptz, \
-                 CASE WHEN $6 THEN $5::timestamptz END, md5($7) \
-             FROM unnest($2::text[], $3::text[]) AS u(source, watermark) \
+                 CASE WHEN $6 THEN $5::timestamptz END, md5($7){values} \
+             FROM unnest($2::text[], $3::text[], $11::jsonb[]) AS u(source, watermark, identity) \
              ON CONFLICT (view_name, source) DO UPDATE SET watermark = EXCLUDED.watermark, \
                  snapshot = EXCLUDED.snapshot, applied_at = EXCLUDED.applied_at, \
                  last_full_at = coalesce(EXCLUDED.last_full_at, s.last_full_at), \
-                 definition = EXCLUDED.definition",
+                 definition = EXCLUDED.definition{updates}",
             st = self.state_table
         );
+        let opened = self.opened;
+        let table = opened.table.clone().map(Json);
+        let identities: Vec<Option<Json<Identity>>> =
+            opened.sources.iter().map(|i| i.clone().map(Json)).collect();
         self.client
             .execute_typed(
                 &sql,
@@ -514,6 +675,10 @@ impl Cycle<'_> {
                     (&taken, Type::TEXT),
                     (&self.full, Type::BOOL),
                     (&self.definition, Type::TEXT),
+                    (&opened.system, Type::INT8),
+                    (&table, Type::JSONB),
+                    (&self.target.quoted, Type::TEXT),
+                    (&identities, Type::JSONB_ARRAY),
                 ],
             )
             .await?;

@@ -75,5 +75,15 @@ CREATE TABLE IF NOT EXISTS {schema}.materialized_views_refresh_state (
     PRIMARY KEY (view_name, source)
 );
 
+-- Version 5: the state belongs to one table in one database. Kept with it:
+-- the cluster it was saved in, and the identity of the table and of the
+-- source it was kept for; a state whose table was emptied or re-created, whose
+-- source was rebuilt, or that was copied into another cluster makes the next
+-- cycle a full reconcile.
+ALTER TABLE {schema}.materialized_views_refresh_state
+    ADD COLUMN IF NOT EXISTS system_identifier bigint, -- pg_control_system() of the cluster that saved it
+    ADD COLUMN IF NOT EXISTS table_identity jsonb,     -- the table's OID and relfilenodes
+    ADD COLUMN IF NOT EXISTS source_identity jsonb;    -- the source's OID and relfilenodes
+
 -- The version `refresh` checks to know whether to run this file again.
-COMMENT ON TABLE {schema}.materialized_views_refresh_history IS 'mv-refresher schema version 4';
+COMMENT ON TABLE {schema}.materialized_views_refresh_history IS 'mv-refresher schema version 5';
