@@ -24,7 +24,7 @@ CREATE TABLE bets (id bigserial PRIMARY KEY, tenant_id bigint NOT NULL, user_id 
     updated_at timestamptz NOT NULL DEFAULT clock_timestamp());
 CREATE INDEX ON bets (updated_at); CREATE INDEX ON bets (tenant_id, user_id);
 CREATE TABLE payments (id bigserial PRIMARY KEY, tenant_id bigint NOT NULL, user_id bigint NOT NULL, amount numeric,
-    ts bigint NOT NULL);
+    ts bigint);
 CREATE INDEX ON payments (ts); CREATE INDEX ON payments (tenant_id, user_id);
 INSERT INTO users (tenant_id, user_id, name, active)
     SELECT 1 + g % 3, g, CASE WHEN g % 7 = 0 THEN NULL ELSE 'u' || g END, g % 5 <> 0 FROM generate_series(1, 60) g;
@@ -98,7 +98,9 @@ fn cycles(db: &TestDb) -> Vec<(String, i64)> {
 }
 
 /// One random write: a bet, a bet changed, a user new or changed (active
-/// toggled: its key vanishes or comes back; NULL names), a payment.
+/// toggled: its key vanishes or comes back; NULL names), a payment (some
+/// without a marker, some from a clock ten years ahead, some changed to no
+/// marker).
 fn random_write(client: &mut impl postgres::GenericClient, rng: &mut fastrand::Rng) {
     let (tenant, user) = (rng.i64(1..=3), rng.i64(1..=80));
     let amount = match rng.u8(0..10) {
@@ -117,10 +119,23 @@ fn random_write(client: &mut impl postgres::GenericClient, rng: &mut fastrand::R
              ON CONFLICT (tenant_id, user_id) DO UPDATE SET active = NOT users.active, \
                  name = EXCLUDED.name, v = nextval('users_v_seq')"
         }
-        3 => {
-            "INSERT INTO payments (tenant_id, user_id, amount, ts) \
-             VALUES ($1, $2, $3::bigint, (extract(epoch FROM now()) * 1000)::bigint)"
-        }
+        3 => match rng.u8(0..10) {
+            0 => {
+                "INSERT INTO payments (tenant_id, user_id, amount, ts) VALUES ($1, $2, $3::bigint, NULL)"
+            }
+            1 => {
+                "INSERT INTO payments (tenant_id, user_id, amount, ts) VALUES ($1, $2, $3::bigint, \
+                 (extract(epoch FROM now() + interval '10 years') * 1000)::bigint)"
+            }
+            2 => {
+                "UPDATE payments SET amount = $3::bigint, ts = NULL \
+                 WHERE id = (SELECT id FROM payments WHERE tenant_id = $1 AND user_id = $2 LIMIT 1)"
+            }
+            _ => {
+                "INSERT INTO payments (tenant_id, user_id, amount, ts) \
+                 VALUES ($1, $2, $3::bigint, (extract(epoch FROM now()) * 1000)::bigint)"
+            }
+        },
         _ => {
             "UPDATE users SET name = 'r' || $3::bigint, v = nextval('users_v_seq') \
              WHERE tenant_id = $1 AND user_id = $2"
