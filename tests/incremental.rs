@@ -24,7 +24,7 @@ CREATE TABLE bets (id bigserial PRIMARY KEY, tenant_id bigint NOT NULL, user_id 
     updated_at timestamptz NOT NULL DEFAULT clock_timestamp());
 CREATE INDEX ON bets (updated_at); CREATE INDEX ON bets (tenant_id, user_id);
 CREATE TABLE payments (id bigserial PRIMARY KEY, tenant_id bigint NOT NULL, user_id bigint NOT NULL, amount numeric,
-    ts bigint NOT NULL);
+    ts bigint);
 CREATE INDEX ON payments (ts); CREATE INDEX ON payments (tenant_id, user_id);
 INSERT INTO users (tenant_id, user_id, name, active)
     SELECT 1 + g % 3, g, CASE WHEN g % 7 = 0 THEN NULL ELSE 'u' || g END, g % 5 <> 0 FROM generate_series(1, 60) g;
@@ -98,7 +98,9 @@ fn cycles(db: &TestDb) -> Vec<(String, i64)> {
 }
 
 /// One random write: a bet, a bet changed, a user new or changed (active
-/// toggled: its key vanishes or comes back; NULL names), a payment.
+/// toggled: its key vanishes or comes back; NULL names), a payment (some
+/// without a marker, some from a clock ten years ahead, some changed to no
+/// marker).
 fn random_write(client: &mut impl postgres::GenericClient, rng: &mut fastrand::Rng) {
     let (tenant, user) = (rng.i64(1..=3), rng.i64(1..=80));
     let amount = match rng.u8(0..10) {
@@ -117,10 +119,23 @@ fn random_write(client: &mut impl postgres::GenericClient, rng: &mut fastrand::R
              ON CONFLICT (tenant_id, user_id) DO UPDATE SET active = NOT users.active, \
                  name = EXCLUDED.name, v = nextval('users_v_seq')"
         }
-        3 => {
-            "INSERT INTO payments (tenant_id, user_id, amount, ts) \
-             VALUES ($1, $2, $3::bigint, (extract(epoch FROM now()) * 1000)::bigint)"
-        }
+        3 => match rng.u8(0..10) {
+            0 => {
+                "INSERT INTO payments (tenant_id, user_id, amount, ts) VALUES ($1, $2, $3::bigint, NULL)"
+            }
+            1 => {
+                "INSERT INTO payments (tenant_id, user_id, amount, ts) VALUES ($1, $2, $3::bigint, \
+                 (extract(epoch FROM now() + interval '10 years') * 1000)::bigint)"
+            }
+            2 => {
+                "UPDATE payments SET amount = $3::bigint, ts = NULL \
+                 WHERE id = (SELECT id FROM payments WHERE tenant_id = $1 AND user_id = $2 LIMIT 1)"
+            }
+            _ => {
+                "INSERT INTO payments (tenant_id, user_id, amount, ts) \
+                 VALUES ($1, $2, $3::bigint, (extract(epoch FROM now()) * 1000)::bigint)"
+            }
+        },
         _ => {
             "UPDATE users SET name = 'r' || $3::bigint, v = nextval('users_v_seq') \
              WHERE tenant_id = $1 AND user_id = $2"
@@ -915,4 +930,273 @@ fn a_role_that_may_not_read_the_system_identifier_still_runs_incremental_cycles(
     assert!(unknown, "the cluster is kept as unknown");
     db.mvr_with(&registry).arg("verify").run().code(0);
     db.execute(&format!("DROP OWNED BY {role}; DROP ROLE {role};"));
+}
+
+/// The reproductions of issue 19: one source `s` whose marker `m` has the
+/// type given (nullable, indexed, set by the application: `lag` catches
+/// late commits), and the sums of its values by `k`.
+fn sums(test: &str, marker_type: &str, lag: &str) -> (TestDb, std::path::PathBuf) {
+    let db = TestDb::empty(test);
+    db.execute(&format!(
+        "CREATE TABLE s (id bigserial PRIMARY KEY, k int NOT NULL, v int, m {marker_type}); \
+         CREATE INDEX s_m_idx ON s (m); CREATE INDEX ON s (k);"
+    ));
+    let registry = db.registry(&sums_registry(lag, "0"));
+    (db, registry)
+}
+
+fn sums_registry(lag: &str, full_every: &str) -> String {
+    format!(
+        r#"
+[[view]]
+name = "sums"
+key = ["k"]
+full_every = "{full_every}"
+query = "SELECT k, sum(v) AS v, count(*) AS n FROM s WHERE $changed(k) GROUP BY k"
+
+[[view.changes]]
+table = "s"
+key = ["k"]
+marker = "m"
+lag = {lag}
+"#
+    )
+}
+
+/// The table `sums` against its query: rows in one and not the other.
+fn sums_drift(db: &TestDb) -> i64 {
+    let full = "SELECT k, sum(v) AS v, count(*) AS n FROM s GROUP BY k";
+    db.scalar(&format!(
+        "SELECT count(*) FROM ((SELECT * FROM sums EXCEPT ALL {full}) \
+         UNION ALL ({full} EXCEPT ALL SELECT * FROM sums)) d"
+    ))
+}
+
+#[test]
+fn a_null_marker_is_read_whether_a_row_is_inserted_with_it_or_updated_to_it() {
+    let (db, registry) = sums("incremental_null_marker", "timestamptz", "\"1min\"");
+    db.execute("INSERT INTO s (k, v, m) SELECT g % 8, g, now() FROM generate_series(1, 40) g");
+    db.mvr_with(&registry).arg("refresh").run().code(0);
+
+    // A row inserted without a marker: its key is recomputed.
+    db.execute("INSERT INTO s (k, v, m) VALUES (1, 1000, NULL), (9, 5, NULL)");
+    db.mvr_with(&registry).arg("refresh").run().code(0);
+    assert_eq!(
+        sums_drift(&db),
+        0,
+        "an insert with a NULL marker was missed"
+    );
+    db.mvr_with(&registry).arg("verify").run().code(0);
+
+    // A row whose marker is set to NULL by an update: the same.
+    db.execute("UPDATE s SET v = v + 500, m = NULL WHERE id = 3");
+    db.mvr_with(&registry).arg("refresh").run().code(0);
+    assert_eq!(sums_drift(&db), 0, "an update to a NULL marker was missed");
+    db.mvr_with(&registry).arg("verify").run().code(0);
+
+    // On PostgreSQL the rows already seen are not recomputed again.
+    db.mvr_with(&registry)
+        .arg("refresh")
+        .run()
+        .code(0)
+        .stdout_has("nothing changed");
+    // check says what a nullable marker costs.
+    db.mvr_with(&registry)
+        .arg("check")
+        .run()
+        .code(0)
+        .stdout_has(
+            "warning: public.sums: source public.s: its marker m may be NULL, and every cycle \
+             reads the rows where it is",
+        )
+        .stdout_has("on Citus their keys are recomputed every cycle");
+}
+
+#[test]
+fn null_markers_are_read_through_the_index_on_the_marker() {
+    use mv_refresher::catalog::Relation;
+    use mv_refresher::incremental::catalog::{Column, MarkerKind, SourcePlan, Target};
+    use mv_refresher::incremental::sql::Statements;
+    use mv_refresher::registry::Registry;
+
+    let (db, _) = sums("incremental_null_plan", "timestamptz", "\"1min\"");
+    // A day of rows, one in a hundred without a marker.
+    db.execute(
+        "INSERT INTO s (k, v, m) SELECT g % 1000, g, \
+             CASE WHEN g % 100 <> 0 THEN now() - (100000 - g) * interval '1 second' END \
+         FROM generate_series(1, 100000) g; ANALYZE s",
+    );
+    let registry = Registry::parse(&sums_registry("\"1min\"", "0"), "sums.toml").unwrap();
+    let spec = registry.views[0].incremental.as_ref().unwrap();
+    let source = SourcePlan {
+        spec: spec.changes[0].clone(),
+        relation: Relation {
+            oid: db.scalar("SELECT 's'::regclass::oid"),
+            schema: "public".into(),
+            name: "s".into(),
+        },
+        marker_type: "timestamp with time zone".into(),
+        marker_kind: MarkerKind::Other,
+        marker_nullable: true,
+        marker_index: Some("s_m_idx".into()),
+        key_index: None,
+    };
+    let column = |name: &str, type_name: &str| Column {
+        name: name.into(),
+        type_name: type_name.into(),
+    };
+    let target = Target {
+        table: None,
+        quoted: "public.sums".into(),
+        columns: vec![
+            column("k", "integer"),
+            column("v", "bigint"),
+            column("n", "bigint"),
+        ],
+        sources: vec![source.clone()],
+        warnings: Vec::new(),
+    };
+    let statements = Statements {
+        spec,
+        target: &target,
+    };
+    let plan = db.rows(&format!(
+        "BEGIN; {}; PREPARE changed (text, bigint, bigint) AS {}; \
+         EXPLAIN (FORMAT JSON) EXECUTE changed((now() - interval '10 minutes')::text, \
+             pg_snapshot_xmax(pg_current_snapshot())::text::bigint, 0); ROLLBACK",
+        statements.changed_table(),
+        statements.changed_keys(&source, true)
+    ));
+    let plan: serde_json::Value = serde_json::from_str(plan[0][0].as_deref().unwrap()).unwrap();
+    // Every node of the plan, depth first.
+    fn nodes<'a>(node: &'a serde_json::Value, all: &mut Vec<&'a serde_json::Value>) {
+        all.push(node);
+        for child in node["Plans"].as_array().into_iter().flatten() {
+            nodes(child, all);
+        }
+    }
+    let mut all = Vec::new();
+    nodes(&plan[0]["Plan"], &mut all);
+    let scans_s: Vec<&str> = all
+        .iter()
+        .filter(|n| n["Relation Name"] == "s")
+        .map(|n| n["Node Type"].as_str().unwrap())
+        .collect();
+    assert!(!scans_s.contains(&"Seq Scan"), "{plan:#}");
+    let conditions: Vec<&str> = all
+        .iter()
+        .filter(|n| n["Index Name"] == "s_m_idx")
+        .filter_map(|n| n["Index Cond"].as_str())
+        .collect();
+    assert!(
+        conditions.iter().any(|c| c.contains("m IS NULL")),
+        "the NULL markers are not read through the index: {plan:#}"
+    );
+    assert!(
+        conditions.iter().any(|c| c.contains("m >")),
+        "the window is not read through the index: {plan:#}"
+    );
+}
+
+#[test]
+fn a_marker_from_the_future_does_not_hide_the_rows_written_after_it() {
+    // A timestamp, and a bigint of epoch milliseconds (the seeds' markers).
+    for (marker_type, lag, now, later) in [
+        (
+            "timestamptz",
+            "\"1min\"",
+            "now()",
+            "now() + interval '10 years'",
+        ),
+        (
+            "bigint",
+            "60000",
+            "(extract(epoch FROM now()) * 1000)::bigint",
+            "(extract(epoch FROM now() + interval '10 years') * 1000)::bigint",
+        ),
+    ] {
+        let (db, registry) = sums(
+            &format!("incremental_future_{marker_type}"),
+            marker_type,
+            lag,
+        );
+        db.execute(&format!(
+            "INSERT INTO s (k, v, m) SELECT g % 8, g, {now} FROM generate_series(1, 40) g"
+        ));
+        db.mvr_with(&registry).arg("refresh").run().code(0);
+
+        // A writer whose clock is ten years ahead: its row is applied ...
+        db.execute(&format!(
+            "INSERT INTO s (k, v, m) VALUES (1, 1000, {later})"
+        ));
+        db.mvr_with(&registry).arg("refresh").run().code(0);
+        assert_eq!(sums_drift(&db), 0, "{marker_type}");
+        // ... and an ordinary row written after it is not hidden.
+        db.execute(&format!("INSERT INTO s (k, v, m) VALUES (2, 7, {now})"));
+        db.mvr_with(&registry).arg("refresh").run().code(0);
+        assert_eq!(
+            sums_drift(&db),
+            0,
+            "{marker_type}: the later row was hidden"
+        );
+        db.mvr_with(&registry).arg("verify").run().code(0);
+
+        // check and status report the row ahead of the clock.
+        let ahead = "source public.s: 1 row(s) with a marker more than 5min ahead of the server's \
+                     clock";
+        db.mvr_with(&registry)
+            .arg("check")
+            .run()
+            .code(0)
+            .stdout_has(&format!("warning: public.sums: {ahead}"));
+        db.mvr_with(&registry)
+            .arg("status")
+            .run()
+            .code(0)
+            .stdout_has(&format!("public.sums: {ahead}"));
+        let json = db
+            .mvr_with(&registry)
+            .args(["status", "--format", "json"])
+            .run();
+        json.code(0);
+        let status: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+        let ahead = &status["views"][0]["markers_ahead"];
+        assert_eq!(ahead[0]["source"], "public.s", "{status}");
+        assert_eq!(ahead[0]["rows"], 1, "{status}");
+    }
+}
+
+#[test]
+fn check_says_what_no_marker_shows_and_the_full_every_that_bounds_it() {
+    let (db, _) = sums("incremental_unseen", "timestamptz", "\"1min\"");
+    let unseen = "  not seen by any marker: rows deleted from a source, and the old key of a row \
+                  whose key changes; they stay in its table";
+    let path = db.registry(&sums_registry("\"1min\"", "6h"));
+    let out = db.mvr_with(&path).arg("check").run();
+    out.code(0)
+        .stdout_has(&format!("{unseen} until the full reconcile (every 6h)"))
+        .never_shows("full_every = \"0\"")
+        .never_shows("refreshed by this registry");
+
+    // Never reconciled: said loudly.
+    let path = db.registry(&sums_registry("\"1min\"", "0"));
+    db.mvr_with(&path)
+        .arg("check")
+        .run()
+        .code(0)
+        .stdout_has(&format!("{unseen} for good: full_every = \"0\""))
+        .stdout_has("warning: public.sums: full_every = \"0\": it is never reconciled in full");
+
+    // A source the registry refreshes itself: its lag must cover that.
+    db.execute(
+        "CREATE MATERIALIZED VIEW s_copy AS SELECT * FROM s; \
+         CREATE UNIQUE INDEX ON s_copy (id); CREATE INDEX ON s_copy (m);",
+    );
+    let copied = sums_registry("\"1min\"", "6h").replace("table = \"s\"", "table = \"s_copy\"");
+    let path = db.registry(&format!("{copied}\n[[view]]\nname = \"s_copy\"\n"));
+    db.mvr_with(&path).arg("check").run().code(0).stdout_has(
+        "    public.s_copy is refreshed by this registry (public.s_copy): its rows change when \
+         it is refreshed, with the markers they had before, so lag (now 1min) must be at least \
+         its refresh period; what comes later is missed until the full reconcile (every 6h)",
+    );
 }

@@ -2,10 +2,11 @@
 //! anything: where it would run, in which order, how, with which settings, and
 //! what would fail. Exit code 1 when a view cannot be refreshed as configured.
 
-use crate::catalog;
+use crate::catalog::{self, Lookup};
 use crate::config::CheckConfig;
 use crate::db::DbTarget;
 use crate::error::{Error, Exit};
+use crate::incremental::markers::Ahead;
 use crate::outln;
 use crate::output::{self, print_table, table};
 use crate::plan::{Plan, Step};
@@ -52,18 +53,23 @@ pub(super) async fn check(
         citus,
         log_exists,
     };
+    let ahead = super::markers_ahead(&*client, &plan)
+        .await
+        .map_err(db_err("reading the incremental views' markers"))?;
     print_header(options, log, &server);
     print_plan(&plan);
-    print_incremental(&plan);
+    print_incremental(&plan, &ahead);
     print_warnings(&plan);
     Ok(print_problems(&plan))
 }
 
 /// For each incremental view, how each source's changes are found: the
-/// marker, how late commits are caught, and the indexes that serve it.
-fn print_incremental(plan: &Plan) {
+/// marker, how late commits are caught, and the indexes that serve it; what
+/// no marker shows, and the `full_every` that bounds it; the rows ahead of
+/// the clock (`ahead`, one list per step).
+fn print_incremental(plan: &Plan, ahead: &[Vec<Ahead>]) {
     use crate::incremental::catalog::MarkerKind;
-    for step in &plan.steps {
+    for (step, ahead) in plan.steps.iter().zip(ahead) {
         let Some(target) = &step.incremental else {
             continue;
         };
@@ -71,10 +77,12 @@ fn print_incremental(plan: &Plan) {
             Some(_) => "its table",
             None => "its table, created on the first refresh,",
         };
-        let every = step
-            .settings()
-            .full_every
-            .map_or("never".to_owned(), |d| format!("every {d}"));
+        let full_every = step.settings().full_every;
+        let every = full_every.map_or("never".to_owned(), |d| format!("every {d}"));
+        // What lag does not catch waits for this.
+        let until = full_every.map_or("for good: full_every = \"0\"".to_owned(), |d| {
+            format!("until the full reconcile (every {d})")
+        });
         outln!(
             "
 incremental {}: {table} kept equal to its query by key ({}); full reconcile {every}",
@@ -104,11 +112,56 @@ incremental {}: {table} kept equal to its query by key ({}); full reconcile {eve
                 source.spec.key.join(", "),
                 index(&source.key_index)
             );
+            if plan.citus && source.marker_kind != MarkerKind::Other {
+                outln!(
+                    "    on Citus only the writers connected to the coordinator are waited for: \
+                     a write entering through a worker relies on lag ({}) like any late commit, \
+                     and what lag does not catch is missed {until}",
+                    lag(source.spec.lag)
+                );
+            }
+            if let Some(view) = registry_view(plan, source.relation.oid) {
+                outln!(
+                    "    {} is refreshed by this registry ({view}): its rows change when it is \
+                     refreshed, with the markers they had before, so lag (now {}) must be at \
+                     least its refresh period; what comes later is missed {until}",
+                    source.relation,
+                    lag(source.spec.lag)
+                );
+            }
         }
+        outln!(
+            "  not seen by any marker: rows deleted from a source, and the old key of a row \
+             whose key changes; they stay in its table {until}"
+        );
         for warning in &target.warnings {
             outln!("\nwarning: {}: {warning}", step.view_name());
         }
+        for a in ahead {
+            outln!(
+                "\nwarning: {}: {a}: the watermark stops at the clock instead of following them \
+                 (is a writer's clock wrong?)",
+                step.view_name()
+            );
+        }
+        if full_every.is_none() {
+            outln!(
+                "\nwarning: {}: full_every = \"0\": it is never reconciled in full, so rows \
+                 deleted from its sources and the old keys of rows whose key changes stay in its \
+                 table until `mv-refresher refresh --full`",
+                step.view_name()
+            );
+        }
     }
+}
+
+/// The registry view whose relation is `oid`: a source that the registry
+/// itself refreshes.
+fn registry_view(plan: &Plan, oid: u32) -> Option<String> {
+    plan.steps.iter().find_map(|step| match &step.lookup {
+        Lookup::MatView(r) | Lookup::Table(r) if r.oid == oid => Some(step.view_name()),
+        _ => None,
+    })
 }
 
 /// A source's `lag` with its unit: a duration says its own; a number is in

@@ -15,6 +15,7 @@ use crate::catalog;
 use crate::config::{CommandConfig, Config};
 use crate::db::DbTarget;
 use crate::error::{Error, Exit};
+use crate::incremental::markers::{self, Ahead};
 use crate::plan::{Plan, Tuning};
 use crate::refresh_log::RefreshLog;
 use crate::registry::ViewSpec;
@@ -82,6 +83,23 @@ async fn plan(
     let plan = plan.map_err(db_err("planning the refresh"))?;
     ended.map_err(db_err("planning the refresh"))?;
     Ok((exists, plan))
+}
+
+/// For each step of `plan`, the rows of its sources whose marker is ahead
+/// of the server's clock (empty for what is not an incremental view here),
+/// which `check` and `status` report.
+async fn markers_ahead(
+    client: &impl tokio_postgres::GenericClient,
+    plan: &Plan,
+) -> Result<Vec<Vec<Ahead>>, tokio_postgres::Error> {
+    let mut ahead = Vec::with_capacity(plan.steps.len());
+    for step in &plan.steps {
+        ahead.push(match &step.incremental {
+            Some(target) => markers::ahead(client, &target.sources).await?,
+            None => Vec::new(),
+        });
+    }
+    Ok(ahead)
 }
 
 /// Before anything is written: names given on the command line (`named`)

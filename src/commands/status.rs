@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::config::StatusConfig;
 use crate::db::DbTarget;
 use crate::error::{Error, Exit};
+use crate::incremental::markers::Ahead;
 use crate::metrics;
 use crate::output::{StatusFormat, print_table, table};
 use crate::refresh_log::{LogRow, RefreshLog};
@@ -55,6 +56,9 @@ struct ViewReport {
     /// Why every run skips the view on purpose (an incremental view whose
     /// table is not in this database): it is not stale, and has no metrics.
     skipped: Option<String>,
+    /// An incremental view's sources with rows whose marker is ahead of the
+    /// server's clock: its watermark stops at the clock instead.
+    markers_ahead: Vec<Ahead>,
 }
 
 /// Prints the freshness of every registry view.
@@ -68,9 +72,13 @@ pub(super) async fn status(
     let db_err = |context| Error::in_context(context, target);
     // The plan names each view as the log tables do, and knows its work_mem.
     let (exists, plan) = super::plan(&client, target, log, &options.registry.views).await?;
+    let ahead = super::markers_ahead(&*client, &plan)
+        .await
+        .map_err(db_err("reading the incremental views' markers"))?;
     let views = options.registry.views.iter().map(|spec| {
-        let step = plan.steps.iter().find(|s| s.spec.name == spec.name);
-        let step = step.expect("the plan holds every registry view");
+        let i = plan.steps.iter().position(|s| s.spec.name == spec.name);
+        let i = i.expect("the plan holds every registry view");
+        let step = &plan.steps[i];
         // What refresh fails without a log row; a view skipped on purpose
         // (an incremental view without its table) is no problem.
         let problem = (!step.is_recorded() && step.skip.is_none()).then(|| {
@@ -84,6 +92,7 @@ pub(super) async fn status(
             step.work_mem.reason.clone(),
             problem,
             step.skip.clone(),
+            ahead[i].clone(),
         )
     });
     let names: Vec<String> = views.clone().map(|(name, ..)| name).collect();
@@ -100,26 +109,29 @@ pub(super) async fn status(
         }
     };
     let reports: Vec<ViewReport> = views
-        .map(|(name, min_interval, work_mem, problem, skipped)| {
-            let log = match rows.iter().position(|r| r.view_name == name) {
-                Some(i) => rows.swap_remove(i),
-                None => LogRow::never(name),
-            };
-            ViewReport {
-                recent_durations_ms: recent.remove(&log.view_name).unwrap_or_default(),
-                next_due_at: next_due_at(&log, min_interval),
-                // A view not here is not failing, whatever an older run
-                // recorded for it.
-                failing: problem.is_some()
-                    || (skipped.is_none()
-                        && matches!(log.last_status.as_deref(), Some("failed" | "cancelled"))),
-                log,
-                min_interval: min_interval.map(|d| d.to_string()),
-                work_mem,
-                problem,
-                skipped,
-            }
-        })
+        .map(
+            |(name, min_interval, work_mem, problem, skipped, markers_ahead)| {
+                let log = match rows.iter().position(|r| r.view_name == name) {
+                    Some(i) => rows.swap_remove(i),
+                    None => LogRow::never(name),
+                };
+                ViewReport {
+                    recent_durations_ms: recent.remove(&log.view_name).unwrap_or_default(),
+                    next_due_at: next_due_at(&log, min_interval),
+                    // A view not here is not failing, whatever an older run
+                    // recorded for it.
+                    failing: problem.is_some()
+                        || (skipped.is_none()
+                            && matches!(log.last_status.as_deref(), Some("failed" | "cancelled"))),
+                    log,
+                    min_interval: min_interval.map(|d| d.to_string()),
+                    work_mem,
+                    problem,
+                    skipped,
+                    markers_ahead,
+                }
+            },
+        )
         .collect();
     for report in &reports {
         if let Some(problem) = &report.problem {
@@ -301,6 +313,14 @@ fn print_status_table(views: &[ViewReport]) {
         ]);
     }
     print_table(&t);
+    for view in views {
+        for ahead in &view.markers_ahead {
+            outln!(
+                "\n{}: {ahead}; its watermark stops at the clock",
+                view.log.view_name
+            );
+        }
+    }
 }
 
 #[cfg(test)]

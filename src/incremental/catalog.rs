@@ -41,6 +41,8 @@ pub struct SourcePlan {
     /// The marker's type, as SQL spells it (`bigint`, `timestamp with time zone`).
     pub marker_type: String,
     pub marker_kind: MarkerKind,
+    /// The marker's column may hold NULL: such rows are in every cycle's window.
+    pub marker_nullable: bool,
     /// An index whose first column is the marker: the window is an index scan.
     pub marker_index: Option<String>,
     /// An index whose leading columns are the key's (when the key is plain columns).
@@ -473,7 +475,8 @@ async fn sources(
                  pg_catalog.pg_get_serial_sequence(s.oid::regclass::text, a.attname), \
                  s.oid = 0 OR has_table_privilege(s.oid, 'SELECT'), current_user::text, \
                  (SELECT q.seqcache FROM pg_catalog.pg_sequence q WHERE q.seqrelid = \
-                     pg_catalog.pg_get_serial_sequence(s.oid::regclass::text, a.attname)::regclass) \
+                     pg_catalog.pg_get_serial_sequence(s.oid::regclass::text, a.attname)::regclass), \
+                 coalesce(NOT a.attnotnull, false) \
              FROM unnest($1::oid[], $2::text[]) WITH ORDINALITY AS s(oid, marker, i) \
              LEFT JOIN pg_catalog.pg_attribute a \
                ON a.attrelid = s.oid AND a.attname = s.marker AND a.attnum > 0 AND NOT a.attisdropped \
@@ -549,6 +552,7 @@ fn source_plan(
         relation,
         marker_type,
         marker_kind,
+        marker_nullable: row.get(7),
         marker_index,
         key_index,
     })
@@ -643,6 +647,16 @@ fn source_warnings(sources: &[SourcePlan]) -> Vec<String> {
                 display_ident(&source.spec.marker),
                 source.relation,
                 display_ident(&source.spec.marker)
+            ));
+        }
+        if source.marker_nullable {
+            warnings.push(format!(
+                "source {}: its marker {} may be NULL, and every cycle reads the rows where it \
+                 is (a NULL marker is never above the watermark): on PostgreSQL only those \
+                 written since the last cycle are recomputed, on Citus their keys are recomputed \
+                 every cycle (make it NOT NULL if it never is)",
+                source.relation,
+                display_ident(&source.spec.marker),
             ));
         }
         let waits = source.marker_kind != MarkerKind::Other;

@@ -5,12 +5,15 @@
 //!   that respects strings, comments and dollar quotes.
 //! * [`catalog`] reads, while planning, the query's columns and what it reads,
 //!   the table's keys, and each source's marker and indexes.
+//! * [`markers`] bounds time-like markers by the server's clock and counts
+//!   the rows ahead of it.
 //! * [`sql`] makes the statements of a cycle; `refresh::incremental` runs them.
 //! * [`identity`] reads and compares what ties a view's state to its table,
 //!   its sources and this cluster.
 
 pub mod catalog;
 pub mod identity;
+pub mod markers;
 pub mod sql;
 mod template;
 

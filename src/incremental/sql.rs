@@ -11,6 +11,7 @@
 //! local table, or a correlated subquery over one).
 
 use super::catalog::{SourcePlan, Target, is_time};
+use super::markers::clock_bound;
 use crate::quote::quote_ident;
 use crate::registry::{Incremental, Lag};
 
@@ -83,7 +84,7 @@ impl Statements<'_> {
     }
 
     /// The keys of `source`'s rows changed since the last cycle: markers above
-    /// the watermark (`$1`, text) less its lag; with `seen`, less the rows
+    /// the watermark (`$1`, text) less its lag, or NULL; with `seen`, less the rows
     /// whose transaction ended before the last cycle's snapshot (`$3`, that
     /// snapshot's xmin; `$2`, the current snapshot's xmax, to widen 32-bit
     /// `xmin`s to full transaction ids).
@@ -123,11 +124,21 @@ impl Statements<'_> {
     }
 
     /// The new watermark of `source`: the largest marker (`$1`: the old one;
-    /// `$2`: the highest value known complete, for waited-on markers).
+    /// `$2`: the highest value known complete, for waited-on markers), never
+    /// past the clock of the cycle's snapshot (`$3`) when the marker is time
+    /// ([`clock_bound`]): a row from a skewed clock must not hide the rows
+    /// written after it. The bound also brings back a watermark already past
+    /// it. NULL markers are no maximum. The largest marker is read in a
+    /// subquery: Citus runs no subquery in the select list of an aggregate.
     pub fn watermark(&self, source: &SourcePlan) -> String {
         let (m, ty) = (quote_ident(&source.spec.marker), &source.marker_type);
+        let highest = format!("greatest($1::text::{ty}, least(h.m, $2::text::{ty}))");
+        let bounded = match clock_bound(source, "$3::text::timestamptz") {
+            Some(clock) => format!("least({highest}, {clock})"),
+            None => highest,
+        };
         format!(
-            "SELECT greatest($1::text::{ty}, least(max({m}), $2::text::{ty}))::text FROM {}",
+            "SELECT {bounded}::text FROM (SELECT max({m}) AS m FROM {}) h",
             source.relation.quoted()
         )
     }
@@ -276,7 +287,9 @@ pub fn widened_xid(xid: &str, near: &str) -> String {
 }
 
 /// `source`'s rows with a marker above `watermark` (a text parameter) less
-/// the lag; every row when the watermark is NULL.
+/// the lag, and those whose marker is NULL (never above anything, and they
+/// change too); every row when the watermark is NULL. A btree on the marker
+/// serves both conditions (a `BitmapOr` of two index scans).
 fn window(source: &SourcePlan, watermark: &str) -> String {
     let (m, ty) = (quote_ident(&source.spec.marker), &source.marker_type);
     let lag = match source.spec.lag {
@@ -285,5 +298,5 @@ fn window(source: &SourcePlan, watermark: &str) -> String {
         Lag::Duration(d) if is_time(ty) => format!(" - interval '{} milliseconds'", d.as_millis()),
         Lag::Duration(_) => String::new(),
     };
-    format!("({watermark}::text IS NULL OR {m} > {watermark}::text::{ty}{lag})")
+    format!("({watermark}::text IS NULL OR {m} > {watermark}::text::{ty}{lag} OR {m} IS NULL)")
 }

@@ -459,7 +459,11 @@ impl Cycle<'_> {
             let row = client
                 .query_typed_one(
                     &self.statements.watermark(source),
-                    &[(&old, Type::TEXT), (upper, Type::TEXT)],
+                    &[
+                        (&old, Type::TEXT),
+                        (upper, Type::TEXT),
+                        (&taken, Type::TEXT),
+                    ],
                 )
                 .await?;
             watermarks.push(row.get::<_, Option<String>>(0));
