@@ -634,3 +634,119 @@ fn a_writer_still_open_after_lock_timeout_fails_the_attempt_and_the_retry_succee
     let name: String = db.scalar("SELECT name FROM user_totals WHERE user_id = 2");
     assert_eq!(name, "held");
 }
+
+/// The two kinds of marker whose writers are waited for: a sequence's
+/// values, and `clock_timestamp()` at insert.
+const WAITED_MARKERS: [&str; 2] = [
+    "bigserial",
+    "timestamptz NOT NULL DEFAULT clock_timestamp()",
+];
+
+/// Per key `k` of a source `s`, the sum of `v` and the rows: the issue's
+/// reproductions (`s(id bigserial, k int, v int, m ...)`), lag 0.
+const SUMS: &str = r#"
+[[view]]
+name = "sums"
+key = ["k"]
+full_every = "0"
+query = "SELECT k, sum(v) AS total, count(*) AS n FROM s WHERE $changed(k) GROUP BY k"
+
+[[view.changes]]
+table = "s"
+key = ["k"]
+marker = "m"
+"#;
+
+/// Rows of `sums` and of its query that the other lacks.
+fn sums_drift(db: &TestDb) -> i64 {
+    let full = "SELECT k, sum(v) AS total, count(*) AS n FROM s GROUP BY k";
+    db.scalar(&format!(
+        "SELECT count(*) FROM ((SELECT * FROM sums EXCEPT ALL ({full})) \
+         UNION ALL (({full}) EXCEPT ALL SELECT * FROM sums)) d"
+    ))
+}
+
+/// Waits until the refresher `run` is waiting for the sources' writers (its
+/// session's statement is the wait's, which looks for prepared
+/// transactions); fails at once if it ends first, not having waited.
+fn wait_for_the_wait(db: &TestDb, run: &mut common::Running) {
+    run.wait_until("the refresher to wait for the sources' writers", || {
+        let waiting: bool = db.scalar(
+            "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = current_database() \
+             AND application_name = 'mv-refresher' AND pid <> pg_backend_pid() \
+             AND query LIKE '%pg_prepared_xacts%')",
+        );
+        waiting.then_some(())
+    });
+}
+
+/// For each waited-for marker: `setup` makes the source `s` (with `{marker}`
+/// for its marker's type), the view is loaded, `hold` opens a writer on its
+/// own connection, a later marker commits, and the writer ends (`end`) while
+/// a cycle waits for it: with lag 0 the cycle reads its row all the same.
+fn a_writer_ending_during_the_wait_is_caught(
+    test: &str,
+    setup: &str,
+    hold: &str,
+    end: &str,
+    database_default: Option<&str>,
+) {
+    for (i, marker) in WAITED_MARKERS.iter().enumerate() {
+        let db = TestDb::empty(&format!("{test}_{i}"));
+        if let Some(setting) = database_default {
+            db.execute(&format!("ALTER DATABASE \"{}\" SET {setting}", db.name));
+        }
+        db.execute(&setup.replace("{marker}", marker));
+        db.execute("INSERT INTO s (k, v) SELECT g % 4, g FROM generate_series(1, 20) g");
+        let registry = db.registry(SUMS);
+        db.mvr_with(&registry).arg("refresh").run().code(0);
+
+        let mut writer = db.client();
+        writer.batch_execute(hold).unwrap();
+        db.execute("INSERT INTO s (k, v) VALUES (2, 1)");
+        let mut run = db.mvr_with(&registry).arg("refresh").spawn();
+        wait_for_the_wait(&db, &mut run);
+        writer.batch_execute(end).unwrap();
+        run.wait().code(0);
+        assert_eq!(sums_drift(&db), 0, "{marker}: the late row was missed");
+        let total: i64 = db.scalar("SELECT total FROM sums WHERE k = 1");
+        assert!(total >= 1000, "{marker}: {total}");
+    }
+}
+
+#[test]
+fn a_prepared_insert_committed_during_the_wait_is_caught_with_lag_0() {
+    let gid = format!("mvr_late_{}", std::process::id());
+    a_writer_ending_during_the_wait_is_caught(
+        "incremental_prepared",
+        "CREATE TABLE s (id bigserial, k int NOT NULL, v int, m {marker}); CREATE INDEX ON s (m)",
+        &format!("BEGIN; INSERT INTO s (k, v) VALUES (1, 1000); PREPARE TRANSACTION '{gid}'"),
+        &format!("COMMIT PREPARED '{gid}'"),
+        None,
+    );
+}
+
+#[test]
+fn an_insert_straight_into_a_partition_committed_during_the_wait_is_caught_with_lag_0() {
+    a_writer_ending_during_the_wait_is_caught(
+        "incremental_partition",
+        "CREATE TABLE s (id bigserial, k int NOT NULL, v int, m {marker}) PARTITION BY RANGE (k); \
+         CREATE TABLE s_low PARTITION OF s FOR VALUES FROM (0) TO (2); \
+         CREATE TABLE s_high PARTITION OF s FOR VALUES FROM (2) TO (100); \
+         CREATE INDEX ON s (m)",
+        "BEGIN; INSERT INTO s_low (k, v) VALUES (1, 1000)",
+        "COMMIT",
+        None,
+    );
+}
+
+#[test]
+fn under_a_repeatable_read_default_a_writer_committed_during_the_wait_is_caught() {
+    a_writer_ending_during_the_wait_is_caught(
+        "incremental_repeatable_read",
+        "CREATE TABLE s (id bigserial, k int NOT NULL, v int, m {marker}); CREATE INDEX ON s (m)",
+        "BEGIN; INSERT INTO s (k, v) VALUES (1, 1000)",
+        "COMMIT",
+        Some("default_transaction_isolation = 'repeatable read'"),
+    );
+}
