@@ -750,3 +750,42 @@ fn under_a_repeatable_read_default_a_writer_committed_during_the_wait_is_caught(
         Some("default_transaction_isolation = 'repeatable read'"),
     );
 }
+
+#[test]
+fn values_equal_but_not_identical_are_rewritten_and_verify_sees_them() {
+    let db = TestDb::empty("incremental_images");
+    db.execute(
+        "CREATE TABLE s (id bigserial, k int NOT NULL, v numeric, f float8, m bigserial); \
+         CREATE INDEX ON s (m); \
+         INSERT INTO s (k, v, f) VALUES (1, 1.0, 0), (2, 2.5, 1);",
+    );
+    let registry =
+        db.registry(&SUMS.replace("sum(v) AS total,", "sum(v) AS total, min(f) AS low,"));
+    db.mvr_with(&registry).arg("refresh").run().code(0);
+    let row = "SELECT total::text || ' ' || low::text FROM sums WHERE k = 1";
+    assert_eq!(db.scalar::<String>(row), "1.0 0");
+
+    // Equal by `=`, not by image: 1.0 and 1.000, 0 and -0.
+    db.execute("UPDATE s SET v = 1.000, f = '-0', m = nextval('s_m_seq') WHERE k = 1");
+    db.mvr_with(&registry).arg("refresh").run().code(0);
+    assert_eq!(db.scalar::<String>(row), "1.000 -0");
+    let updated: i64 = db.scalar(
+        "SELECT rows_updated FROM materialized_views_refresh_history ORDER BY id DESC LIMIT 1",
+    );
+    assert_eq!(updated, 1);
+
+    // Planted by hand: verify sees it, and a full reconcile mends it.
+    db.execute("UPDATE sums SET total = 1.0 WHERE k = 1");
+    db.mvr_with(&registry)
+        .arg("verify")
+        .run()
+        .code(1)
+        .stdout_has("1 key(s) differ")
+        .stdout_has("(1): differs");
+    db.mvr_with(&registry)
+        .args(["refresh", "--full"])
+        .run()
+        .code(0);
+    assert_eq!(db.scalar::<String>(row), "1.000 -0");
+    db.mvr_with(&registry).arg("verify").run().code(0);
+}

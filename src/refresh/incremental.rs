@@ -12,7 +12,8 @@
 //! 3. The snapshot the cycle reads from, recorded for the next cycle.
 //! 4. The changed keys (or, in a full reconcile, none: every key), the
 //!    query's rows for them, and the differences applied: delete, update
-//!    (`IS DISTINCT FROM` only), insert. Row locks only: readers never wait.
+//!    (rows whose image differs only), insert. Row locks only: readers never
+//!    wait.
 //! 5. The new watermarks and the success row, then `COMMIT`.
 //!
 //! A failure anywhere rolls all of it back: table and watermarks stay as
