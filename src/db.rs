@@ -569,6 +569,14 @@ fn fill_from_env(
     Ok(())
 }
 
+/// How every transaction that writes begins: `READ COMMITTED` whatever the
+/// database or role makes the default. A refresh reads what others
+/// committed before its lock and while it waited for their writers (under
+/// `REPEATABLE READ` its first statement would fix the snapshot before
+/// either), and rows written by another refresher at the same moment are
+/// waited for, not a serialization failure.
+pub const BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
+
 /// The statement timeout of housekeeping: planning, failure rows, pruning, the
 /// log tables' upgrade. Each of its statements is short; one that is not is
 /// stuck, and must not hold up a run.
@@ -619,7 +627,7 @@ pub async fn begin_housekeeping(
     if rollback_first {
         statements.push("ROLLBACK".into());
     }
-    statements.push("BEGIN".into());
+    statements.push(BEGIN.into());
     statements.extend(housekeeping_timeouts());
     execute_each(client, &statements).await
 }

@@ -243,7 +243,13 @@ impl RefreshLog {
         &self,
         client: &mut tokio_postgres::Client,
     ) -> Result<(), tokio_postgres::Error> {
-        let tx = client.transaction().await?;
+        // READ COMMITTED whatever the default: the version is read after the
+        // lock, and must see what another refresher committed while it waited.
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+            .start()
+            .await?;
         tx.execute_typed(
             "SELECT pg_advisory_xact_lock($1)",
             &[(&DDL_LOCK_KEY, Type::INT8)],

@@ -5,6 +5,7 @@
 use crate::db::DbTarget;
 use crate::error::{Error, Exit};
 use crate::incremental::catalog::Target;
+use crate::incremental::sql::images_differ;
 use crate::outln;
 use crate::plan::Step;
 use crate::quote::quote_ident;
@@ -78,7 +79,9 @@ fn report(step: &Step, rows: &[tokio_postgres::Row]) -> bool {
 }
 
 /// The keys whose rows differ between the table and the full query, each
-/// with how, and their count.
+/// with how, and their count. Rows are matched by key and compared by their
+/// image, as the refresh compares them (`1.0` is not `1.000`); a key the
+/// query returns more than once differs.
 fn diff_sql(spec: &Incremental, target: &Target) -> String {
     let columns: Vec<String> = target
         .columns
@@ -86,24 +89,30 @@ fn diff_sql(spec: &Incremental, target: &Target) -> String {
         .map(|c| quote_ident(&c.name))
         .collect();
     let keys: Vec<String> = spec.key.iter().map(|k| quote_ident(k)).collect();
+    let values: Vec<String> = target
+        .columns
+        .iter()
+        .filter(|c| !spec.key.contains(&c.name))
+        .map(|c| quote_ident(&c.name))
+        .collect();
     format!(
         "WITH q AS MATERIALIZED ({query}), \
               t AS MATERIALIZED (SELECT {columns} FROM {table}), \
-              d AS ((SELECT 't' AS mv_refresher_side, * \
-                     FROM (SELECT * FROM t EXCEPT ALL SELECT * FROM q) AS x) \
-                    UNION ALL \
-                    (SELECT 'q' AS mv_refresher_side, * \
-                     FROM (SELECT * FROM q EXCEPT ALL SELECT * FROM t) AS y)), \
               k AS (SELECT ROW({keys})::text AS key, \
-                       CASE WHEN count(DISTINCT mv_refresher_side) = 2 THEN 'differs' \
-                            WHEN min(mv_refresher_side) = 't' THEN 'in the table, not in the query' \
-                            ELSE 'in the query, not in the table' END AS how \
-                    FROM d GROUP BY {keys}) \
+                       CASE WHEN bool_and(t.mv_refresher_t IS NULL) THEN 'in the query, not in the table' \
+                            WHEN bool_and(q.mv_refresher_q IS NULL) THEN 'in the table, not in the query' \
+                            ELSE 'differs' END AS how \
+                    FROM (SELECT true AS mv_refresher_q, * FROM q) AS q \
+                    FULL JOIN (SELECT true AS mv_refresher_t, * FROM t) AS t USING ({keys}) \
+                    GROUP BY {keys} \
+                    HAVING count(*) > 1 OR bool_or(q.mv_refresher_q IS NULL \
+                        OR t.mv_refresher_t IS NULL OR {differs})) \
          SELECT key, how, count(*) OVER () FROM k ORDER BY key LIMIT {limit}",
         query = spec.query.full(),
         columns = columns.join(", "),
         table = target.quoted,
         keys = keys.join(", "),
+        differs = images_differ(&values, "q", "t"),
         limit = SHOWN + 1,
     )
 }

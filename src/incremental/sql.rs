@@ -208,21 +208,10 @@ impl Statements<'_> {
     }
 
     /// The query's rows that are not in the table as they are (new keys, and
-    /// rows that differ), each marked whether its key is new.
+    /// rows whose values differ, by their image), each marked whether its key
+    /// is new.
     pub fn changed_rows(&self, full: bool) -> String {
-        let values = self.values();
-        let differs = match values.is_empty() {
-            true => "false".to_owned(),
-            false => {
-                let old: Vec<String> = values.iter().map(|c| format!("c.{c}")).collect();
-                let new: Vec<String> = values.iter().map(|c| format!("r.{c}")).collect();
-                format!(
-                    "ROW({}) IS DISTINCT FROM ROW({})",
-                    old.join(", "),
-                    new.join(", ")
-                )
-            }
-        };
+        let differs = images_differ(&self.values(), "c", "r");
         let first_key = format!("c.{}", quote_ident(&self.spec.key[0]));
         format!(
             "CREATE TEMPORARY TABLE mv_refresher_upsert ON COMMIT DROP AS \
@@ -272,6 +261,31 @@ impl Statements<'_> {
             .collect();
         columns.join(", ")
     }
+}
+
+/// Whether the `values` (quoted column names) of the rows `left` and `right`
+/// differ by their image (`*=`), as `REFRESH MATERIALIZED VIEW CONCURRENTLY`
+/// compares rows: `1.0` and `1.000`, `-0` and `0`, two strings a
+/// case-insensitive collation calls equal all differ, and a NULL differs from
+/// any value but NULL. Both sides' columns must be of the same types. The key
+/// is not compared: rows are matched by it with `=`.
+pub fn images_differ(values: &[String], left: &str, right: &str) -> String {
+    if values.is_empty() {
+        return "false".to_owned();
+    }
+    // The operator's function, not `ROW(..) *= ROW(..)`: between row
+    // constructors an operator is taken column by column (no column type has
+    // `*=`), and a cast to `record` does not survive the deparsing with
+    // which a Citus coordinator sends the statement to its workers.
+    let image = |side: &str| {
+        let columns: Vec<String> = values.iter().map(|c| format!("{side}.{c}")).collect();
+        format!("ROW({})", columns.join(", "))
+    };
+    format!(
+        "NOT pg_catalog.record_image_eq({}, {})",
+        image(left),
+        image(right)
+    )
 }
 
 /// The 64-bit transaction id nearest to `near` (a full id, like a

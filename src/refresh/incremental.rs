@@ -7,13 +7,17 @@
 //!    source since rebuilt, or another cluster makes the cycle a full
 //!    reconcile.
 //! 2. For sources whose marker comes from a sequence or `clock_timestamp()`:
-//!    the highest value drawn so far, then a wait for the transactions
-//!    writing the table at that moment, so that every value up to it is
-//!    committed (or never will be) before anything is read.
+//!    the highest value drawn so far, then a wait for the transactions that
+//!    may still commit a value up to it (those holding the sequence, or
+//!    writing the table or one of its partitions; prepared ones too), so that
+//!    every value up to it is committed (or never will be) before anything is
+//!    read. The transaction is `READ COMMITTED` whatever the database's
+//!    default: what they commit during the wait is read.
 //! 3. The snapshot the cycle reads from, recorded for the next cycle.
 //! 4. The changed keys (or, in a full reconcile, none: every key), the
 //!    query's rows for them, and the differences applied: delete, update
-//!    (`IS DISTINCT FROM` only), insert. Row locks only: readers never wait.
+//!    (rows whose image differs only), insert. Row locks only: readers never
+//!    wait.
 //! 5. The new watermarks and the success row, then `COMMIT`.
 //!
 //! A failure anywhere rolls all of it back: table and watermarks stay as
@@ -487,16 +491,35 @@ impl Cycle<'_> {
 
     /// For each source, the highest marker value drawn so far when its
     /// writers are waited for (a sequence's, the clock's); then the wait.
+    ///
+    /// Who may still commit a value up to those: for a sequence, the
+    /// transactions holding a lock on it (`nextval` takes one that lasts to
+    /// the end of the transaction, whichever table the value goes into); for
+    /// the clock, those writing the table or any of its partitions or
+    /// children. Prepared transactions are among them (they keep their locks,
+    /// without a backend).
     async fn wait_for_writers(&self) -> Result<Vec<Option<String>>, tokio_postgres::Error> {
         let mut uppers = Vec::with_capacity(self.target.sources.len());
-        let mut waited: Vec<u32> = Vec::new();
+        let mut watched: Vec<u32> = Vec::new();
         for source in &self.target.sources {
-            let sql = match &source.marker_kind {
-                MarkerKind::Sequence(seq) => format!(
-                    "SELECT pg_catalog.pg_sequence_last_value({})::text",
-                    crate::quote::quote_literal(seq)
+            // The sequence's OID with its value; the table's is known.
+            let (sql, table) = match &source.marker_kind {
+                // Read from the relation, under no lock a writer would take:
+                // pg_sequence_last_value() takes nextval's, and two cycles
+                // reading one sequence would wait for each other.
+                // `seq` is pg_get_serial_sequence()'s name, quoted by the server.
+                MarkerKind::Sequence(seq) => (
+                    format!(
+                        "SELECT CASE WHEN is_called THEN last_value END::text, {}::regclass::oid \
+                         FROM {seq}",
+                        crate::quote::quote_literal(seq)
+                    ),
+                    None,
                 ),
-                MarkerKind::Clock => "SELECT clock_timestamp()::text".to_owned(),
+                MarkerKind::Clock => (
+                    "SELECT clock_timestamp()::text".to_owned(),
+                    Some(source.relation.oid),
+                ),
                 MarkerKind::Other => {
                     uppers.push(None);
                     continue;
@@ -504,49 +527,67 @@ impl Cycle<'_> {
             };
             let row = self.client.query_typed_one(&sql, &[]).await?;
             uppers.push(row.get(0));
-            waited.push(source.relation.oid);
+            watched.push(table.unwrap_or_else(|| row.get(1)));
         }
-        if waited.is_empty() {
+        if watched.is_empty() {
             return Ok(uppers);
         }
-        // The transactions writing these tables now: values up to the uppers
-        // were drawn by them or by transactions already over.
-        let writers: Vec<String> = self
+        // The transactions writing these now: values up to the uppers were
+        // drawn by them or by transactions already over. A backend's is
+        // waited for by its virtual transaction id, a prepared one's by its
+        // transaction id.
+        let writers = self
             .client
             .query_typed_one(
-                "SELECT coalesce(array_agg(DISTINCT virtualtransaction), '{}') \
-                 FROM pg_catalog.pg_locks \
-                 WHERE locktype = 'relation' AND relation = ANY ($1) AND granted \
-                   AND mode IN ('RowExclusiveLock', 'ShareRowExclusiveLock', 'ExclusiveLock', \
-                                'AccessExclusiveLock') \
-                   AND pid <> pg_backend_pid()",
-                &[(&waited, Type::OID_ARRAY)],
+                "WITH RECURSIVE watched(relid) AS ( \
+                     SELECT unnest($1::oid[]) \
+                     UNION SELECT i.inhrelid FROM pg_catalog.pg_inherits i \
+                         JOIN watched w ON i.inhparent = w.relid), \
+                 writers AS ( \
+                     SELECT DISTINCT l.virtualtransaction, l.pid FROM pg_catalog.pg_locks l \
+                     WHERE l.locktype = 'relation' AND l.relation IN (SELECT relid FROM watched) \
+                       AND l.database = (SELECT oid FROM pg_catalog.pg_database \
+                                         WHERE datname = pg_catalog.current_database()) \
+                       AND l.granted \
+                       AND l.mode IN ('RowExclusiveLock', 'ShareRowExclusiveLock', \
+                                      'ExclusiveLock', 'AccessExclusiveLock') \
+                       AND l.pid IS DISTINCT FROM pg_catalog.pg_backend_pid()) \
+                 SELECT coalesce((SELECT array_agg(virtualtransaction) FROM writers \
+                                  WHERE pid IS NOT NULL), '{}'), \
+                        coalesce((SELECT array_agg(DISTINCT x.transactionid::text) \
+                                  FROM pg_catalog.pg_locks x JOIN writers w USING (virtualtransaction) \
+                                  WHERE w.pid IS NULL AND x.pid IS NULL \
+                                    AND x.locktype = 'transactionid'), '{}')",
+                &[(&watched, Type::OID_ARRAY)],
             )
-            .await?
-            .get(0);
+            .await?;
         let started = Instant::now();
-        let mut waiting = writers;
-        while !waiting.is_empty() {
+        let (mut running, mut prepared): (Vec<String>, Vec<String>) =
+            (writers.get(0), writers.get(1));
+        while !running.is_empty() || !prepared.is_empty() {
             if started.elapsed() > self.lock_timeout && !self.lock_timeout.is_zero() {
                 // Going on would take their values as complete: fail, and retry.
                 let message = format!(
                     "{} transaction(s) writing the sources were still open after lock_timeout \
                      ({:?}): the cycle cannot know their markers are all committed",
-                    waiting.len(),
+                    running.len() + prepared.len(),
                     self.lock_timeout
                 );
                 return Err(raise(self.client, "lock_not_available", &message).await);
             }
             tokio::time::sleep(WRITER_POLL).await;
-            waiting = self
+            let still = self
                 .client
                 .query_typed_one(
-                    "SELECT coalesce(array_agg(virtualxid), '{}') FROM pg_catalog.pg_locks \
-                     WHERE locktype = 'virtualxid' AND virtualxid = ANY ($1)",
-                    &[(&waiting, Type::TEXT_ARRAY)],
+                    "SELECT coalesce((SELECT array_agg(virtualxid) FROM pg_catalog.pg_locks \
+                                      WHERE locktype = 'virtualxid' AND virtualxid = ANY ($1)), '{}'), \
+                            coalesce((SELECT array_agg(transaction::text) \
+                                      FROM pg_catalog.pg_prepared_xacts \
+                                      WHERE transaction::text = ANY ($2)), '{}')",
+                    &[(&running, Type::TEXT_ARRAY), (&prepared, Type::TEXT_ARRAY)],
                 )
-                .await?
-                .get(0);
+                .await?;
+            (running, prepared) = (still.get(0), still.get(1));
         }
         Ok(uppers)
     }

@@ -412,7 +412,7 @@ fn settings_statements(step: &Step, citus: bool) -> Vec<String> {
             if on { "local" } else { "none" },
         )
     };
-    let mut statements = vec!["BEGIN".to_owned()];
+    let mut statements = vec![crate::db::BEGIN.to_owned()];
     if citus {
         statements.push(propagate(false));
     }
@@ -515,7 +515,7 @@ mod tests {
         let work_mem = Some(Memory::from_kilobytes(12 * 1024));
         for default_local in [false, true] {
             let statements = settings_statements(&step(work_mem), true);
-            assert_eq!(statements[0], "BEGIN");
+            assert_eq!(statements[0], "BEGIN ISOLATION LEVEL READ COMMITTED");
             assert_eq!(
                 forwarded(&statements, default_local),
                 ["statement_timeout", "lock_timeout", "work_mem"],
