@@ -130,6 +130,9 @@ fn random_write(client: &mut impl postgres::GenericClient, rng: &mut fastrand::R
         _ => Some(rng.i64(1..1000)),
     };
     let sql = match rng.u8(0..5) {
+        0 if tenant == 2 && rng.bool() => {
+            "INSERT INTO bets_2 (tenant_id, user_id, amount) VALUES ($1, $2, $3::bigint)"
+        }
         0 => "INSERT INTO bets (tenant_id, user_id, amount) VALUES ($1, $2, $3::bigint)",
         1 => {
             "UPDATE bets SET amount = $3::bigint, updated_at = clock_timestamp() \
@@ -169,28 +172,51 @@ fn random_write(client: &mut impl postgres::GenericClient, rng: &mut fastrand::R
 /// Writers that keep committing while the refresher works: some commit
 /// late (their marker drawn well before their commit), some write in a
 /// subtransaction (a savepoint), as ORMs do.
+/// Some of them commit in two phases, as Citus does: prepared, then
+/// committed later (a prepared transaction has no backend the refresher
+/// could wait for).
 fn writers(db: &TestDb, stop: Arc<AtomicBool>, seed: u64) -> Vec<thread::JoinHandle<()>> {
     (0..3)
         .map(|w| {
             let mut client = db.client();
             let stop = stop.clone();
             thread::spawn(move || {
+                // The writers' own isolation, whatever the database's default.
+                client
+                    .batch_execute(
+                        "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED",
+                    )
+                    .unwrap();
                 let mut rng = fastrand::Rng::with_seed(seed * 10 + w);
+                let mut n = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    let mut tx = client.transaction().unwrap();
+                    client.batch_execute("BEGIN").unwrap();
                     let savepoint = rng.bool();
                     if savepoint {
-                        tx.batch_execute("SAVEPOINT s").unwrap();
+                        client.batch_execute("SAVEPOINT s").unwrap();
                     }
                     for _ in 0..rng.usize(1..4) {
-                        random_write(&mut tx, &mut rng);
+                        random_write(&mut client, &mut rng);
                     }
                     if savepoint {
-                        tx.batch_execute("RELEASE SAVEPOINT s").unwrap();
+                        client.batch_execute("RELEASE SAVEPOINT s").unwrap();
                     }
                     // A late commit: the markers were drawn up to 300 ms ago.
-                    thread::sleep(Duration::from_millis(rng.u64(0..300)));
-                    tx.commit().unwrap();
+                    let late = Duration::from_millis(rng.u64(0..300));
+                    if rng.u8(0..4) == 0 {
+                        n += 1;
+                        let gid = format!("w{seed}_{w}_{n}");
+                        client
+                            .batch_execute(&format!("PREPARE TRANSACTION '{gid}'"))
+                            .unwrap();
+                        thread::sleep(late);
+                        client
+                            .batch_execute(&format!("COMMIT PREPARED '{gid}'"))
+                            .unwrap();
+                    } else {
+                        thread::sleep(late);
+                        client.batch_execute("COMMIT").unwrap();
+                    }
                 }
             })
         })
@@ -200,7 +226,25 @@ fn writers(db: &TestDb, stop: Arc<AtomicBool>, seed: u64) -> Vec<thread::JoinHan
 #[test]
 fn after_every_cycle_the_table_equals_its_query_under_random_concurrent_writes() {
     let db = TestDb::empty("incremental_property");
-    db.execute(SCHEMA);
+    // Bets partitioned by tenant, written through the parent and straight
+    // into a partition; and a database whose default isolation is
+    // REPEATABLE READ (the refresher's sessions get it, the writers not).
+    db.execute(&SCHEMA.replace(
+        "CREATE TABLE bets (id bigserial PRIMARY KEY, tenant_id bigint NOT NULL, user_id bigint NOT NULL, amount numeric,
+    updated_at timestamptz NOT NULL DEFAULT clock_timestamp());",
+        "CREATE TABLE bets (id bigserial, tenant_id bigint NOT NULL, user_id bigint NOT NULL, amount numeric,
+    updated_at timestamptz NOT NULL DEFAULT clock_timestamp(), PRIMARY KEY (tenant_id, id))
+    PARTITION BY LIST (tenant_id);
+CREATE TABLE bets_1 PARTITION OF bets FOR VALUES IN (1);
+CREATE TABLE bets_2 PARTITION OF bets FOR VALUES IN (2);
+CREATE TABLE bets_3 PARTITION OF bets FOR VALUES IN (3);",
+    ));
+    let partitioned: bool = db.scalar("SELECT relkind = 'p' FROM pg_class WHERE relname = 'bets'");
+    assert!(partitioned);
+    db.execute(&format!(
+        "ALTER DATABASE \"{}\" SET default_transaction_isolation = 'repeatable read'",
+        db.name
+    ));
     let registry = db.registry(REGISTRY);
     db.mvr_with(&registry).arg("refresh").run().code(0);
     assert_eq!(drift(&db), 0, "after the first, full load");
