@@ -97,26 +97,26 @@ fn cycles(db: &TestDb) -> Vec<(String, i64)> {
     .collect()
 }
 
-/// Refreshes `registry` until a cycle finds nothing changed, five cycles at
-/// most, and returns that cycle's output. The window's rows already applied
-/// are skipped by their `xmin` against the last cycle's snapshot, whose xmin
-/// a transaction of another test (any database of the cluster) may hold
-/// back: rows written after it are read once more, never missed. A window
-/// read again every cycle never settles, and fails.
+/// Refreshes `registry` until the window's rows are all applied and seen,
+/// then once more, which must find nothing changed; returns that output.
+///
+/// A cycle skips the rows an earlier one applied by their `xmin` against the
+/// last cycle's snapshot, whose xmin is the cluster's: a transaction of
+/// another test open at that moment holds it back, and rows written after
+/// it are read once more (never missed). So this waits until no transaction
+/// older than now runs anywhere in the cluster, refreshes (that cycle's
+/// snapshot is past every write), and then the next cycle must settle. A
+/// window read again every cycle never does, and fails.
 fn settles(db: &TestDb, registry: &std::path::Path) -> common::Output {
-    let mut outputs = Vec::new();
-    for _ in 0..5 {
-        let out = db.mvr_with(registry).arg("refresh").run();
-        out.code(0);
-        if out.stdout.contains("nothing changed") {
-            return out;
-        }
-        outputs.push(out.to_string());
-    }
-    panic!(
-        "five cycles and none found nothing changed:\n{}",
-        outputs.join("\n")
-    )
+    let now: i64 = db.scalar("SELECT pg_current_xact_id()::text::bigint");
+    common::wait_until("the cluster's older transactions to end", || {
+        let xmin: i64 = db.scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint");
+        (xmin > now).then_some(())
+    });
+    db.mvr_with(registry).arg("refresh").run().code(0);
+    let out = db.mvr_with(registry).arg("refresh").run();
+    out.code(0).stdout_has("nothing changed");
+    out
 }
 
 /// One random write: a bet, a bet changed, a user new or changed (active

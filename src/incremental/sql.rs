@@ -111,9 +111,12 @@ impl Statements<'_> {
             // seen by it. Those between its xmin and xmax are read again: the
             // snapshot lists top-level transactions only, and a row written by
             // a subtransaction of one still running would look seen.
+            // A widened xmin at or past the current snapshot's xmax is no
+            // transaction a visible row can have: it is a frozen row's old
+            // xid more than 2^31 behind, seen long ago.
+            let xmin = widened_xid("xmin", "$2::bigint");
             sql.push_str(&format!(
-                " AND {} >= $3::bigint",
-                widened_xid("xmin", "$2::bigint")
+                " AND {xmin} >= $3::bigint AND {xmin} < $2::bigint"
             ));
         } else {
             // Bound all the same; always true.

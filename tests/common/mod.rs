@@ -425,6 +425,22 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
+        // A test that failed between PREPARE TRANSACTION and COMMIT PREPARED
+        // leaves a prepared transaction behind: it would keep the database
+        // from being dropped, and the cluster's xmin where it was.
+        if let Ok(mut client) = postgres::Client::connect(&self.url(), postgres::NoTls) {
+            let gids: Vec<String> = client
+                .query(
+                    "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()",
+                    &[],
+                )
+                .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+                .unwrap_or_default();
+            for gid in gids {
+                let _ = client
+                    .batch_execute(&format!("ROLLBACK PREPARED '{}'", gid.replace('\'', "''")));
+            }
+        }
         if let Ok(mut admin) =
             postgres::Client::connect(&self.cluster.url("postgres"), postgres::NoTls)
         {
