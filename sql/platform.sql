@@ -102,7 +102,9 @@ CREATE TABLE user_balances_view (
     user_id                     varchar(255) NOT NULL,
     balance                     numeric      NOT NULL DEFAULT 0,
     transaction_count           integer      NOT NULL DEFAULT 0,
-    last_transaction_timestamp  bigint,
+    -- The incremental twin's marker: never NULL (a balance comes from its
+    -- events), so no cycle reads NULL-marker rows again (on Citus, every one).
+    last_transaction_timestamp  bigint       NOT NULL,
     last_transaction_at         timestamp,
     PRIMARY KEY (tenant_id, user_id)
 );
