@@ -1400,3 +1400,80 @@ fn values_equal_but_not_identical_are_rewritten_and_verify_sees_them() {
     assert_eq!(db.scalar::<String>(row), "1.000 -0");
     db.mvr_with(&registry).arg("verify").run().code(0);
 }
+
+/// Rolls back the prepared transaction `gid` of `db` if it is still there
+/// when dropped: a test failing midway leaves none behind (it would hold its
+/// locks, and keep the database from being dropped).
+struct RollbackPrepared<'a> {
+    db: &'a TestDb,
+    gid: String,
+}
+
+impl Drop for RollbackPrepared<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut client) = postgres::Client::connect(&self.db.url(), postgres::NoTls) {
+            let _ = client.batch_execute(&format!(
+                "DO $$ BEGIN IF EXISTS (SELECT FROM pg_prepared_xacts WHERE gid = '{0}') \
+                 THEN ROLLBACK PREPARED '{0}'; END IF; END $$",
+                self.gid
+            ));
+        }
+    }
+}
+
+#[test]
+fn a_writer_preparing_during_the_wait_is_still_waited_for_until_it_commits() {
+    for (i, marker) in WAITED_MARKERS.iter().enumerate() {
+        let db = TestDb::empty(&format!("incremental_prepares_in_wait_{i}"));
+        db.execute(&format!(
+            "CREATE TABLE s (id bigserial, k int NOT NULL, v int, m {marker}); \
+             CREATE INDEX ON s (m); \
+             INSERT INTO s (k, v) SELECT g % 4, g FROM generate_series(1, 20) g"
+        ));
+        let registry = db.registry(SUMS);
+        db.mvr_with(&registry).arg("refresh").run().code(0);
+
+        // A backend writer, waited for by its virtual transaction id.
+        let gid = format!("mvr_prepares_{}_{i}", std::process::id());
+        let guard = RollbackPrepared { db: &db, gid };
+        let mut writer = db.client();
+        writer
+            .batch_execute("BEGIN; INSERT INTO s (k, v) VALUES (1, 1000)")
+            .unwrap();
+        db.execute("INSERT INTO s (k, v) VALUES (2, 1)");
+        let mut run = db.mvr_with(&registry).arg("refresh").spawn();
+        wait_for_the_wait(&db, &mut run);
+
+        // It prepares: its virtual transaction id is gone, its row is not
+        // committed yet.
+        writer
+            .batch_execute(&format!("PREPARE TRANSACTION '{}'", guard.gid))
+            .unwrap();
+        // A chance to end the wait wrongly; then the refresher must still be
+        // running and polling, after the PREPARE.
+        std::thread::sleep(Duration::from_millis(300));
+        run.wait_until("the refresher to poll again after the PREPARE", || {
+            let polled: bool = db.scalar(&format!(
+                "SELECT EXISTS (SELECT FROM pg_stat_activity a \
+                 WHERE datname = current_database() AND application_name = 'mv-refresher' \
+                 AND a.pid <> pg_backend_pid() AND query LIKE '%pg_prepared_xacts%' \
+                 AND query_start > (SELECT prepared FROM pg_prepared_xacts WHERE gid = '{}'))",
+                guard.gid
+            ));
+            polled.then_some(())
+        });
+
+        writer
+            .batch_execute(&format!("COMMIT PREPARED '{}'", guard.gid))
+            .unwrap();
+        run.wait().code(0);
+        assert_eq!(
+            sums_drift(&db),
+            0,
+            "{marker}: the row of a writer prepared during the wait was missed"
+        );
+        let total: i64 = db.scalar("SELECT v FROM sums WHERE k = 1");
+        assert!(total >= 1000, "{marker}: {total}");
+        db.mvr_with(&registry).arg("verify").run().code(0);
+    }
+}

@@ -535,7 +535,8 @@ impl Cycle<'_> {
         // The transactions writing these now: values up to the uppers were
         // drawn by them or by transactions already over. A backend's is
         // waited for by its virtual transaction id, a prepared one's by its
-        // transaction id.
+        // transaction id. With them, the relations watched (partitions and
+        // children included), read again while backends are waited for.
         let writers = self
             .client
             .query_typed_one(
@@ -557,13 +558,15 @@ impl Cycle<'_> {
                         coalesce((SELECT array_agg(DISTINCT x.transactionid::text) \
                                   FROM pg_catalog.pg_locks x JOIN writers w USING (virtualtransaction) \
                                   WHERE w.pid IS NULL AND x.pid IS NULL \
-                                    AND x.locktype = 'transactionid'), '{}')",
+                                    AND x.locktype = 'transactionid'), '{}'), \
+                        (SELECT array_agg(relid) FROM watched)",
                 &[(&watched, Type::OID_ARRAY)],
             )
             .await?;
         let started = Instant::now();
         let (mut running, mut prepared): (Vec<String>, Vec<String>) =
             (writers.get(0), writers.get(1));
+        let relids: Vec<u32> = writers.get(2);
         while !running.is_empty() || !prepared.is_empty() {
             if started.elapsed() > self.lock_timeout && !self.lock_timeout.is_zero() {
                 // Going on would take their values as complete: fail, and retry.
@@ -576,15 +579,43 @@ impl Cycle<'_> {
                 return Err(raise(self.client, "lock_not_available", &message).await);
             }
             tokio::time::sleep(WRITER_POLL).await;
+            // A backend that prepares gives up its virtual transaction id,
+            // not its locks (they are kept without a pid): while backends are
+            // waited for, the prepared writers of the relations are read again
+            // and waited for by their transaction ids. One read of pg_locks
+            // (a CTE read twice is computed once): PREPARE moves the locks to
+            // the prepared transaction before it lets the virtual id go, and
+            // pg_locks reads the backends' own (fast-path) locks, where a
+            // virtual id is, before the shared table: a virtual id found gone
+            // has its locks there, unless they are released, committed.
             let still = self
                 .client
                 .query_typed_one(
-                    "SELECT coalesce((SELECT array_agg(virtualxid) FROM pg_catalog.pg_locks \
+                    "WITH locks AS (SELECT locktype, virtualxid, virtualtransaction, \
+                                           transactionid, relation, database, mode, granted, pid \
+                                    FROM pg_catalog.pg_locks), \
+                     prepared_writers AS ( \
+                         SELECT DISTINCT virtualtransaction FROM locks \
+                         WHERE cardinality($1::text[]) > 0 \
+                           AND pid IS NULL AND locktype = 'relation' AND relation = ANY ($3) \
+                           AND database = (SELECT oid FROM pg_catalog.pg_database \
+                                           WHERE datname = pg_catalog.current_database()) \
+                           AND granted \
+                           AND mode IN ('RowExclusiveLock', 'ShareRowExclusiveLock', \
+                                        'ExclusiveLock', 'AccessExclusiveLock')) \
+                     SELECT coalesce((SELECT array_agg(virtualxid) FROM locks \
                                       WHERE locktype = 'virtualxid' AND virtualxid = ANY ($1)), '{}'), \
-                            coalesce((SELECT array_agg(transaction::text) \
-                                      FROM pg_catalog.pg_prepared_xacts \
-                                      WHERE transaction::text = ANY ($2)), '{}')",
-                    &[(&running, Type::TEXT_ARRAY), (&prepared, Type::TEXT_ARRAY)],
+                            coalesce((SELECT array_agg(xid) FROM ( \
+                                SELECT transaction::text AS xid FROM pg_catalog.pg_prepared_xacts \
+                                WHERE transaction::text = ANY ($2) \
+                                UNION SELECT l.transactionid::text FROM locks l \
+                                    JOIN prepared_writers USING (virtualtransaction) \
+                                    WHERE l.pid IS NULL AND l.locktype = 'transactionid') x), '{}')",
+                    &[
+                        (&running, Type::TEXT_ARRAY),
+                        (&prepared, Type::TEXT_ARRAY),
+                        (&relids, Type::OID_ARRAY),
+                    ],
                 )
                 .await?;
             (running, prepared) = (still.get(0), still.get(1));
