@@ -247,7 +247,8 @@ fn mode(
 /// Why the state does not belong to this table in this database, if it does
 /// not: saved in another cluster, or where transaction ids had gone further
 /// (a copy); kept for a table since emptied or re-created, or for a source
-/// since rebuilt. A state saved before these were kept is taken as this
+/// since rebuilt, or for either before a partition holding rows was
+/// attached to it. A state saved before these were kept is taken as this
 /// table's, as it always was.
 fn elsewhere(target: &Target, opened: &Opened) -> Option<String> {
     let states = &opened.states;
@@ -275,6 +276,10 @@ fn elsewhere(target: &Target, opened: &Opened) -> Option<String> {
                     change.evidence()
                 )
             }
+            Change::Attached => format!(
+                "the table gained a partition since the last cycle ({})",
+                change.evidence()
+            ),
             _ => format!(
                 "the table was emptied or rewritten since the last cycle ({})",
                 change.evidence()
@@ -289,8 +294,12 @@ fn elsewhere(target: &Target, opened: &Opened) -> Option<String> {
             let name = source.relation.to_string();
             let saved = states.iter().find(|s| s.source == name)?;
             let change = change(now, &saved.identity)?;
+            let what = match change {
+                Change::Attached => "gained a partition",
+                _ => "was rebuilt",
+            };
             Some(format!(
-                "source {name} was rebuilt since the last cycle ({})",
+                "source {name} {what} since the last cycle ({})",
                 change.evidence()
             ))
         })
