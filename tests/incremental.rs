@@ -1262,22 +1262,6 @@ const WAITED_MARKERS: [&str; 2] = [
     "timestamptz NOT NULL DEFAULT clock_timestamp()",
 ];
 
-/// Per key `k` of a source `s`, the sum of `v` and the rows: the issue's
-/// reproductions (`s(id bigserial, k int, v int, m ...)`), lag 0 (rows
-/// compared by `sums_drift`).
-const SUMS: &str = r#"
-[[view]]
-name = "sums"
-key = ["k"]
-full_every = "0"
-query = "SELECT k, sum(v) AS v, count(*) AS n FROM s WHERE $changed(k) GROUP BY k"
-
-[[view.changes]]
-table = "s"
-key = ["k"]
-marker = "m"
-"#;
-
 /// Waits until the refresher `run` is waiting for the sources' writers (its
 /// session's statement is the wait's, which looks for prepared
 /// transactions); fails at once if it ends first, not having waited.
@@ -1310,7 +1294,7 @@ fn a_writer_ending_during_the_wait_is_caught(
         }
         db.execute(&setup.replace("{marker}", marker));
         db.execute("INSERT INTO s (k, v) SELECT g % 4, g FROM generate_series(1, 20) g");
-        let registry = db.registry(SUMS);
+        let registry = db.registry(&sums_registry("0", "0"));
         db.mvr_with(&registry).arg("refresh").run().code(0);
 
         let mut writer = db.client();
@@ -1371,7 +1355,8 @@ fn values_equal_but_not_identical_are_rewritten_and_verify_sees_them() {
          CREATE INDEX ON s (m); \
          INSERT INTO s (k, v, f) VALUES (1, 1.0, 0), (2, 2.5, 1);",
     );
-    let registry = db.registry(&SUMS.replace("sum(v) AS v,", "sum(v) AS v, min(f) AS low,"));
+    let registry = db
+        .registry(&sums_registry("0", "0").replace("sum(v) AS v,", "sum(v) AS v, min(f) AS low,"));
     db.mvr_with(&registry).arg("refresh").run().code(0);
     let row = "SELECT v::text || ' ' || low::text FROM sums WHERE k = 1";
     assert_eq!(db.scalar::<String>(row), "1.0 0");
@@ -1430,7 +1415,7 @@ fn a_writer_preparing_during_the_wait_is_still_waited_for_until_it_commits() {
              CREATE INDEX ON s (m); \
              INSERT INTO s (k, v) SELECT g % 4, g FROM generate_series(1, 20) g"
         ));
-        let registry = db.registry(SUMS);
+        let registry = db.registry(&sums_registry("0", "0"));
         db.mvr_with(&registry).arg("refresh").run().code(0);
 
         // A backend writer, waited for by its virtual transaction id.
@@ -1478,22 +1463,6 @@ fn a_writer_preparing_during_the_wait_is_still_waited_for_until_it_commits() {
     }
 }
 
-/// The sums by `k` of a list-partitioned source `p` whose marker `m` is
-/// epoch milliseconds set by the application (`lag` a minute).
-const PARTITIONED_SUMS: &str = r#"
-[[view]]
-name = "iv"
-key = ["k"]
-full_every = "0"
-query = "SELECT k, sum(v) AS total, count(*) AS n FROM p WHERE $changed(k) GROUP BY k"
-
-[[view.changes]]
-table = "p"
-key = ["k"]
-marker = "m"
-lag = 60000
-"#;
-
 #[test]
 fn a_partition_attached_already_loaded_is_reconciled_in_full_and_a_new_empty_one_is_not() {
     let db = TestDb::empty("incremental_attached");
@@ -1507,7 +1476,14 @@ fn a_partition_attached_already_loaded_is_reconciled_in_full_and_a_new_empty_one
          CREATE TABLE p_b (LIKE p); \
          INSERT INTO p_b SELECT g, 4 + g % 4, g, {now} - 86400000 FROM generate_series(1, 40) g;"
     ));
-    let registry = db.registry(PARTITIONED_SUMS);
+    // The sums by `k` of a list-partitioned source `p` whose marker `m` is
+    // epoch milliseconds set by the application (`lag` a minute).
+    let registry = db.registry(
+        &(S_REGISTRY
+            .replace("FROM s ", "FROM p ")
+            .replace("table = \"s\"", "table = \"p\"")
+            + "lag = 60000\n"),
+    );
     db.mvr_with(&registry).arg("refresh").run().code(0);
 
     // The bulk-load idiom: created, loaded, then attached, its rows' markers
