@@ -93,6 +93,30 @@ impl Lookup {
             _ => false,
         }
     }
+
+    /// Why an incremental view with `create = false` (`may_create` false)
+    /// whose name this is, is skipped on purpose by every run: its table is
+    /// not in this database (nothing has its name, or a relation of another
+    /// kind does: a generic name such as the embedded default's
+    /// `user_activity` may be a view of the user's). `None`: it is here, or
+    /// it may be created.
+    pub fn not_here(&self, may_create: bool) -> Option<String> {
+        if may_create {
+            return None;
+        }
+        match self {
+            Self::Missing { qualified, .. } => Some(format!(
+                "its table {qualified} does not exist here, and create = false"
+            )),
+            Self::MatView(relation) => Some(format!(
+                "{relation} is a materialized view here, not its table, and create = false"
+            )),
+            Self::Other { relation, kind } => Some(format!(
+                "{relation} is {kind} here, not its table, and create = false"
+            )),
+            Self::Table(_) => None,
+        }
+    }
 }
 
 /// A registry view as the log tables and the metrics name it.
@@ -315,8 +339,11 @@ pub async fn registry_names(
         .map(|(view, found)| RegistryName {
             qualified: found.lookup.qualified_name(),
             unrefreshable: !found.lookup.fits(view.incremental.is_some()),
-            not_here: !matches!(found.lookup, Lookup::Table(_))
-                && view.incremental.as_ref().is_some_and(|i| !i.create),
+            not_here: view
+                .incremental
+                .as_ref()
+                .and_then(|i| found.lookup.not_here(i.create))
+                .is_some(),
         })
         .collect())
 }

@@ -84,13 +84,7 @@ impl Step {
     /// Whether its outcomes belong in the log tables: a materialized view, or
     /// an incremental view (whose table may not exist yet).
     pub fn is_recorded(&self) -> bool {
-        if self.skip.is_some() {
-            return false;
-        }
-        match self.spec.incremental {
-            Some(_) => matches!(self.lookup, Lookup::Table(_) | Lookup::Missing { .. }),
-            None => self.is_matview(),
-        }
+        self.skip.is_none() && self.lookup.fits(self.spec.incremental.is_some())
     }
 }
 
@@ -242,28 +236,11 @@ async fn describe_incremental(
 ) -> Result<(), tokio_postgres::Error> {
     // A table that is not here and may not be created is decided first: its
     // query and sources are not probed (they may name what this database
-    // lacks). A relation of another kind under its name is no table either
-    // (a generic name such as the embedded default's `user_activity` may be
-    // a view of the user's).
+    // lacks).
     for step in steps.iter_mut() {
-        let Some(spec) = &step.spec.incremental else {
-            continue;
-        };
-        if spec.create {
-            continue;
+        if let Some(spec) = &step.spec.incremental {
+            step.skip = step.lookup.not_here(spec.create);
         }
-        step.skip = match &step.lookup {
-            Lookup::Missing { qualified, .. } => Some(format!(
-                "its table {qualified} does not exist here, and create = false"
-            )),
-            Lookup::MatView(relation) => Some(format!(
-                "{relation} is a materialized view here, not its table, and create = false"
-            )),
-            Lookup::Other { relation, kind } => Some(format!(
-                "{relation} is {kind} here, not its table, and create = false"
-            )),
-            Lookup::Table(_) => None,
-        };
     }
     let which: Vec<usize> = (0..steps.len())
         .filter(|&i| steps[i].spec.incremental.is_some() && steps[i].skip.is_none())

@@ -142,16 +142,12 @@ pub(super) async fn status(
     match options.format {
         StatusFormat::Json => print_json(log, exists, reports),
         StatusFormat::Prometheus => {
-            let here: Vec<String> = reports
-                .iter()
-                .filter(|r| r.skipped.is_none())
-                .map(|r| r.log.view_name.clone())
-                .collect();
+            let here: Vec<&ViewReport> = reports.iter().filter(|r| r.skipped.is_none()).collect();
+            let names: Vec<String> = here.iter().map(|r| r.log.view_name.clone()).collect();
             let mut states = log
-                .view_states(&*client, &here)
+                .view_states(&*client, &names)
                 .await
                 .map_err(db_err("reading the refresh log"))?;
-            let here = reports.iter().filter(|r| r.skipped.is_none());
             for (state, report) in states.iter_mut().zip(here) {
                 state.unrefreshable = report.problem.is_some();
             }
