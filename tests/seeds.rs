@@ -34,6 +34,22 @@ fn recorded(db: &TestDb) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Asserts that the metrics page `text` has series for the seed views and
+/// none for a twin that is not here (a series that never succeeds alerts).
+#[track_caller]
+fn only_the_seed_views_have_series(seeds: Seeds, text: &str) {
+    assert!(
+        text.contains("view=\"public.top_bets_today\""),
+        "{seeds:?}\n{text}"
+    );
+    for twin in TWINS {
+        assert!(
+            !text.contains(&format!("view=\"{twin}\"")),
+            "{seeds:?}: a view not here has no series that could alert\n{text}"
+        );
+    }
+}
+
 fn three_successes() -> Vec<(String, String)> {
     let mut expected: Vec<_> = SEED_VIEWS
         .iter()
@@ -145,16 +161,7 @@ fn one_cycle_of_run_refreshes_the_seed_views_and_skips_the_twins() {
             .body_mut()
             .read_to_string()
             .unwrap();
-        assert!(
-            metrics.contains("view=\"public.top_bets_today\""),
-            "{metrics}"
-        );
-        for twin in TWINS {
-            assert!(
-                !metrics.contains(&format!("view=\"{twin}\"")),
-                "{seeds:?}: a view not here has no series that could alert\n{metrics}"
-            );
-        }
+        only_the_seed_views_have_series(seeds, &metrics);
         // Read before the stop, which may cancel a later cycle's views.
         let log = recorded(&db);
         run.signal("TERM");
@@ -215,12 +222,7 @@ fn status_after_a_refresh_shows_the_seed_views_fresh_and_the_twins_as_not_here()
         }
         let metrics = db.mvr().args(["status", "--format", "prometheus"]).run();
         metrics.code(0);
-        for twin in TWINS {
-            assert!(
-                !metrics.stdout.contains(&format!("view=\"{twin}\"")),
-                "{seeds:?}: a view not here has no series that could alert\n{metrics}"
-            );
-        }
+        only_the_seed_views_have_series(seeds, &metrics.stdout);
     }
 }
 
@@ -250,16 +252,7 @@ fn a_push_after_a_refresh_on_the_embedded_default_holds_no_series_for_the_twins(
             .code(0)
             .stdout_has("3 refreshed, 2 skipped, 0 failed");
         let pushed = gateway.metrics();
-        assert!(
-            pushed.contains("view=\"public.top_bets_today\""),
-            "{pushed}"
-        );
-        for twin in TWINS {
-            assert!(
-                !pushed.contains(&format!("view=\"{twin}\"")),
-                "{seeds:?}: a view not here has no series that could alert\n{pushed}"
-            );
-        }
+        only_the_seed_views_have_series(seeds, &pushed);
     }
 }
 
