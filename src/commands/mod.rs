@@ -72,10 +72,9 @@ async fn plan(
         log: exists.then_some(log),
         jobs: 1,
     };
-    // In a transaction, rolled back: incremental views are described through
-    // temporary views of their queries.
-    client
-        .batch_execute("BEGIN")
+    // In a housekeeping transaction (as a cycle plans), rolled back:
+    // incremental views are described through temporary views of their queries.
+    crate::db::begin_housekeeping(client, false)
         .await
         .map_err(db_err("planning the refresh"))?;
     let plan = Plan::build(client, views.to_vec(), tuning).await;
