@@ -144,7 +144,10 @@ fn every_set_is_a_message_of_its_own() {
     let sets: Vec<&String> = sessions
         .iter()
         .flat_map(|s| s.round_trips.iter().flatten())
-        .filter(|m| m.contains("SET LOCAL"))
+        .filter(|m| {
+            let m = m.to_uppercase();
+            m.contains("SET ") || m.contains("SET_CONFIG")
+        })
         .collect();
     assert!(
         sets.iter().any(|m| m.contains("work_mem")),
