@@ -315,5 +315,13 @@ fn window(source: &SourcePlan, watermark: &str) -> String {
         Lag::Duration(d) if is_time(ty) => format!(" - interval '{} milliseconds'", d.as_millis()),
         Lag::Duration(_) => String::new(),
     };
-    format!("({watermark}::text IS NULL OR {m} > {watermark}::text::{ty}{lag} OR {m} IS NULL)")
+    // NULL markers only where the column may hold one: the OR costs an index
+    // scan per cycle. The bound stays in the condition, not in a subquery,
+    // so that the planner estimates the window with its value (in a
+    // subquery, a third of the table: a one-key cycle took 10 times longer).
+    let nulls = match source.marker_nullable {
+        true => format!(" OR {m} IS NULL"),
+        false => String::new(),
+    };
+    format!("({watermark}::text IS NULL OR {m} > {watermark}::text::{ty}{lag}{nulls})")
 }
