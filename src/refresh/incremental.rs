@@ -644,19 +644,23 @@ impl Cycle<'_> {
             true => None,
             false => self.opened.seen_xmin,
         };
-        for source in &self.target.sources {
-            let old = self.watermark_of(&source.relation.to_string());
-            client
-                .execute_typed(
-                    &self.statements.changed_keys(source, seen.is_some()),
-                    &[(&old, Type::TEXT), (&xmax, Type::INT8), (&seen, Type::INT8)],
-                )
-                .await?;
-        }
-        let row = client
-            .query_typed_one("SELECT count(*) FROM pg_temp.mv_refresher_changed", &[])
-            .await?;
-        Ok(row.get(0))
+        let watermarks: Vec<Option<String>> = self
+            .target
+            .sources
+            .iter()
+            .map(|source| self.watermark_of(&source.relation.to_string()))
+            .collect();
+        let mut params: Vec<(&(dyn ToSql + Sync), Type)> =
+            vec![(&xmax, Type::INT8), (&seen, Type::INT8)];
+        params.extend(
+            watermarks
+                .iter()
+                .map(|w| (w as &(dyn ToSql + Sync), Type::TEXT)),
+        );
+        let sql = self
+            .statements
+            .changed_keys(&self.target.sources, seen.is_some());
+        Ok(client.execute_typed(&sql, &params).await? as i64)
     }
 
     /// The query's rows for the changed keys (or all), and the differences
