@@ -539,6 +539,33 @@ fn incremental_views_every_cycle_while_materialized_views_keep_to_their_min_inte
     assert_eq!(refreshed, 1);
 }
 
+#[test]
+fn the_loop_deployments_registry_checks_and_refreshes_on_the_reference_platform() {
+    let db = TestDb::platform("deploy_loop_registry");
+    let registry = common::repo().join("deploy/loop/registry.toml");
+    let check = db.mvr_with(&registry).arg("check").run();
+    check.code(0);
+    for view in [
+        "public.user_activity_view",
+        "public.user_activity ",
+        "public.bets_latest",
+    ] {
+        check.stdout_has(view);
+    }
+    db.mvr_with(&registry)
+        .arg("refresh")
+        .run()
+        .code(0)
+        .stdout_has("5 refreshed");
+    // Again at once: the materialized views are fresh, the incremental ones
+    // run.
+    db.mvr_with(&registry)
+        .arg("refresh")
+        .run()
+        .code(0)
+        .stdout_has("2 refreshed, 3 skipped");
+}
+
 /// Makes the last success of `view` have started `started_s` seconds ago and
 /// taken `took_ms`.
 fn refreshed_ago(db: &TestDb, view: &str, started_s: u32, took_ms: u32) {
