@@ -105,7 +105,8 @@ impl std::fmt::Debug for ConnString {
 pub enum Command {
     /// Refresh all registry views, or the named ones, once.
     Refresh(RefreshArgs),
-    /// Refresh on a cron schedule until SIGTERM (a sidecar, or development).
+    /// Refresh on a cron schedule (or --every DURATION) until SIGTERM: a
+    /// sidecar or a Deployment.
     Run(RunArgs),
     /// Freshness report from the log tables.
     Status(StatusArgs),
@@ -189,9 +190,16 @@ pub struct CycleArgs {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Cron schedule: 5 fields as in a Kubernetes CronJob ("*/5 * * * *"), or 6
-    /// with seconds first ("*/10 * * * * *").
-    #[arg(long, env = "MV_REFRESHER_SCHEDULE", default_value = "*/5 * * * *")]
-    pub schedule: String,
+    /// with seconds first ("*/10 * * * * *": every ten seconds on the clock).
+    /// Default "*/5 * * * *"; not with --every.
+    #[arg(long, env = "MV_REFRESHER_SCHEDULE", value_name = "CRON")]
+    pub schedule: Option<String>,
+
+    /// Start a cycle at once, then every DURATION from the previous start,
+    /// like "10s" (at least 1s); a cycle still running when the next is due
+    /// makes that one skipped, as a schedule's tick is. Not with --schedule.
+    #[arg(long, env = "MV_REFRESHER_EVERY", value_name = "DURATION", value_parser = parse_every)]
+    pub every: Option<PgDuration>,
 
     /// Time zone of the schedule (IANA name).
     #[arg(long, env = "MV_REFRESHER_TIMEZONE", default_value = "UTC")]
@@ -213,6 +221,18 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub cycle: CycleArgs,
+}
+
+/// `--every`: a duration of at least a second (a bare number has no unit,
+/// and is refused as every duration is).
+fn parse_every(text: &str) -> Result<PgDuration, String> {
+    let every: PgDuration = text.parse().map_err(|e| format!("{e}"))?;
+    match every.as_millis() < 1000 {
+        true => Err(format!(
+            "{text:?} is too short: the loop's period must be at least 1s"
+        )),
+        false => Ok(every),
+    }
 }
 
 /// `--jobs`: a count of at least one.

@@ -5,14 +5,14 @@
 
 use std::net::SocketAddr;
 
-use crate::cli::{CheckArgs, Cli, Command, CycleArgs, GlobalArgs, RefreshArgs};
+use crate::cli::{CheckArgs, Cli, Command, CycleArgs, GlobalArgs, RefreshArgs, RunArgs};
 use crate::db::DbTarget;
 use crate::error::Error;
 use crate::output::{ResultsFormat, StatusFormat};
 use crate::push::Pushgateway;
 use crate::refresh_log::RefreshLog;
 use crate::registry::{Registry, ViewSpec};
-use crate::schedule::Schedule;
+use crate::schedule::{Cadence, Schedule};
 
 use crate::telemetry::LogFormat;
 use crate::units::PgDuration;
@@ -78,7 +78,8 @@ pub struct RefreshConfig {
 pub struct RunConfig {
     pub registry: Registry,
     pub cycle: CycleConfig,
-    pub schedule: Schedule,
+    /// When cycles start: `--schedule` or `--every`.
+    pub cadence: Cadence,
     pub listen: Option<SocketAddr>,
     /// How long running refreshes may go on after the shutdown began.
     pub shutdown_grace: PgDuration,
@@ -146,7 +147,7 @@ impl Config {
             Command::Run(args) => CommandConfig::Run(RunConfig {
                 registry: registry()?,
                 cycle: cycle(global, &args.cycle),
-                schedule: schedule(&args.schedule, &args.timezone)?,
+                cadence: cadence(args)?,
                 listen: args.listen,
                 shutdown_grace: args.shutdown_grace,
             }),
@@ -221,6 +222,24 @@ fn cycle(global: &GlobalArgs, args: &CycleArgs) -> CycleConfig {
     CycleConfig {
         jobs: global.jobs.or(args.jobs).map_or(1, |n| n.get()),
         history_retention: args.history_retention,
+    }
+}
+
+/// What a CronJob runs, when `run` is given neither `--schedule` nor `--every`.
+const DEFAULT_SCHEDULE: &str = "*/5 * * * *";
+
+/// `run`'s `--schedule` or `--every`, never both.
+fn cadence(args: &RunArgs) -> Result<Cadence, Error> {
+    match (&args.schedule, args.every) {
+        (Some(_), Some(_)) => Err(Error::Usage(
+            "give --schedule (MV_REFRESHER_SCHEDULE) or --every (MV_REFRESHER_EVERY), not both"
+                .into(),
+        )),
+        (None, Some(every)) => Ok(Cadence::Every(every)),
+        (expression, None) => Ok(Cadence::Cron(schedule(
+            expression.as_deref().unwrap_or(DEFAULT_SCHEDULE),
+            &args.timezone,
+        )?)),
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tracing::Instrument;
 use uuid::Uuid;
@@ -71,19 +71,22 @@ impl Refresher {
     }
 
     /// Refreshes `specs` once, every event of it in a `run` span that carries
-    /// its `run_id`, and ends with one summary event.
+    /// its `run_id`, and ends with one summary event. `period`: the time to
+    /// the caller's next cycle (`run`'s), when it has one, which `min_interval`
+    /// is met by (see `RunContext::period`).
     pub async fn cycle(
         &self,
         specs: Vec<ViewSpec>,
         stops: &Stops,
         watcher: Watcher,
+        period: Option<Duration>,
     ) -> Result<Cycle, Error> {
         let run_id = Uuid::new_v4();
         let started = Instant::now();
         let started_at = SystemTime::now();
         let span = tracing::info_span!("run", %run_id);
         let outcomes = self
-            .refresh(run_id, specs, stops, watcher)
+            .refresh(run_id, specs, stops, watcher, period)
             .instrument(span.clone())
             .await?;
         let cycle = Cycle {
@@ -102,6 +105,7 @@ impl Refresher {
         specs: Vec<ViewSpec>,
         stops: &Stops,
         watcher: Watcher,
+        period: Option<Duration>,
     ) -> Result<Vec<Outcome>, Error> {
         let mut client = self.target.connect(&self.pool).await?;
         // Planning's connection is closed before the views take theirs.
@@ -133,6 +137,7 @@ impl Refresher {
             citus: plan.citus,
             in_progress: self.in_progress.clone(),
             full: self.full,
+            period,
         });
         tracing::info!(
             views = plan.steps.len(),

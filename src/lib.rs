@@ -7,13 +7,15 @@
 //! * the commands: `commands` (one module each), `cli` (clap's types),
 //!   `config` (everything validated before anything connects);
 //! * what to refresh: `registry` (the view list and its TOML), `units`
-//!   (durations, memory), `schedule` (cron, as Kubernetes reads it);
+//!   (durations, memory), `schedule` (cron, as Kubernetes reads it, or a
+//!   fixed period);
 //! * the server: `db` (connecting, housekeeping transactions), `tls`,
 //!   `catalog` (what the server says about the views), `quote` (SQL text);
 //! * refreshing: `plan` (order, method, work_mem), `tuner` (work_mem =
 //!   "auto"), `cycle` (one run of the plan), `refresh` (one view, one
 //!   transaction; the executor; the recording), `refresh_log` (the log
-//!   tables), `runner` (cycles on a schedule), `shutdown` (signals, deadline);
+//!   tables), `runner` (cycles on a schedule or every period), `shutdown`
+//!   (signals, deadline);
 //! * telling people and machines: `output`, `progress`, `telemetry`,
 //!   `metrics`, `http`, `push`, `error`.
 

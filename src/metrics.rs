@@ -16,8 +16,10 @@
 //! `mv_refresher_view_lock_skips_total` and the histogram
 //! `mv_refresher_view_refresh_duration_seconds`.
 //!
-//! `run` only (where there is a scheduler): `mv_refresher_cycles_total{outcome}`
-//! and `mv_refresher_next_run_timestamp_seconds`.
+//! `run` only (where there is a scheduler): `mv_refresher_cycles_total{outcome}`,
+//! `mv_refresher_next_run_timestamp_seconds`, and per view
+//! `mv_refresher_view_interval_seconds`, how often it is meant to be refreshed
+//! (the alerts' thresholds follow it).
 //!
 //! Families come out sorted by name and series by label values, so two scrapes
 //! list them in the same order. This module neither reads the database nor
@@ -321,6 +323,13 @@ fn view_families(views: &[ViewState]) -> Vec<MetricFamily> {
          (time() minus it: how old a change not yet in the table can be)",
         &["view"],
     );
+    let interval = gauges(
+        &registry,
+        "mv_refresher_view_interval_seconds",
+        "How often run means to refresh the view: its longest period (--every, or the longest \
+         gap of --schedule), or the view's min_interval when longer",
+        &["view"],
+    );
     let refreshes = counters(
         &registry,
         "mv_refresher_view_refreshes_total",
@@ -338,6 +347,9 @@ fn view_families(views: &[ViewState]) -> Vec<MetricFamily> {
         }
         if let Some(at) = view.watermark_at {
             watermark.with_label_values(&[name]).set(at);
+        }
+        if let Some(seconds) = view.interval_s {
+            interval.with_label_values(&[name]).set(seconds);
         }
         let failed = view.unrefreshable
             || matches!(view.last_status.as_deref(), Some("failed" | "cancelled"));
@@ -472,5 +484,20 @@ mod tests {
         assert!(text.contains(
             "mv_refresher_view_refreshes_total{status=\"success\",view=\"public.f\"} 3\n"
         ));
+    }
+
+    #[test]
+    fn the_interval_a_view_is_meant_for_is_there_only_where_run_set_it() {
+        let mut fast = view("public.fast");
+        fast.interval_s = Some(10.0);
+        let text = encode_views(&[fast, view("public.cronjob")]);
+        assert!(
+            text.contains("mv_refresher_view_interval_seconds{view=\"public.fast\"} 10\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("mv_refresher_view_interval_seconds{view=\"public.cronjob\"}"),
+            "{text}"
+        );
     }
 }

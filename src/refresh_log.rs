@@ -140,6 +140,10 @@ pub struct ViewState {
     /// every run fails it, and the log tables never hold it. Not read from the
     /// log tables: whoever looked the name up sets it.
     pub unrefreshable: bool,
+    /// How often the view is meant to be refreshed, seconds: `run`'s longest
+    /// period, or the view's `min_interval` when longer. Not read from the log
+    /// tables: `run` sets it (a single `refresh` knows no period).
+    pub interval_s: Option<f64>,
 }
 
 impl LogRow {
@@ -617,6 +621,7 @@ impl RefreshLog {
                 last_status: r.get(7),
                 watermark_at: watermarks.get(&r.get::<_, String>(0)).map(|w| w.0),
                 unrefreshable: false,
+                interval_s: None,
             })
             .collect())
     }

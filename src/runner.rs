@@ -1,11 +1,14 @@
-//! `run`: refresh on a schedule until told to stop, as a sidecar does.
+//! `run`: refresh on a schedule, or every fixed period, until told to stop, as
+//! a sidecar or a Deployment does.
 //!
 //! One `select!` loop waits for the next tick or the shutdown. Each tick starts a
 //! cycle in its own task, unless the previous one still runs (the tick is then
 //! skipped and counted) or the database was unreachable recently (the loop backs
 //! off, doubling up to a minute, and recovers by itself). Refresh failures never
 //! stop the loop. On shutdown no cycle or view starts; running refreshes get the
-//! grace period and are then cancelled on the server.
+//! grace period and are then cancelled on the server. Each cycle knows the time
+//! to the next tick, so a view's `min_interval` is met at the tick it falls
+//! due, not one late.
 //!
 //! With `--listen`, the views' state in the metrics is read from the log tables
 //! at the start and after every cycle, so it is what every replica and every
@@ -28,7 +31,7 @@ use crate::error::{Error, Exit};
 use crate::http::{self, Shared};
 use crate::metrics::{CycleOutcome, Metrics};
 use crate::registry::ViewSpec;
-use crate::schedule::Schedule;
+use crate::schedule::Cadence;
 use crate::shutdown::{self, StopReason};
 
 /// The longest wait after the database was unreachable.
@@ -37,7 +40,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// How `run` behaves, beyond what every cycle shares.
 #[derive(Debug)]
 pub struct RunOptions {
-    pub schedule: Schedule,
+    pub cadence: Cadence,
     pub listen: Option<SocketAddr>,
     /// How long running refreshes may go on after the shutdown began.
     pub shutdown_grace: Duration,
@@ -57,6 +60,16 @@ pub async fn run(
     options: RunOptions,
     shutdown: impl Future<Output = StopReason> + Send + 'static,
 ) -> Result<Exit, Error> {
+    // How often each view is meant to be refreshed, for the metrics: the
+    // loop's longest period, or the view's min_interval when longer.
+    let period = options.cadence.longest_period(Utc::now());
+    let intervals: Vec<Duration> = views
+        .iter()
+        .map(|view| {
+            let min_interval = view.settings.min_interval.map(|d| d.to_std());
+            period.max(min_interval.unwrap_or_default())
+        })
+        .collect();
     let shared = Arc::new(Shared {
         metrics: Metrics::with_scheduler(refresher.in_progress.clone()),
         // Until a cycle says otherwise; the live ping of /readyz decides meanwhile,
@@ -86,18 +99,25 @@ pub async fn run(
     );
     let serving = listener.is_some();
     let server = match listener {
-        Some(listener) => Some(serve(listener, &refresher, &views, &stops, &shared).await),
+        Some(listener) => {
+            let views = Views {
+                specs: &views,
+                intervals: &intervals,
+            };
+            Some(serve(listener, &refresher, views, &stops, &shared).await)
+        }
         None => None,
     };
-    log_schedule(&options.schedule, views.len());
+    log_cadence(&options.cadence, views.len());
     let ticks = Ticks {
         refresher,
         views,
+        intervals,
         stops,
         shared,
         serving,
     };
-    let cycle = ticks.run(&options.schedule).await;
+    let cycle = ticks.run(&options.cadence).await;
     if let Some(task) = cycle {
         let _ = task.await;
     }
@@ -112,6 +132,8 @@ pub async fn run(
 struct Ticks {
     refresher: Arc<Refresher>,
     views: Vec<ViewSpec>,
+    /// How often each of `views` is meant to be refreshed.
+    intervals: Vec<Duration>,
     stops: Stops,
     shared: Arc<Shared>,
     /// The metrics are served: the views' state is read after each cycle.
@@ -119,16 +141,23 @@ struct Ticks {
 }
 
 impl Ticks {
-    /// A cycle per tick of `schedule` until the drain; returns the last one,
+    /// A cycle per tick of `cadence` until the drain; returns the last one,
     /// which may still run.
-    async fn run(&self, schedule: &Schedule) -> Option<JoinHandle<()>> {
+    async fn run(&self, cadence: &Cadence) -> Option<JoinHandle<()>> {
         let backoff = Arc::new(Mutex::new(Backoff::default()));
         let mut cycle: Option<JoinHandle<()>> = None;
+        let mut last = None;
         loop {
-            let Some(next) = schedule.next_after(Utc::now()) else {
+            let now = Utc::now();
+            let next = match last {
+                None => cadence.first(now),
+                Some(last) => cadence.after(last, now),
+            };
+            let Some(next) = next else {
                 tracing::warn!("the schedule has no future run: stopping");
                 break;
             };
+            last = Some(next);
             self.shared
                 .metrics
                 .next_run(next.timestamp_millis() as f64 / 1000.0);
@@ -151,16 +180,30 @@ impl Ticks {
                 tracing::debug!("backing off after the database was unreachable");
                 continue;
             }
-            let (refresher, views, stops, shared, backoff) = (
+            let (refresher, views, intervals, stops, shared, backoff) = (
                 self.refresher.clone(),
                 self.views.clone(),
+                self.intervals.clone(),
                 self.stops.clone(),
                 self.shared.clone(),
                 backoff.clone(),
             );
             let serving = self.serving;
+            // How late a view left out now would be refreshed: a view due
+            // less than half of it from now is due now (`min_interval`).
+            let period = cadence.period_at(next);
             cycle = Some(tokio::spawn(async move {
-                run_cycle(&refresher, views, &stops, &shared, &backoff, serving).await;
+                let views = Views {
+                    specs: &views,
+                    intervals: &intervals,
+                };
+                let cycle = Scheduled {
+                    stops: &stops,
+                    backoff: &backoff,
+                    period,
+                    serving,
+                };
+                run_cycle(&refresher, views, &shared, cycle).await;
             }));
         }
         cycle
@@ -191,7 +234,7 @@ fn shut_down_on(
 async fn serve(
     listener: tokio::net::TcpListener,
     refresher: &Refresher,
-    views: &[ViewSpec],
+    views: Views<'_>,
     stops: &Stops,
     shared: &Arc<Shared>,
 ) -> JoinHandle<std::io::Result<()>> {
@@ -209,39 +252,57 @@ async fn serve(
     tokio::spawn(http::serve(listener, shared.clone(), until_drained))
 }
 
-/// The schedule and its next three runs, at start.
-fn log_schedule(schedule: &Schedule, views: usize) {
-    let next: Vec<String> = schedule
+/// The cadence and its next three runs, at start.
+fn log_cadence(cadence: &Cadence, views: usize) {
+    let next: Vec<String> = cadence
         .upcoming(Utc::now(), 3)
         .into_iter()
-        .map(|at| schedule.local(at))
+        .map(|at| cadence.local(at))
         .collect();
     tracing::info!(
-        schedule = %schedule,
+        schedule = %cadence,
         next = next.join(", "),
         views,
         "refreshing on schedule"
     );
 }
 
-/// One scheduled cycle, its metrics and its effect on readiness and backoff;
-/// `serving`: the metrics are served, and the views' state is read after it.
-async fn run_cycle(
-    refresher: &Refresher,
-    views: Vec<ViewSpec>,
-    stops: &Stops,
-    shared: &Shared,
-    backoff: &Mutex<Backoff>,
+/// The registry's views, and how often each is meant to be refreshed.
+#[derive(Clone, Copy)]
+struct Views<'a> {
+    specs: &'a [ViewSpec],
+    intervals: &'a [Duration],
+}
+
+/// What one scheduled cycle is given beside its views.
+struct Scheduled<'a> {
+    stops: &'a Stops,
+    backoff: &'a Mutex<Backoff>,
+    /// The time to the next tick.
+    period: Option<Duration>,
+    /// The metrics are served: the views' state is read after the cycle.
     serving: bool,
-) {
-    match refresher.cycle(views.clone(), stops, None).await {
+}
+
+/// One scheduled cycle, its metrics and its effect on readiness and backoff.
+async fn run_cycle(refresher: &Refresher, views: Views<'_>, shared: &Shared, cycle: Scheduled<'_>) {
+    let Scheduled {
+        stops,
+        backoff,
+        period,
+        serving,
+    } = cycle;
+    match refresher
+        .cycle(views.specs.to_vec(), stops, None, period)
+        .await
+    {
         Ok(cycle) => {
             *backoff.lock().await = Backoff::default();
             shared.reached_database.store(true, Ordering::Relaxed);
             // The log tables' state first: a scrape never sees this process's
             // counts of the cycle without the views' state after it.
             if serving {
-                load_views(refresher, &views, shared).await;
+                load_views(refresher, views, shared).await;
             }
             shared.metrics.observe_run(&cycle);
             let failed = cycle.failed();
@@ -271,25 +332,30 @@ async fn run_cycle(
 /// metrics, on the probes' connection, with each name looked up (one that is
 /// no view that can be refreshed is failing, with no log row). A failure is a
 /// warning; the metrics keep what they had.
-async fn load_views(refresher: &Refresher, views: &[ViewSpec], shared: &Shared) {
+async fn load_views(refresher: &Refresher, views: Views<'_>, shared: &Shared) {
     let read = async {
         let client = shared
             .pool
             .get()
             .await
             .map_err(|e| describe_pool_error(&e))?;
-        let mut registry = catalog::registry_names(&**client, views)
+        let registry = catalog::registry_names(&**client, views.specs)
             .await
             .map_err(|e| describe_error(&e))?;
-        registry.retain(|name| !name.not_here);
+        let (registry, intervals): (Vec<_>, Vec<&Duration>) = registry
+            .into_iter()
+            .zip(views.intervals)
+            .filter(|(name, _)| !name.not_here)
+            .unzip();
         let names: Vec<String> = registry.iter().map(|r| r.qualified.clone()).collect();
         let mut states = refresher
             .log
             .view_states(&**client, &names)
             .await
             .map_err(|e| describe_error(&e))?;
-        for (state, name) in states.iter_mut().zip(&registry) {
+        for ((state, name), interval) in states.iter_mut().zip(&registry).zip(intervals) {
             state.unrefreshable = name.unrefreshable;
+            state.interval_s = Some(interval.as_secs_f64());
         }
         Ok::<_, String>(states)
     };

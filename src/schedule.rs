@@ -1,5 +1,5 @@
 //! When `run` refreshes: a cron expression read exactly as a Kubernetes CronJob
-//! reads it, in a time zone.
+//! reads it, in a time zone, or a fixed period (`--every 10s`): a [`Cadence`].
 //!
 //! Kubernetes validates `spec.schedule` with robfig/cron v3's standard parser,
 //! so that parser is the reference: five fields (minute, hour, day of month,
@@ -10,8 +10,9 @@
 //! When both day fields are restricted, a day matches either (Vixie cron's rule,
 //! and robfig's); when one is `*` or `?`, both must match. What Kubernetes
 //! refuses is refused here too, with the field named in the user's own terms.
-//! Six fields, seconds first, are accepted for development (robfig's optional
-//! seconds).
+//! Six fields, seconds first, are read as robfig's optional seconds field
+//! (`*/10 * * * * *`, every ten seconds on the wall clock): a CronJob cannot run
+//! more often than once a minute, a loop can.
 //!
 //! Run times are the instants whose wall-clock time in the zone matches: in the
 //! hour a spring-forward skips nothing fires, and in the hour a fall-back repeats
@@ -22,6 +23,97 @@ use std::fmt;
 
 use chrono::{DateTime, Datelike, Duration, Timelike, Utc};
 use chrono_tz::Tz;
+
+use crate::units::PgDuration;
+
+/// How often `run` starts a cycle.
+#[derive(Debug, Clone)]
+pub enum Cadence {
+    /// At the times of a cron schedule.
+    Cron(Schedule),
+    /// At once, then every period from the previous start (`--every`).
+    Every(PgDuration),
+}
+
+/// How many of a schedule's next runs are looked at for its longest gap.
+const GAPS_LOOKED_AT: usize = 100;
+
+impl Cadence {
+    /// When the first cycle starts: at once for a period, at the schedule's
+    /// next time for a schedule.
+    pub fn first(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            Self::Cron(schedule) => schedule.next_after(now),
+            Self::Every(_) => Some(now),
+        }
+    }
+
+    /// The first tick after `last` that is still ahead of `now`: a period's
+    /// ticks stay on the grid of the first one, and the ones a stopped clock or
+    /// a jump of the wall clock passed are not made up for.
+    pub fn after(&self, last: DateTime<Utc>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            Self::Cron(schedule) => schedule.next_after(last.max(now)),
+            Self::Every(period) => {
+                let period = Duration::from_std(period.to_std()).ok()?;
+                let mut next = last + period;
+                if next <= now {
+                    let behind = (now - next).num_milliseconds() / period.num_milliseconds();
+                    next += period * (i32::try_from(behind).ok()? + 1);
+                }
+                Some(next)
+            }
+        }
+    }
+
+    /// The time from `tick` to the tick after it: how late a view left out at
+    /// `tick` is refreshed.
+    pub fn period_at(&self, tick: DateTime<Utc>) -> Option<std::time::Duration> {
+        match self {
+            Self::Cron(schedule) => (schedule.next_after(tick)? - tick).to_std().ok(),
+            Self::Every(period) => Some(period.to_std()),
+        }
+    }
+
+    /// The longest time between two cycles from `now` on: the period itself,
+    /// or the longest gap among a schedule's next hundred runs (`0 9 * * 1-5`:
+    /// Friday to Monday).
+    pub fn longest_period(&self, now: DateTime<Utc>) -> std::time::Duration {
+        match self {
+            Self::Cron(schedule) => schedule
+                .upcoming(now, GAPS_LOOKED_AT + 1)
+                .windows(2)
+                .filter_map(|pair| (pair[1] - pair[0]).to_std().ok())
+                .max()
+                .unwrap_or_default(),
+            Self::Every(period) => period.to_std(),
+        }
+    }
+
+    /// The next `n` cycles' times after a start at `now`.
+    pub fn upcoming(&self, now: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
+        std::iter::successors(self.first(now), |at| self.after(*at, *at))
+            .take(n)
+            .collect()
+    }
+
+    /// `at` as people read it: on the schedule's wall clock, or in UTC.
+    pub fn local(&self, at: DateTime<Utc>) -> String {
+        match self {
+            Self::Cron(schedule) => schedule.local(at),
+            Self::Every(_) => at.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Cadence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cron(schedule) => write!(f, "{schedule}"),
+            Self::Every(period) => write!(f, "every {period}"),
+        }
+    }
+}
 
 /// A parsed schedule and the zone its times are read in.
 #[derive(Debug, Clone)]
@@ -501,5 +593,57 @@ mod tests {
                 .unwrap_err()
                 .contains("time zone")
         );
+    }
+
+    #[test]
+    fn every_starts_at_once_then_keeps_to_the_grid_of_its_first_tick() {
+        let every = Cadence::Every("10s".parse().unwrap());
+        let start = at(2026, 11, 21, 10, 3, 7);
+        assert_eq!(every.first(start), Some(start));
+        let ms = |n| Duration::milliseconds(n);
+        // Woken a little late, or early: the next tick is on the grid.
+        assert_eq!(every.after(start, start + ms(20)), Some(start + ms(10_000)));
+        assert_eq!(every.after(start, start - ms(5)), Some(start + ms(10_000)));
+        // A clock that jumped 35 s: the ticks it passed are not made up for.
+        assert_eq!(
+            every.after(start, start + ms(35_000)),
+            Some(start + ms(40_000))
+        );
+        assert_eq!(
+            every.upcoming(start, 3),
+            [start, start + ms(10_000), start + ms(20_000)]
+        );
+        assert_eq!(
+            every.period_at(start),
+            Some(std::time::Duration::from_secs(10))
+        );
+        assert_eq!(
+            every.longest_period(start),
+            std::time::Duration::from_secs(10)
+        );
+        assert_eq!(every.to_string(), "every 10s");
+    }
+
+    #[test]
+    fn a_schedules_period_is_the_gap_to_its_next_tick_and_its_longest_gap() {
+        let now = at(2026, 11, 21, 10, 3, 7);
+        let cron = |e| Cadence::Cron(Schedule::new(e, "UTC").unwrap());
+        let seconds = std::time::Duration::from_secs;
+        let ten_s = cron("*/10 * * * * *");
+        assert_eq!(ten_s.first(now), Some(at(2026, 11, 21, 10, 3, 10)));
+        assert_eq!(
+            ten_s.period_at(at(2026, 11, 21, 10, 3, 10)),
+            Some(seconds(10))
+        );
+        assert_eq!(ten_s.longest_period(now), seconds(10));
+        // Minutes 0 and 1 of every hour: a minute, then 59.
+        let twice = cron("0,1 * * * *");
+        assert_eq!(
+            twice.period_at(at(2026, 11, 21, 11, 0, 0)),
+            Some(seconds(60))
+        );
+        assert_eq!(twice.longest_period(now), seconds(59 * 60));
+        // 2026-11-21 is a Saturday: weekdays at nine, Friday to Monday.
+        assert_eq!(cron("0 9 * * 1-5").longest_period(now), seconds(3 * 86_400));
     }
 }

@@ -363,6 +363,270 @@ fn min_interval_is_honoured_by_the_loop() {
     );
 }
 
+/// The reference platform's `bets_latest` as an incremental view, and
+/// `top_bets_today` as a materialized view: both five minutes apart by
+/// `[defaults]`, the incremental one every cycle by its own `min_interval`.
+const FAST_AND_SLOW: &str = r#"
+[defaults]
+min_interval = "5m"
+
+[[view]]
+name = "top_bets_today"
+
+[[view]]
+name = "bets_latest"
+min_interval = "0"
+key = ["tenant_id", "aggregate_id"]
+query = """
+SELECT DISTINCT ON (tenant_id, aggregate_id)
+       tenant_id, aggregate_id, event_type AS last_event_type, event_data AS last_event_data,
+       "timestamp" AS last_event_timestamp, version, seq AS last_event_seq
+FROM bet_events
+WHERE $changed(tenant_id, aggregate_id)
+ORDER BY tenant_id, aggregate_id, seq DESC
+"""
+
+[[view.changes]]
+table = "bet_events"
+key = ["tenant_id", "aggregate_id"]
+marker = "seq"
+"#;
+
+/// `(run_id, view, status, note)` of every history row, cycle by cycle.
+fn cycles(db: &TestDb) -> Vec<Vec<Option<String>>> {
+    db.rows(
+        "SELECT run_id::text, view_name, status, note FROM materialized_views_refresh_history h \
+         ORDER BY (SELECT min(id) FROM materialized_views_refresh_history f WHERE f.run_id = h.run_id), \
+                  view_name",
+    )
+}
+
+#[test]
+fn run_every_refreshes_at_once_and_again_every_period() {
+    let db = TestDb::platform("run_every");
+    let registry = db.registry("[[view]]\nname = \"top_bets_today\"\n");
+    db.mvr().arg("init").run().code(0);
+    // An hour apart: the first cycle starts at once, not an hour from now.
+    let mut hourly = db
+        .mvr_with(&registry)
+        .args(["run", "--every", "1h"])
+        .spawn();
+    hourly.wait_until("the first cycle", || {
+        (db.history("top_bets_today").len() == 1).then_some(())
+    });
+    hourly.signal("TERM");
+    hourly.wait().code(0).stderr_has("every 1h");
+    assert_eq!(
+        db.history("top_bets_today")[0][0].as_deref(),
+        Some("success")
+    );
+
+    let mut every_second = db
+        .mvr_with(&registry)
+        .env("MV_REFRESHER_EVERY", "1s")
+        .arg("run")
+        .spawn();
+    every_second.wait_until("three more cycles", || {
+        (db.history("top_bets_today").len() >= 4).then_some(())
+    });
+    every_second.signal("TERM");
+    every_second.wait().code(0).stderr_has("every 1s");
+    let statuses: Vec<_> = db
+        .history("top_bets_today")
+        .into_iter()
+        .map(|row| row[0].clone().unwrap())
+        .collect();
+    assert!(statuses[..4].iter().all(|s| s == "success"), "{statuses:?}");
+}
+
+#[test]
+fn bad_every_values_exit_2_naming_the_option() {
+    let closed = format!("postgres://postgres@127.0.0.1:{}/x", free_port());
+    let run = |args: &[&str]| {
+        Mvr::new()
+            .env("DATABASE_URL", &closed)
+            .arg("run")
+            .args(args)
+            .run()
+    };
+    run(&["--every", "0s"])
+        .code(2)
+        .stderr_has("--every")
+        .stderr_has("at least 1s");
+    run(&["--every", "500ms"]).code(2).stderr_has("at least 1s");
+    run(&["--every", "10"])
+        .code(2)
+        .stderr_has("--every")
+        .stderr_has("a number and a unit");
+    run(&["--every", "10s", "--schedule", "* * * * *"])
+        .code(2)
+        .stderr_has("--schedule (MV_REFRESHER_SCHEDULE) or --every (MV_REFRESHER_EVERY), not both");
+    Mvr::new()
+        .env("DATABASE_URL", &closed)
+        .env("MV_REFRESHER_SCHEDULE", "*/5 * * * *")
+        .args(["run", "--every", "10s"])
+        .run()
+        .code(2)
+        .stderr_has("not both");
+}
+
+#[test]
+fn incremental_views_every_cycle_while_materialized_views_keep_to_their_min_interval() {
+    let db = TestDb::platform("run_fast_and_slow");
+    let registry = db.registry(FAST_AND_SLOW);
+    let port = free_port();
+    let mut run = db
+        .mvr_with(&registry)
+        .args(["run", "--every", "1s", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .spawn();
+    let metrics = run.wait_until("four cycles of the incremental view", || {
+        let body = scrape(port)?;
+        (refreshes(&body, "public.bets_latest", "success") >= 4.0).then_some(body)
+    });
+    // The alerts' thresholds follow how often each view is meant to be
+    // refreshed: the loop's period, or min_interval when longer.
+    assert_eq!(
+        sample(
+            &metrics,
+            "mv_refresher_view_interval_seconds{view=\"public.bets_latest\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "mv_refresher_view_interval_seconds{view=\"public.top_bets_today\"}"
+        ),
+        Some(300.0),
+        "{metrics}"
+    );
+    run.signal("TERM");
+    run.wait().code(0);
+
+    // Cycle by cycle: the incremental view refreshed in every one, the
+    // materialized view in the first only, skipped as fresh in the others.
+    let rows = cycles(&db);
+    let mut runs: Vec<&str> = rows.iter().map(|r| r[0].as_deref().unwrap()).collect();
+    runs.dedup();
+    assert!(runs.len() >= 4, "{rows:#?}");
+    for (i, run_id) in runs.iter().enumerate() {
+        let of = |view: &str| {
+            rows.iter()
+                .find(|r| r[0].as_deref() == Some(*run_id) && r[1].as_deref() == Some(view))
+                .map(|r| (r[2].clone().unwrap(), r[3].clone().unwrap_or_default()))
+        };
+        // The shutdown may have come in the middle of the last cycle.
+        if i == runs.len() - 1 {
+            break;
+        }
+        let (status, _) = of("public.bets_latest").unwrap_or_else(|| panic!("{rows:#?}"));
+        assert_eq!(status, "success", "cycle {i}: {rows:#?}");
+        let (status, note) = of("public.top_bets_today").unwrap_or_else(|| panic!("{rows:#?}"));
+        match i {
+            0 => assert_eq!(status, "success", "{rows:#?}"),
+            _ => {
+                assert_eq!(status, "skipped", "cycle {i}: {rows:#?}");
+                assert!(note.contains("min_interval is 5min"), "{note}");
+            }
+        }
+    }
+    let refreshed: i64 = db.scalar(
+        "SELECT refresh_count FROM materialized_views_refresh_log \
+         WHERE view_name = 'public.top_bets_today'",
+    );
+    assert_eq!(refreshed, 1);
+}
+
+#[test]
+fn the_loop_deployments_registry_checks_and_refreshes_on_the_reference_platform() {
+    let db = TestDb::platform("deploy_loop_registry");
+    let registry = common::repo().join("deploy/loop/registry.toml");
+    let check = db.mvr_with(&registry).arg("check").run();
+    check.code(0);
+    for view in [
+        "public.user_activity_view",
+        "public.user_activity ",
+        "public.bets_latest",
+    ] {
+        check.stdout_has(view);
+    }
+    db.mvr_with(&registry)
+        .arg("refresh")
+        .run()
+        .code(0)
+        .stdout_has("5 refreshed");
+    // Again at once: the materialized views are fresh, the incremental ones
+    // run.
+    db.mvr_with(&registry)
+        .arg("refresh")
+        .run()
+        .code(0)
+        .stdout_has("2 refreshed, 3 skipped");
+}
+
+/// Makes the last success of `view` have started `started_s` seconds ago and
+/// taken `took_ms`.
+fn refreshed_ago(db: &TestDb, view: &str, started_s: u32, took_ms: u32) {
+    db.execute(&format!(
+        "UPDATE materialized_views_refresh_log \
+         SET last_refreshed_at = clock_timestamp() - make_interval(secs => {started_s}) \
+                                 + make_interval(secs => {took_ms} / 1000.0), \
+             last_refresh_time_ms = {took_ms} \
+         WHERE view_name = 'public.{view}'"
+    ));
+}
+
+#[test]
+fn min_interval_is_met_at_the_tick_it_falls_due_not_one_later() {
+    let db = TestDb::platform("min_interval_boundary");
+    let registry = db.registry(
+        "[defaults]\nmin_interval = \"1h\"\n[[view]]\nname = \"top_bets_today\"\n\
+         [[view]]\nname = \"tenants_summary_view\"\n[[view]]\nname = \"user_activity_view\"\n",
+    );
+    db.mvr_with(&registry)
+        .arg("refresh")
+        .run()
+        .code(0)
+        .stdout_has("3 refreshed");
+    let last = |view: &str| db.history(view).last().unwrap()[0].clone().unwrap();
+
+    // A CronJob (`refresh`) comes back a minute later at the soonest: a view
+    // due within half a minute is refreshed now, not a whole run later.
+    refreshed_ago(&db, "top_bets_today", 3600 - 20, 0);
+    // Counted from the start of the last refresh, which read the data then:
+    // one that took 15 s and ended 59m50s ago is due.
+    refreshed_ago(&db, "tenants_summary_view", 3600 + 5, 15_000);
+    // Due in a minute: not yet.
+    refreshed_ago(&db, "user_activity_view", 3600 - 90, 0);
+    db.mvr_with(&registry)
+        .arg("refresh")
+        .run()
+        .code(0)
+        .stdout_has("2 refreshed, 1 skipped");
+    assert_eq!(last("top_bets_today"), "success");
+    assert_eq!(last("tenants_summary_view"), "success");
+    assert_eq!(last("user_activity_view"), "skipped");
+
+    // A loop every 10 minutes comes back in 10: due within 5 is due now,
+    // within 6 is not.
+    refreshed_ago(&db, "top_bets_today", 3600 - 4 * 60, 0);
+    refreshed_ago(&db, "tenants_summary_view", 3600 - 6 * 60, 0);
+    let mut run = db
+        .mvr_with(&registry)
+        .args(["run", "--every", "10m"])
+        .spawn();
+    run.wait_until("its first cycle", || {
+        (db.history("top_bets_today").len() == 3 && db.history("tenants_summary_view").len() == 3)
+            .then_some(())
+    });
+    run.signal("TERM");
+    run.wait().code(0);
+    assert_eq!(last("top_bets_today"), "success");
+    assert_eq!(last("tenants_summary_view"), "skipped");
+}
+
 #[test]
 fn a_role_that_may_not_upgrade_version_2_log_tables_still_records_refreshes_and_skips() {
     let db = TestDb::platform("old_log_no_upgrade");

@@ -48,7 +48,9 @@ pub(super) async fn refresh(
             }
             false => (None, None),
         };
-    let cycle = refresher.cycle(options.views, &stops, watcher).await?;
+    let cycle = refresher
+        .cycle(options.views, &stops, watcher, None)
+        .await?;
     if let Some(task) = drawing {
         // The cycle dropped its sender: the drawing ends with the last line.
         let _ = task.await;

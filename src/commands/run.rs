@@ -1,5 +1,5 @@
-//! `run`: cycles on a schedule until SIGTERM or SIGINT, as a sidecar does (the
-//! loop itself is `runner`).
+//! `run`: cycles on a schedule or every fixed period until SIGTERM or SIGINT,
+//! as a sidecar or a Deployment does (the loop itself is `runner`).
 
 use std::sync::Arc;
 
@@ -30,7 +30,7 @@ pub(super) async fn run(
         options.cycle.history_retention,
     );
     let run_options = RunOptions {
-        schedule: options.schedule,
+        cadence: options.cadence,
         listen: options.listen,
         shutdown_grace: options.shutdown_grace.to_std(),
     };

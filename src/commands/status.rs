@@ -190,11 +190,13 @@ fn next_due_at(log: &LogRow, min_interval: Option<PgDuration>) -> Option<String>
     })
 }
 
-/// Seconds until `log`'s view is due again under `min_interval`; `None` when it
-/// is due now (or has no interval: every run refreshes it).
+/// Seconds until `log`'s view is due again under `min_interval`, counted from
+/// the start of its last successful refresh as a refresh counts it; `None` when
+/// it is due now (or has no interval: every run refreshes it).
 fn next_due(log: &LogRow, min_interval: Option<PgDuration>) -> Option<f64> {
     let interval = min_interval?.as_millis() as f64 / 1000.0;
-    let due_in = interval - log.age_seconds?;
+    let since_start = log.age_seconds? + log.last_refresh_time_ms.unwrap_or(0.0) / 1000.0;
+    let due_in = interval - since_start;
     (due_in > 0.0).then_some(due_in)
 }
 

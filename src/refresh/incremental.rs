@@ -30,7 +30,7 @@ use tokio_postgres::types::{Json, ToSql, Type};
 
 use super::record::Slot;
 use super::statement::{cancellable, silence_limit};
-use super::transaction::{Done, begin, commit, fresh};
+use super::transaction::{Done, SINCE_LAST_START, begin, commit, fresh};
 use super::{Failure, RunContext};
 use crate::db::CancelKey;
 use crate::incremental::catalog::{MarkerKind, Target};
@@ -65,7 +65,7 @@ struct Opened {
     full_age_s: Option<f64>,
     /// The state was kept under the view's present definition.
     same_definition: bool,
-    /// Seconds since the last success.
+    /// Seconds since the start of the last success.
     age_s: Option<f64>,
     /// The last cycle's snapshot is ahead of this server's: the state was
     /// saved where transaction ids had gone further.
@@ -107,7 +107,7 @@ pub(super) async fn attempt(
     if !opened.locked {
         return Ok(Done::Locked);
     }
-    if let Some(reason) = fresh(step.settings(), opened.age_s) {
+    if let Some(reason) = fresh(step.settings(), opened.age_s, ctx.period) {
         return Ok(Done::Fresh(reason));
     }
     let (full, reason) = mode(ctx, step, spec, target, &opened);
@@ -347,8 +347,7 @@ async fn open(
     let state_params: [(&(dyn ToSql + Sync), Type); 2] =
         [(&view_name, Type::TEXT), (&definition, Type::TEXT)];
     let age_sql = format!(
-        "SELECT extract(epoch FROM clock_timestamp() - last_refreshed_at::timestamptz)::float8 \
-         FROM {} WHERE view_name = $1",
+        "SELECT {SINCE_LAST_START} FROM {} AS l WHERE view_name = $1",
         log.summary_table()
     );
     let (began, locked, states, age, now, system) = tokio::join!(

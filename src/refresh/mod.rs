@@ -58,6 +58,11 @@ pub struct RunContext {
     pub in_progress: Arc<AtomicUsize>,
     /// Incremental views are fully reconciled (`refresh --full`).
     pub full: bool,
+    /// The time to the caller's next cycle (`run`'s next tick); `None` for a
+    /// single `refresh`. Under `min_interval` a view due less than half of it
+    /// from now (at most a tenth of `min_interval`) is due now, not a tick
+    /// late (`transaction::fresh`).
+    pub period: Option<std::time::Duration>,
 }
 
 impl RunContext {

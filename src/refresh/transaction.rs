@@ -65,7 +65,8 @@ struct Opened {
     locked: bool,
     /// `None`: the view was dropped since planning.
     state: Option<ViewState>,
-    /// Seconds since the last successful refresh, as the log tables know it.
+    /// Seconds since the start of the last successful refresh, as the log
+    /// tables know it.
     age_s: Option<f64>,
     /// The view's average successful refresh, for the progress display.
     avg_ms: Option<f64>,
@@ -105,7 +106,7 @@ pub(super) async fn attempt(
     let state = opened
         .state
         .ok_or_else(|| Failure::permanent(format!("view {relation} was dropped")))?;
-    if let Some(reason) = fresh(step.settings(), opened.age_s) {
+    if let Some(reason) = fresh(step.settings(), opened.age_s, ctx.period) {
         return Ok(Done::Fresh(reason));
     }
     // The state may have changed since planning (another refresher populated
@@ -221,11 +222,10 @@ fn state_sql(log: Option<&RefreshLog>) -> String {
     let (columns, join) = match log {
         // The casts read a summary table made by hand in the seeds' shape.
         Some(log) => (
-            "extract(epoch FROM clock_timestamp() - l.last_refreshed_at::timestamptz)::float8, \
-             l.avg_refresh_time_ms::float8",
+            format!("{SINCE_LAST_START}, l.avg_refresh_time_ms::float8"),
             format!("LEFT JOIN {} AS l ON l.view_name = $2", log.summary_table()),
         ),
-        None => ("NULL::float8, NULL::float8", String::new()),
+        None => ("NULL::float8, NULL::float8".to_owned(), String::new()),
     };
     // `$2` is bound either way; without the log tables only this reads it.
     format!(
@@ -238,12 +238,32 @@ fn state_sql(log: Option<&RefreshLog>) -> String {
     )
 }
 
-/// The reason to skip a view refreshed `age_s` seconds ago, when that is more
-/// recent than its `min_interval`.
-pub(super) fn fresh(settings: &ViewSettings, age_s: Option<f64>) -> Option<String> {
+/// The period assumed when the caller has none (`refresh`): a CronJob's
+/// shortest, a minute.
+const CRONJOB_PERIOD: Duration = Duration::from_secs(60);
+
+/// The seconds since the start of the view's last successful refresh (its
+/// end, `last_refreshed_at`, less its duration), from the summary row `l`:
+/// the refresh read its data then, and a cycle's ticks are starts too.
+pub(super) const SINCE_LAST_START: &str = "extract(epoch FROM clock_timestamp() -      l.last_refreshed_at::timestamptz)::float8 + coalesce(l.last_refresh_time_ms::float8, 0) / 1000";
+
+/// The reason to skip a view whose last successful refresh started `age_s`
+/// seconds ago, when that is more recent than its `min_interval` less a
+/// tolerance: half of `period`, the time to the caller's next cycle (a
+/// minute, a CronJob's shortest, when there is none), and at most a tenth of
+/// `min_interval`. Ticks that lie `min_interval` apart then refresh the view
+/// on every such tick however late in its cycle it started last time, never
+/// a tick later (which would make a 5-minute view every 5m10s under a 10 s
+/// loop), and never a tick, or more than a tenth, earlier.
+pub(super) fn fresh(
+    settings: &ViewSettings,
+    age_s: Option<f64>,
+    period: Option<Duration>,
+) -> Option<String> {
     let interval = settings.min_interval?;
     let age = age_s?;
-    (age * 1000.0 < interval.as_millis() as f64)
+    let tolerance = (period.unwrap_or(CRONJOB_PERIOD) / 2).min(interval.to_std() / 10);
+    (age < (interval.to_std() - tolerance).as_secs_f64())
         .then(|| format!("fresh: refreshed {age:.0}s ago, min_interval is {interval}"))
 }
 
@@ -532,5 +552,95 @@ mod tests {
         let plain = settings_statements(&step(work_mem), false);
         assert!(plain.iter().all(|s| !s.contains("citus")), "{plain:#?}");
         assert_eq!(plain.len(), 6, "{plain:#?}");
+    }
+
+    fn min_interval(text: &str) -> ViewSettings {
+        ViewSettings {
+            min_interval: Some(text.parse().unwrap()),
+            ..ViewSettings::default()
+        }
+    }
+
+    /// The ticks (seconds from the first) at which a view is refreshed under
+    /// `settings` by a loop every `period_s`, when each of its refreshes
+    /// starts `delay(n)` seconds into its tick's cycle.
+    fn refreshed_at(
+        settings: &ViewSettings,
+        period_s: u64,
+        ticks: u64,
+        delay: impl Fn(u64) -> f64,
+    ) -> Vec<u64> {
+        let period = Some(Duration::from_secs(period_s));
+        let mut last_start: Option<f64> = None;
+        let mut refreshed = Vec::new();
+        for n in 0..ticks {
+            let tick = (n * period_s) as f64;
+            // The view is looked at when its turn comes in the cycle.
+            let now = tick + delay(n);
+            if fresh(settings, last_start.map(|at| now - at), period).is_none() {
+                last_start = Some(now);
+                refreshed.push(n * period_s);
+            }
+        }
+        refreshed
+    }
+
+    #[test]
+    fn min_interval_is_met_at_the_tick_it_falls_due_not_one_later() {
+        // Every 10 s, min_interval 5 minutes: at 0, 300, 600 s, however late
+        // the view started in its cycle last time (up to 4 s here), never a
+        // tick (10 s) late.
+        let five = min_interval("5m");
+        for delay in [0.0, 0.5, 4.0] {
+            let late_every_other_time = |n: u64| match (n / 30) % 2 {
+                0 => delay,
+                _ => 0.0,
+            };
+            assert_eq!(
+                refreshed_at(&five, 10, 61, late_every_other_time),
+                [0, 300, 600],
+                "delay {delay}"
+            );
+        }
+        // A CronJob every minute (`refresh`: no period given, a minute
+        // assumed), started by the kubelet up to 20 s late.
+        let settings = min_interval("5m");
+        let mut last: Option<f64> = None;
+        let mut refreshed = Vec::new();
+        for minute in 0..11u64 {
+            let now = (minute * 60) as f64 + [7.0, 20.0, 0.0][minute as usize % 3];
+            if fresh(&settings, last.map(|at| now - at), None).is_none() {
+                last = Some(now);
+                refreshed.push(minute);
+            }
+        }
+        assert_eq!(refreshed, [0, 5, 10]);
+    }
+
+    #[test]
+    fn min_interval_is_never_met_a_tick_or_a_tenth_early() {
+        // 12 minutes on 5-minute ticks: 15, not 10 (the nearer tick, but
+        // earlier than min_interval by a sixth).
+        assert_eq!(
+            refreshed_at(&min_interval("12min"), 300, 7, |_| 0.0),
+            [0, 900, 1800]
+        );
+        // A min_interval below the period: every tick.
+        assert_eq!(
+            refreshed_at(&min_interval("5s"), 10, 4, |_| 0.0),
+            [0, 10, 20, 30]
+        );
+        // A 5-minute view is due from 4m55s on for a loop every 10 s
+        // (tolerance 5 s), from 4m30s on for a refresh (30 s: a CronJob's
+        // shortest period is a minute).
+        let five = min_interval("5m");
+        let ten_s = Some(Duration::from_secs(10));
+        assert!(fresh(&five, Some(294.0), ten_s).is_some());
+        assert!(fresh(&five, Some(296.0), ten_s).is_none());
+        assert!(fresh(&five, Some(269.0), None).is_some());
+        assert!(fresh(&five, Some(271.0), None).is_none());
+        // Never refreshed, or no min_interval: due.
+        assert!(fresh(&five, None, None).is_none());
+        assert!(fresh(&ViewSettings::default(), Some(1.0), None).is_none());
     }
 }
