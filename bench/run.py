@@ -12,6 +12,8 @@ docs/refresh-vs-scale.svg. No assertions: numbers, written down.
     bench/run.py --short         # 20k bets, 1 repetition, to /tmp (CI: the harness runs)
     bench/run.py --incremental-only --scales 100000,1000000,3000000
                                  # the incremental views' section alone (OUT/INCREMENTAL.md)
+    bench/run.py --sweep         # the incremental twins against the share of users changed,
+                                 # at 1M bets (OUT/SWEEP.md; bench/sweep.py)
 """
 
 import argparse
@@ -154,6 +156,7 @@ class Load:
 class Bench:
     def __init__(self, args):
         self.args = args
+        self.root = ROOT
         self.binary = ROOT / "target/release/mv-refresher"
         self.cluster = Cluster()
         self.results = {}  # scale -> data
@@ -651,7 +654,7 @@ def plan_excerpt(log):
     return "\n".join(out[-200:]) or "(no plan logged)"
 
 
-def svg_plot(xs, series, width=720, height=400):
+def svg_plot(xs, series, width=720, height=400, xlabel="bets"):
     colours = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#7f7f7f"]
     left, right, top, bottom = 60, 220, 20, 50
     ymax = max(max(v) for v in series.values()) * 1.1 or 1
@@ -663,7 +666,7 @@ def svg_plot(xs, series, width=720, height=400):
              f'<rect width="{width}" height="{height}" fill="white"/>',
              f'<line x1="{left}" y1="{py(0)}" x2="{width - right}" y2="{py(0)}" stroke="black"/>',
              f'<line x1="{left}" y1="{py(0)}" x2="{left}" y2="{top}" stroke="black"/>',
-             f'<text x="{(width - right + left) / 2}" y="{height - 10}" text-anchor="middle">bets</text>',
+             f'<text x="{(width - right + left) / 2}" y="{height - 10}" text-anchor="middle">{xlabel}</text>',
              f'<text x="15" y="{(height - bottom + top) / 2}" transform="rotate(-90 15 {(height - bottom + top) / 2})" '
              'text-anchor="middle">seconds (median)</text>']
     for i in range(5):
@@ -699,6 +702,9 @@ def main():
                         help="only work_mem = auto against the sweep, at --work-mem-scale, to OUT/TUNER.md")
     parser.add_argument("--incremental-only", action="store_true",
                         help="only the incremental views against user_activity_view, at --scales, to OUT/INCREMENTAL.md")
+    parser.add_argument("--sweep", action="store_true",
+                        help="only the incremental twins against the share of users changed, to OUT/SWEEP.md "
+                             "(bench/sweep.py; --scales defaults to 1000000 here)")
     parser.add_argument("--out", default=str(ROOT / "docs"))
     parser.add_argument("--short", action="store_true", help="20k bets, 1 repetition, report to /tmp")
     args = parser.parse_args()
@@ -707,11 +713,17 @@ def main():
         args.tuner_runs, args.settled_runs = 3, 2
         if args.out == str(ROOT / "docs"):
             args.out = f"/tmp/mv-refresher-bench-report-{os.getpid()}"
+    if args.sweep and args.scales == parser.get_default("scales") and not args.short:
+        args.scales = "1000000"
     args.scales = [int(s) for s in args.scales.split(",")]
     ensure_psycopg()
     if not shutil.which("/usr/bin/time"):
         sys.exit("bench: /usr/bin/time is missing (Debian: apt-get install time)")
     subprocess.run(["cargo", "build", "--release", "--locked", "--quiet"], cwd=ROOT, check=True)
+    if args.sweep:
+        import sweep
+        sweep.run(Bench(args))
+        return
     if args.tuner_only:
         bench = Bench(args)
         try:
@@ -720,6 +732,10 @@ def main():
             bench.cluster.stop()
         return
     Bench(args).run()
+    if args.short:
+        # The sweep too, so that it cannot rot.
+        import sweep
+        sweep.run(Bench(args))
 
 
 if __name__ == "__main__":

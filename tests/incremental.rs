@@ -1701,3 +1701,36 @@ fn a_cycle_of_a_grouped_query_reads_its_group_once() {
     );
     db.mvr_with(&registry).arg("verify").run().code(0);
 }
+
+#[test]
+fn a_cycle_with_a_large_share_of_the_keys_changed_is_run_as_a_full_reconcile() {
+    let db = TestDb::empty("incremental_large_share");
+    db.execute(S_SCHEMA);
+    db.execute("INSERT INTO s (k, v) SELECT g % 4000, g FROM generate_series(1, 8000) g");
+    let registry = db.registry(S_REGISTRY);
+    db.mvr_with(&registry).arg("refresh").run().code(0);
+    // The table's size as autovacuum would leave it.
+    db.execute("ANALYZE iv");
+    // 5%: the changed keys. Half the table: cheaper in full.
+    db.execute("UPDATE s SET v = v + 1, m = clock_timestamp() WHERE k % 20 = 3");
+    assert_eq!(
+        refresh_and_verify(&db, &registry),
+        "changed keys of 1 source(s)"
+    );
+    db.execute("UPDATE s SET v = v + 1, m = clock_timestamp() WHERE k % 2 = 0");
+    assert_eq!(
+        refresh_and_verify(&db, &registry),
+        "full reconcile: 2000 keys changed, 50% of the table's 4000 rows \
+         (from 25% a full reconcile costs less)"
+    );
+    // A full reconcile counts for full_every: the state says when it was.
+    let full: bool = db.scalar(
+        "SELECT last_full_at > applied_at - interval '1 second' FROM materialized_views_refresh_state",
+    );
+    assert!(full);
+    db.execute("UPDATE s SET v = v + 1, m = clock_timestamp() WHERE k = 5");
+    assert_eq!(
+        refresh_and_verify(&db, &registry),
+        "changed keys of 1 source(s)"
+    );
+}

@@ -99,7 +99,11 @@ impl Statements<'_> {
             .enumerate()
             .map(|(i, source)| self.changed_keys_of(source, &format!("${}", i + 3), seen))
             .collect();
-        format!("INSERT INTO {CHANGED} {}", reads.join(" UNION "))
+        // UNION writes each key once; so does DISTINCT when there is one read.
+        match reads.as_slice() {
+            [one] => format!("INSERT INTO {CHANGED} SELECT DISTINCT * FROM ({one}) AS c"),
+            _ => format!("INSERT INTO {CHANGED} {}", reads.join(" UNION ")),
+        }
     }
 
     fn changed_keys_of(&self, source: &SourcePlan, watermark: &str, seen: bool) -> String {

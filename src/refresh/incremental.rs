@@ -41,6 +41,14 @@ use crate::plan::Step;
 use crate::registry::Incremental;
 use crate::units::round_ms;
 
+/// The share of the table's rows from which changed keys are recomputed by
+/// a full reconcile instead ([`Cycle::better_in_full`]).
+const FULL_SHARE: f64 = 0.25;
+
+/// Fewer changed keys than this are recomputed whatever the table's size
+/// (and its size is not read).
+const FULL_MIN_KEYS: i64 = 1000;
+
 /// How often the wait for a source's writers looks again.
 const WRITER_POLL: Duration = Duration::from_millis(20);
 
@@ -124,10 +132,11 @@ pub(super) async fn attempt(
         identities: log.keeps_identities(),
         definition: &definition,
     };
-    let (counts, duration_ms) = run(ctx, step, &client.cancel_key(), cycle).await?;
+    let (counts, switched, duration_ms) = run(ctx, step, &client.cancel_key(), cycle).await?;
 
-    let reason = match counts.keys {
-        0 if !full => "nothing changed".to_owned(),
+    let reason = match (counts.keys, switched) {
+        (_, Some(why)) => why,
+        (0, None) if !full => "nothing changed".to_owned(),
         _ => reason,
     };
     let mut outcome = success(step, reason, counts, duration_ms, attempt);
@@ -168,13 +177,14 @@ fn success(step: &Step, reason: String, counts: Counts, duration_ms: f64, attemp
     outcome
 }
 
-/// Runs `cycle`, cancellable; returns what it touched and how long it took.
+/// Runs `cycle`, cancellable; returns what it touched, why it became a full
+/// reconcile if it did, and how long it took.
 async fn run(
     ctx: &RunContext,
     step: &Step,
     cancel: &CancelKey,
     cycle: Cycle<'_>,
-) -> Result<(Counts, f64), Failure> {
+) -> Result<(Counts, Option<String>, f64), Failure> {
     let started = Instant::now();
     let mut counts = Counts::default();
     let run = {
@@ -184,10 +194,10 @@ async fn run(
         cancellable(ctx, view, cancel, silence, cycle.run(&mut counts)).await
     };
     let duration_ms = round_ms(started.elapsed().as_secs_f64() * 1000.0);
-    run.map_err(|interrupted| {
+    let switched = run.map_err(|interrupted| {
         interrupted.into_failure(step, Some(Method::Incremental), duration_ms, None)
     })?;
-    Ok((counts, duration_ms))
+    Ok((counts, switched, duration_ms))
 }
 
 /// Whether this cycle is a full reconcile, and why it is what it is.
@@ -443,7 +453,9 @@ struct Cycle<'a> {
 }
 
 impl Cycle<'_> {
-    async fn run(self, counts: &mut Counts) -> Result<(), tokio_postgres::Error> {
+    /// Runs the cycle; returns why it became a full reconcile when the
+    /// changed keys made it one.
+    async fn run(mut self, counts: &mut Counts) -> Result<Option<String>, tokio_postgres::Error> {
         let client = self.client;
         let uppers = self.wait_for_writers().await?;
         let snapshot = client
@@ -460,6 +472,7 @@ impl Cycle<'_> {
                 .batch_execute(&self.statements.create_table())
                 .await?;
         }
+        let mut switched = None;
         let mut watermarks = Vec::with_capacity(self.target.sources.len());
         for (source, upper) in self.target.sources.iter().zip(&uppers) {
             // A full reconcile starts the watermark over: one marker from the
@@ -482,11 +495,50 @@ impl Cycle<'_> {
         }
         if !self.full {
             counts.keys = self.changed_keys(xmax).await?;
+            switched = self.better_in_full(counts.keys).await?;
+            self.full = switched.is_some();
         }
         if self.full || counts.keys > 0 {
             self.apply(counts).await?;
         }
-        self.save_state(&watermarks, &snap, &taken).await
+        self.save_state(&watermarks, &snap, &taken).await?;
+        Ok(switched)
+    }
+
+    /// Why a full reconcile costs less than recomputing `keys` changed keys,
+    /// if it does: they are [`FULL_SHARE`] of the table's rows or more (as
+    /// the server estimates them). Each changed key is read from a source,
+    /// written to a temporary table, matched by every `$changed` and looked
+    /// up in the table; a full reconcile reads each source once and compares
+    /// all rows by a hash join, and past that share it takes less time
+    /// (docs/BENCHMARKS.md: "the share of users changed"). A Citus
+    /// coordinator does not know its distributed tables' rows: always the
+    /// changed keys there.
+    async fn better_in_full(&self, keys: i64) -> Result<Option<String>, tokio_postgres::Error> {
+        let Some(table) = self.target.table.as_ref().filter(|_| !self.citus) else {
+            return Ok(None);
+        };
+        if keys < FULL_MIN_KEYS {
+            return Ok(None);
+        }
+        let rows: f64 = self
+            .client
+            .query_typed_one(
+                "SELECT reltuples::float8 FROM pg_catalog.pg_class WHERE oid = $1",
+                &[(&table.oid, Type::OID)],
+            )
+            .await?
+            .get(0);
+        // -1: never analyzed or vacuumed; the size is unknown.
+        if rows <= 0.0 || (keys as f64) < rows * FULL_SHARE {
+            return Ok(None);
+        }
+        Ok(Some(format!(
+            "full reconcile: {keys} keys changed, {:.0}% of the table's {rows:.0} rows \
+             (from {:.0}% a full reconcile costs less)",
+            100.0 * keys as f64 / rows,
+            100.0 * FULL_SHARE
+        )))
     }
 
     fn watermark_of(&self, source: &str) -> Option<String> {

@@ -93,13 +93,13 @@ impl Interrupted {
 /// silent past `silence`, cancels it on the server and waits for it to end, for
 /// [`CANCEL_GIVE_UP`] at most. Dropping the future instead would leave the
 /// backend running.
-pub(super) async fn cancellable(
+pub(super) async fn cancellable<T>(
     ctx: &RunContext,
     view: &str,
     key: &CancelKey,
     silence: Option<Duration>,
-    statement: impl Future<Output = Result<(), tokio_postgres::Error>>,
-) -> Result<(), Interrupted> {
+    statement: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, Interrupted> {
     tokio::pin!(statement);
     let silent = async {
         match silence {
@@ -146,7 +146,7 @@ pub(super) async fn cancellable(
     let interrupted = tokio::select! {
         biased;
         result = &mut statement => match reason {
-            Some(reason) => Err(Interrupted::Stopped(reason, result)),
+            Some(reason) => Err(Interrupted::Stopped(reason, result.map(drop))),
             // The silence ended on its own.
             None => result.map_err(Interrupted::Failed),
         },

@@ -1,0 +1,175 @@
+"""The incremental views' cost against the share of users changed.
+
+At one scale (1M bets by default), a sweep of 0.1% to 100% of the users
+changed (one bet each, its marker moved as the application moves it): after
+each change, one cycle of each incremental twin of user_activity_view, then
+`REFRESH MATERIALIZED VIEW CONCURRENTLY user_activity_view` over the same
+changes. Two twins: `user_activity` (the reference platform's, written with
+CTEs) and `user_activity_seeds` (the seeds' query shape: grouped subqueries
+LEFT JOINed USING the key). Seconds are the refresher's own (history rows),
+medians of the repetitions. Writes OUT/SWEEP.md and OUT/incremental-sweep.svg.
+
+    bench/run.py --sweep                       # 1M bets, 3 repetitions
+    bench/run.py --sweep --scales 100000 --reps 1
+"""
+
+import re
+import subprocess
+from pathlib import Path
+
+SHARES = [0.001, 0.01, 0.02, 0.05, 0.10, 0.25, 0.50, 1.0]
+
+# The seeds' user_activity_view (seed 001) over the reference platform's
+# tables, made incremental: $changed in each grouped subquery and in the outer
+# query. The refresher creates its table.
+SEEDS_SHAPE = '''
+[[view]]
+name = "user_activity_seeds"
+key = ["tenant_id", "user_id"]
+query = """
+SELECT ub.tenant_id, ub.user_id, ub.balance AS current_balance,
+       coalesce(b.total_bets, 0)::integer AS total_bets,
+       coalesce(b.total_wagered, 0) AS total_wagered,
+       coalesce(b.total_winnings, 0) AS total_winnings,
+       coalesce(p.total_deposited, 0) AS total_deposited,
+       coalesce(p.total_withdrawn, 0) AS total_withdrawn,
+       greatest(ub.last_transaction_timestamp, b.last_bet_at, p.last_payment_at) AS last_activity_at
+FROM user_balances_view ub
+LEFT JOIN (SELECT tenant_id, user_id, count(*) AS total_bets, sum(stake) AS total_wagered,
+                  sum(payout) FILTER (WHERE result = 'win') AS total_winnings,
+                  max(last_updated_timestamp) AS last_bet_at
+           FROM bets_view WHERE $changed(tenant_id, user_id)
+           GROUP BY tenant_id, user_id) b USING (tenant_id, user_id)
+LEFT JOIN (SELECT tenant_id, user_id,
+                  sum(amount) FILTER (WHERE payment_type = 'deposit') AS total_deposited,
+                  sum(amount) FILTER (WHERE payment_type = 'withdrawal') AS total_withdrawn,
+                  max(last_updated_timestamp) AS last_payment_at
+           FROM payments_view WHERE status = 'completed' AND $changed(tenant_id, user_id)
+           GROUP BY tenant_id, user_id) p USING (tenant_id, user_id)
+WHERE $changed(ub.tenant_id, ub.user_id)
+"""
+
+[[view.changes]]
+table = "bets_view"
+key = ["tenant_id", "user_id"]
+marker = "last_updated_timestamp"
+lag = 60000
+
+[[view.changes]]
+table = "payments_view"
+key = ["tenant_id", "user_id"]
+marker = "last_updated_timestamp"
+lag = 60000
+
+[[view.changes]]
+table = "user_balances_view"
+key = ["tenant_id", "user_id"]
+marker = "last_transaction_timestamp"
+lag = 60000
+'''
+
+TWINS = {"user_activity": "reference twin (CTEs)", "user_activity_seeds": "seeds' shape (LEFT JOIN USING)"}
+
+
+def registry(root, db):
+    """The embedded default registry with the seeds-shaped twin added."""
+    path = Path(f"/tmp/mv-refresher-bench-{db}-sweep.toml")
+    path.write_text((root / "src/default_registry.toml").read_text() + SEEDS_SHAPE)
+    return path
+
+
+def cycle(bench, db, registry, view, *extra):
+    """One `refresh VIEW`: the refresher's seconds, keys recomputed and note."""
+    env = {"DATABASE_URL": bench.cluster.url(db), "RUST_LOG": "warn"}
+    out = subprocess.run([str(bench.binary), "refresh", "--registry", str(registry), *extra, view],
+                         env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"mv-refresher refresh {view} failed: {out.stdout}\n{out.stderr}")
+    run_id = re.search(r"run ([0-9a-f-]{36})", out.stdout).group(1)
+    row = bench.psql(db, "SELECT duration_ms / 1000, coalesce(keys_scanned, 0), coalesce(note, '') "
+                         "FROM materialized_views_refresh_history "
+                         f"WHERE run_id = '{run_id}' AND status = 'success'").strip().split("|", 2)
+    return float(row[0]), int(row[1]), row[2]
+
+
+def sweep(bench, bets):
+    """The sweep at `bets`: per share, medians over the repetitions."""
+    from run import median
+    db = f"sweep_{bets}"
+    users, _, _ = bench.load_platform(db, bets)
+    reg = registry(bench.root, db)
+    for twin in TWINS:
+        cycle(bench, db, reg, twin)  # the first, full load of a created twin
+        cycle(bench, db, reg, twin)
+    full = {twin: [] for twin in TWINS}
+    samples = {share: {"users": [], "conc": [], **{t: [] for t in TWINS}, **{f"{t}:keys": [] for t in TWINS},
+                       **{f"{t}:note": [] for t in TWINS}} for share in SHARES}
+    for rep in range(bench.args.reps):
+        for share in SHARES:
+            s = samples[share]
+            s["users"].append(bench.change_users(db, share, f"{rep}-{share}"))
+            for twin in TWINS:
+                seconds, keys, note = cycle(bench, db, reg, twin)
+                s[twin].append(seconds)
+                s[f"{twin}:keys"].append(keys)
+                s[f"{twin}:note"].append(note)
+            s["conc"].append(cycle(bench, db, reg, "user_activity_view")[0])
+            print(f"   {share:.1%}: {s['users'][-1]} users, concurrently {s['conc'][-1]:.2f} s, "
+                  + ", ".join(f"{t} {s[t][-1]:.2f} s ({s[f'{t}:note'][-1]})" for t in TWINS), flush=True)
+        for twin in TWINS:
+            full[twin].append(cycle(bench, db, reg, twin, "--full")[0])
+    rows = {share: {k: (median(v) if k == "users" or ":" not in k else v) for k, v in s.items()}
+            for share, s in samples.items()}
+    return {"users": users, "rows": rows, "full": {t: median(v) for t, v in full.items()}}
+
+
+def section(results, reps):
+    lines = ["", "## Incremental views: the share of users changed", "",
+             "At each scale, one bet of a share of the users changes (its marker moves, as the application "
+             "moves it); then one cycle of each incremental twin of `user_activity_view`, then `REFRESH "
+             "MATERIALIZED VIEW CONCURRENTLY user_activity_view` over the same changes. The reference twin "
+             "is written with CTEs (the embedded default registry); the seeds' shape joins grouped "
+             "subqueries `USING (tenant_id, user_id)`, as seed 001's view does. Seconds are the "
+             f"refresher's own (history rows), medians of {reps}; a ratio is to the concurrent refresh "
+             "of the same changes. The note says what the cycle did: recompute the changed keys, or, "
+             "past a share of the table, a full reconcile.", ""]
+    for bets, r in results.items():
+        lines += [f"{bets:,} bets, {r['users']:,} users; a full reconcile (`--full`): "
+                  + ", ".join(f"{t} {r['full'][t]:.2f} s" for t in TWINS) + ".", "",
+                  "| users changed | keys | CONCURRENTLY (s) | reference twin (s) | ratio | seeds' shape (s) "
+                  "| ratio | cycle |", "|---|---|---|---|---|---|---|---|"]
+        for share, x in r["rows"].items():
+            notes = sorted({n.split(":")[0] for t in TWINS for n in x[f"{t}:note"]})
+            keys = sorted(x["user_activity:keys"])[len(x["user_activity:keys"]) // 2]
+            a, b = x["user_activity"], x["user_activity_seeds"]
+            lines.append(f"| {share:.1%} ({x['users']:,.0f}) | {keys:,} | {x['conc']:.3f} | {a:.3f} | "
+                         f"{a / x['conc']:.3f} | {b:.3f} | {b / x['conc']:.3f} | {'; '.join(notes)} |")
+        lines.append("")
+    return lines
+
+
+def plot(results, svg_plot):
+    bets, r = list(results.items())[-1]
+    xs = [share * 100 for share in r["rows"]]
+    rows = list(r["rows"].values())
+    return svg_plot(xs, {
+        "CONCURRENTLY user_activity_view": [x["conc"] for x in rows],
+        "reference twin (CTEs)": [x["user_activity"] for x in rows],
+        "seeds' shape (LEFT JOIN USING)": [x["user_activity_seeds"] for x in rows],
+    }, xlabel=f"% of users changed ({bets:,} bets)")
+
+
+def run(bench):
+    from run import svg_plot
+    results = {}
+    try:
+        for bets in bench.args.scales:
+            results[bets] = sweep(bench, bets)
+    finally:
+        bench.cluster.stop()
+    out = Path(bench.args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "incremental-sweep.svg").write_text(plot(results, svg_plot))
+    lines = section(results, bench.args.reps) + ["![cost against the share changed](incremental-sweep.svg)"]
+    (out / "SWEEP.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out / 'SWEEP.md'}")
