@@ -94,15 +94,38 @@ impl Statements<'_> {
     /// snapshot's xmin; `$1`, the current snapshot's xmax, to widen 32-bit
     /// `xmin`s to full transaction ids).
     pub fn changed_keys(&self, sources: &[SourcePlan], seen: bool) -> String {
+        format!(
+            "INSERT INTO {CHANGED} {}",
+            self.changed_reads(sources, seen)
+        )
+    }
+
+    /// The same keys read by the client, as text, `limit` at most: few keys
+    /// need no temporary table ([`Self::apply_few`]).
+    pub fn changed_keys_read(&self, sources: &[SourcePlan], seen: bool, limit: usize) -> String {
+        let keys: Vec<String> = self
+            .spec
+            .key
+            .iter()
+            .map(|k| format!("c.{}::text", quote_ident(k)))
+            .collect();
+        format!(
+            "SELECT {} FROM ({}) AS c LIMIT {limit}",
+            keys.join(", "),
+            self.changed_reads(sources, seen)
+        )
+    }
+
+    fn changed_reads(&self, sources: &[SourcePlan], seen: bool) -> String {
         let reads: Vec<String> = sources
             .iter()
             .enumerate()
             .map(|(i, source)| self.changed_keys_of(source, &format!("${}", i + 3), seen))
             .collect();
-        // UNION writes each key once; so does DISTINCT when there is one read.
+        // UNION gives each key once; so does DISTINCT when there is one read.
         match reads.as_slice() {
-            [one] => format!("INSERT INTO {CHANGED} SELECT DISTINCT * FROM ({one}) AS c"),
-            _ => format!("INSERT INTO {CHANGED} {}", reads.join(" UNION ")),
+            [one] => format!("SELECT DISTINCT * FROM ({one}) AS r"),
+            _ => reads.join(" UNION "),
         }
     }
 
@@ -117,9 +140,14 @@ impl Statements<'_> {
             .collect();
         // A source row whose key is NULL belongs to no row of the view.
         let nulls: Vec<String> = exprs.iter().map(|e| format!("{e} IS NULL")).collect();
+        let named: Vec<String> = exprs
+            .iter()
+            .zip(&self.spec.key)
+            .map(|(e, k)| format!("{e} AS {}", quote_ident(k)))
+            .collect();
         let mut sql = format!(
             "SELECT {} FROM {} WHERE {} AND NOT ({})",
-            exprs.join(", "),
+            named.join(", "),
             source.relation.quoted(),
             window(source, watermark),
             nulls.join(" OR ")
@@ -163,34 +191,77 @@ impl Statements<'_> {
         )
     }
 
-    /// The query's rows: all of them, or those of the changed keys. The
-    /// query restricts itself where its `$changed` are; its rows are then
-    /// kept to the changed keys (a block without one returns others) behind
-    /// a fence: inlined, the outer filter would be planned with the query's
-    /// own and their selectivities multiplied, and an estimate of one row
-    /// makes nested loops that re-read a grouped subquery once per key (2
-    /// minutes for 10,000 keys, where the fenced form takes half a second).
+    /// The query's rows: all of them, or those of the changed keys (in
+    /// [`CHANGED`]).
     pub fn result(&self, full: bool) -> String {
         let query = match full {
             true => self.spec.query.full(),
-            false => {
-                let expanded = self.spec.query.expand(|args| {
-                    let args: Vec<String> = args.iter().map(|a| format!("({a})")).collect();
-                    format!(
-                        "(({}) IN (SELECT {} FROM {CHANGED}))",
-                        args.join(", "),
-                        self.keys("")
-                    )
-                });
-                format!(
-                    "WITH mv_refresher_rows AS MATERIALIZED ({expanded}\n) \
-                     SELECT * FROM mv_refresher_rows AS q WHERE ({}) IN (SELECT {} FROM {CHANGED})",
-                    self.keys("q."),
-                    self.keys("")
-                )
-            }
+            false => self.rows_of(&format!("SELECT {} FROM {CHANGED}", self.keys(""))),
         };
         format!("CREATE TEMPORARY TABLE mv_refresher_result ON COMMIT DROP AS {query}")
+    }
+
+    /// The query's rows of the keys `keys` (a query of the key's columns).
+    /// The query restricts itself where its `$changed` are; its rows are
+    /// then kept to those keys (a block without one returns others) behind a
+    /// fence: inlined, the outer filter would be planned with the query's own
+    /// and their selectivities multiplied, and an estimate of one row makes
+    /// nested loops that re-read a grouped subquery once per key (2 minutes
+    /// for 10,000 keys, where the fenced form takes half a second).
+    fn rows_of(&self, keys: &str) -> String {
+        let expanded = self.spec.query.expand(|args| {
+            let args: Vec<String> = args.iter().map(|a| format!("({a})")).collect();
+            format!("(({}) IN ({keys}))", args.join(", "))
+        });
+        format!(
+            "WITH mv_refresher_rows AS MATERIALIZED ({expanded}\n) \
+             SELECT * FROM mv_refresher_rows AS q WHERE ({}) IN ({keys})",
+            self.keys("q.")
+        )
+    }
+
+    /// One statement that applies the changes of a few keys, bound as text
+    /// arrays (`$1` .. one per key column), with no temporary table: the
+    /// query's rows of those keys, a key it returns twice (then nothing is
+    /// written), the rows deleted, the rows that differ (their count, and
+    /// how many of them are new) written. Returns one row: the twice
+    /// returned key (or NULL), deleted, changed, new.
+    pub fn apply_few(&self) -> String {
+        let arrays: Vec<String> = self
+            .target
+            .key_types(self.spec)
+            .enumerate()
+            .map(|(i, ty)| format!("${}::text[]::{ty}[]", i + 1))
+            .collect();
+        let keys = format!("SELECT * FROM unnest({})", arrays.join(", "));
+        let t = &self.target.quoted;
+        let k = self.keys("");
+        let first_key = format!("c.{}", quote_ident(&self.spec.key[0]));
+        let differs = images_differ(&self.values(), "c", "r");
+        format!(
+            "WITH mv_refresher_result AS MATERIALIZED ({rows}), \
+             mv_refresher_twice AS (SELECT ROW({k})::text AS key FROM mv_refresher_result \
+                 GROUP BY {k} HAVING count(*) > 1 LIMIT 1), \
+             mv_refresher_gone AS (DELETE FROM {t} AS t WHERE ({tk}) IN ({keys}) \
+                 AND NOT EXISTS (SELECT FROM mv_refresher_result AS r WHERE {tr}) \
+                 AND NOT EXISTS (SELECT FROM mv_refresher_twice) RETURNING 1), \
+             mv_refresher_upsert AS MATERIALIZED (SELECT {rc}, {first_key} IS NULL AS mv_refresher_new \
+                 FROM mv_refresher_result AS r LEFT JOIN {t} AS c ON {cr} \
+                 WHERE NOT EXISTS (SELECT FROM mv_refresher_twice) \
+                   AND ({first_key} IS NULL OR {differs})), \
+             mv_refresher_written AS ({upsert} RETURNING 1) \
+             SELECT (SELECT key FROM mv_refresher_twice), \
+                    (SELECT count(*) FROM mv_refresher_gone), \
+                    (SELECT count(*) FROM mv_refresher_upsert), \
+                    (SELECT count(*) FROM mv_refresher_upsert WHERE mv_refresher_new), \
+                    (SELECT count(*) FROM mv_refresher_written)",
+            rows = self.rows_of(&keys),
+            tk = self.keys("t."),
+            tr = self.keys_equal("r", "t"),
+            rc = self.columns("r."),
+            cr = self.keys_equal("c", "r"),
+            upsert = self.upsert_from("mv_refresher_upsert"),
+        )
     }
 
     /// A key the query returns twice, if any.
@@ -259,6 +330,10 @@ impl Statements<'_> {
     /// Writes the changed rows: inserted, or updated in place. Only rows that
     /// differ are written, so only they leave a dead row behind.
     pub fn upsert(&self) -> String {
+        self.upsert_from(UPSERT)
+    }
+
+    fn upsert_from(&self, rows: &str) -> String {
         let values = self.values();
         let action = match values.is_empty() {
             true => "NOTHING".to_owned(),
@@ -272,7 +347,7 @@ impl Statements<'_> {
         };
         let columns = self.columns("");
         format!(
-            "INSERT INTO {} ({columns}) SELECT {columns} FROM {UPSERT} \
+            "INSERT INTO {} ({columns}) SELECT {columns} FROM {rows} \
              ON CONFLICT ({}) DO {action}",
             self.target.quoted,
             self.keys("")

@@ -49,6 +49,12 @@ const FULL_SHARE: f64 = 0.25;
 /// (and its size is not read).
 const FULL_MIN_KEYS: i64 = 1000;
 
+/// Up to this many changed keys are read by the client and applied in one
+/// statement, with no temporary table: a cycle every few seconds would
+/// otherwise create and drop several, and analyze them, each time (catalog
+/// rows, and a fixed cost that dominates small changes).
+const FEW_KEYS: usize = 1000;
+
 /// How often the wait for a source's writers looks again.
 const WRITER_POLL: Duration = Duration::from_millis(20);
 
@@ -435,6 +441,28 @@ async fn system_identifier(client: &Client) -> Result<Option<i64>, tokio_postgre
     Ok(read.ok().map(|row| row.get(0)))
 }
 
+/// What the changed keys are read with: the cycle's snapshot's xmax, the last
+/// cycle's xmin where rows it saw are skipped, each source's watermark.
+struct KeyReads {
+    xmax: i64,
+    seen: Option<i64>,
+    watermarks: Vec<Option<String>>,
+}
+
+impl KeyReads {
+    /// As [`Statements::changed_keys`] numbers them.
+    fn params(&self) -> Vec<(&(dyn ToSql + Sync), Type)> {
+        let mut params: Vec<(&(dyn ToSql + Sync), Type)> =
+            vec![(&self.xmax, Type::INT8), (&self.seen, Type::INT8)];
+        params.extend(
+            self.watermarks
+                .iter()
+                .map(|w| (w as &(dyn ToSql + Sync), Type::TEXT)),
+        );
+        params
+    }
+}
+
 /// The work of one cycle after the lock, on the view's transaction.
 struct Cycle<'a> {
     client: &'a Client,
@@ -493,13 +521,24 @@ impl Cycle<'_> {
                 .await?;
             watermarks.push(row.get::<_, Option<String>>(0));
         }
-        if !self.full {
-            counts.keys = self.changed_keys(xmax).await?;
-            switched = self.better_in_full(counts.keys).await?;
-            self.full = switched.is_some();
-        }
-        if self.full || counts.keys > 0 {
-            self.apply(counts).await?;
+        let few = match self.full || self.citus {
+            true => None,
+            false => self.few_keys(xmax).await?,
+        };
+        if let Some(keys) = &few {
+            counts.keys = keys.first().map_or(0, |column| column.len() as i64);
+            if counts.keys > 0 {
+                self.apply_few(keys, counts).await?;
+            }
+        } else {
+            if !self.full {
+                counts.keys = self.changed_keys(xmax).await?;
+                switched = self.better_in_full(counts.keys).await?;
+                self.full = switched.is_some();
+            }
+            if self.full || counts.keys > 0 {
+                self.apply(counts).await?;
+            }
         }
         self.save_state(&watermarks, &snap, &taken).await?;
         Ok(switched)
@@ -683,35 +722,77 @@ impl Cycle<'_> {
         Ok(uppers)
     }
 
-    /// Collects the changed keys of every source; returns how many.
+    /// The parameters of the statements that read the changed keys.
+    fn key_reads(&self, xmax: i64) -> KeyReads {
+        KeyReads {
+            xmax,
+            // Across Citus nodes a row's xmin means nothing here: the window
+            // is read again every cycle.
+            seen: self.opened.seen_xmin.filter(|_| !self.citus),
+            watermarks: self
+                .target
+                .sources
+                .iter()
+                .map(|source| self.watermark_of(&source.relation.to_string()))
+                .collect(),
+        }
+    }
+
+    /// The changed keys, one text array per key column, when there are no
+    /// more than [`FEW_KEYS`]; `None` when there are more.
+    async fn few_keys(&self, xmax: i64) -> Result<Option<Vec<Vec<String>>>, tokio_postgres::Error> {
+        let reads = self.key_reads(xmax);
+        let sql = self.statements.changed_keys_read(
+            &self.target.sources,
+            reads.seen.is_some(),
+            FEW_KEYS + 1,
+        );
+        let rows = self.client.query_typed(&sql, &reads.params()).await?;
+        if rows.len() > FEW_KEYS {
+            return Ok(None);
+        }
+        let columns = (0..self.statements.spec.key.len())
+            .map(|i| rows.iter().map(|row| row.get(i)).collect())
+            .collect();
+        Ok(Some(columns))
+    }
+
+    /// Applies the changes of a few keys in one statement.
+    async fn apply_few(
+        &self,
+        keys: &[Vec<String>],
+        counts: &mut Counts,
+    ) -> Result<(), tokio_postgres::Error> {
+        let params: Vec<(&(dyn ToSql + Sync), Type)> = keys
+            .iter()
+            .map(|column| (column as &(dyn ToSql + Sync), Type::TEXT_ARRAY))
+            .collect();
+        let row = self
+            .client
+            .query_typed_one(&self.statements.apply_few(), &params)
+            .await?;
+        if let Some(key) = row.get::<_, Option<String>>(0) {
+            return Err(twice(self.client, &key).await);
+        }
+        let (deleted, changed, new): (i64, i64, i64) = (row.get(1), row.get(2), row.get(3));
+        counts.deleted = deleted;
+        counts.inserted = new;
+        counts.updated = changed - new;
+        Ok(())
+    }
+
+    /// Collects the changed keys of every source into a temporary table;
+    /// returns how many.
     async fn changed_keys(&self, xmax: i64) -> Result<i64, tokio_postgres::Error> {
         let client = self.client;
         client
             .batch_execute(&self.statements.changed_table())
             .await?;
-        // Across Citus nodes a row's xmin means nothing here: the window is
-        // read again every cycle.
-        let seen = match self.citus {
-            true => None,
-            false => self.opened.seen_xmin,
-        };
-        let watermarks: Vec<Option<String>> = self
-            .target
-            .sources
-            .iter()
-            .map(|source| self.watermark_of(&source.relation.to_string()))
-            .collect();
-        let mut params: Vec<(&(dyn ToSql + Sync), Type)> =
-            vec![(&xmax, Type::INT8), (&seen, Type::INT8)];
-        params.extend(
-            watermarks
-                .iter()
-                .map(|w| (w as &(dyn ToSql + Sync), Type::TEXT)),
-        );
+        let reads = self.key_reads(xmax);
         let sql = self
             .statements
-            .changed_keys(&self.target.sources, seen.is_some());
-        Ok(client.execute_typed(&sql, &params).await? as i64)
+            .changed_keys(&self.target.sources, reads.seen.is_some());
+        Ok(client.execute_typed(&sql, &reads.params()).await? as i64)
     }
 
     /// The query's rows for the changed keys (or all), and the differences
@@ -733,12 +814,7 @@ impl Cycle<'_> {
             counts.keys = rows as i64;
         }
         if let Some(row) = client.query_typed_opt(&sql.duplicate(), &[]).await? {
-            let key: String = row.get(0);
-            let message = format!(
-                "the query returns key {key} more than once: an incremental view holds one row \
-                 per key"
-            );
-            return Err(raise(client, "unique_violation", &message).await);
+            return Err(twice(client, &row.get::<_, String>(0)).await);
         }
         if !full {
             client.execute_typed(&sql.current(), &[]).await?;
@@ -824,6 +900,14 @@ impl Cycle<'_> {
             .await?;
         Ok(())
     }
+}
+
+/// The error of a query that returns `key` more than once.
+async fn twice(client: &Client, key: &str) -> tokio_postgres::Error {
+    let message = format!(
+        "the query returns key {key} more than once: an incremental view holds one row per key"
+    );
+    raise(client, "unique_violation", &message).await
 }
 
 fn analyze(temporary: &str) -> String {
