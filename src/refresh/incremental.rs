@@ -43,7 +43,7 @@ use crate::units::round_ms;
 
 /// The share of the table's rows from which changed keys are recomputed by
 /// a full reconcile instead ([`Cycle::better_in_full`]).
-const FULL_SHARE: f64 = 0.25;
+const FULL_SHARE: f64 = 0.5;
 
 /// Fewer changed keys than this are recomputed whatever the table's size
 /// (and its size is not read).
