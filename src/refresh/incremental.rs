@@ -540,6 +540,13 @@ impl Cycle<'_> {
                 self.apply(counts).await?;
             }
         }
+        if self.target.table.is_none() {
+            // A table just loaded has no statistics until autovacuum comes:
+            // its readers' plans, and the share of keys a cycle weighs
+            // against its size, need them now.
+            let analyze = format!("ANALYZE {}", self.target.quoted);
+            client.batch_execute(&analyze).await?;
+        }
         self.save_state(&watermarks, &snap, &taken).await?;
         Ok(switched)
     }
