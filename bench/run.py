@@ -699,6 +699,8 @@ def main():
                         help="only work_mem = auto against the sweep, at --work-mem-scale, to OUT/TUNER.md")
     parser.add_argument("--incremental-only", action="store_true",
                         help="only the incremental views against user_activity_view, at --scales, to OUT/INCREMENTAL.md")
+    parser.add_argument("--many-views", action="store_true",
+                        help="only many small views against one psql session, to OUT/MANY_VIEWS.md (bench/many_views.py)")
     parser.add_argument("--out", default=str(ROOT / "docs"))
     parser.add_argument("--short", action="store_true", help="20k bets, 1 repetition, report to /tmp")
     args = parser.parse_args()
@@ -712,6 +714,10 @@ def main():
     if not shutil.which("/usr/bin/time"):
         sys.exit("bench: /usr/bin/time is missing (Debian: apt-get install time)")
     subprocess.run(["cargo", "build", "--release", "--locked", "--quiet"], cwd=ROOT, check=True)
+    if args.many_views:
+        import many_views
+        many_views.main(args)
+        return
     if args.tuner_only:
         bench = Bench(args)
         try:
