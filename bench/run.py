@@ -705,6 +705,8 @@ def main():
     parser.add_argument("--sweep", action="store_true",
                         help="only the incremental twins against the share of users changed, to OUT/SWEEP.md "
                              "(bench/sweep.py; --scales defaults to 1000000 here)")
+    parser.add_argument("--many-views", action="store_true",
+                        help="only many small views against one psql session, to OUT/MANY_VIEWS.md (bench/many_views.py)")
     parser.add_argument("--out", default=str(ROOT / "docs"))
     parser.add_argument("--short", action="store_true", help="20k bets, 1 repetition, report to /tmp")
     args = parser.parse_args()
@@ -723,6 +725,10 @@ def main():
     if args.sweep:
         import sweep
         sweep.run(Bench(args))
+        return
+    if args.many_views:
+        import many_views
+        many_views.main(args)
         return
     if args.tuner_only:
         bench = Bench(args)

@@ -108,7 +108,8 @@ impl Refresher {
         period: Option<Duration>,
     ) -> Result<Vec<Outcome>, Error> {
         let mut client = self.target.connect(&self.pool).await?;
-        // Planning's connection is closed before the views take theirs.
+        // Planning's connection goes on to refresh the first view, and the
+        // last view's to prune: a run opens one connection per job.
         let db_err = |context| Error::in_context(context, &self.target);
         let logging = self
             .log
@@ -122,7 +123,6 @@ impl Refresher {
         let plan = plan(&client, specs, tuning)
             .await
             .map_err(db_err("planning the refresh"))?;
-        drop(client);
 
         let ctx = Arc::new(RunContext {
             pool: self.pool.clone(),
@@ -144,18 +144,23 @@ impl Refresher {
             jobs = self.jobs,
             "refresh started"
         );
-        let outcomes = refresh::execute(ctx, Arc::new(plan)).await;
+        let (outcomes, client) = refresh::execute(ctx, Arc::new(plan), Some(client)).await;
 
         if logging && stops.drain.reason().is_none() && self.history_retention.as_millis() > 0 {
-            self.prune_history().await;
+            self.prune_history(client).await;
         }
         Ok(outcomes)
     }
 
-    /// Prunes the history; a failure is worth a warning, not a failed cycle.
-    async fn prune_history(&self) {
+    /// Prunes the history, on `client` when given; a failure is worth a
+    /// warning, not a failed cycle.
+    async fn prune_history(&self, client: Option<Conn>) {
         let retention = self.history_retention;
-        let pruned = match Conn::get(&self.pool).await {
+        let client = match client {
+            Some(client) => Ok(client),
+            None => Conn::get(&self.pool).await,
+        };
+        let pruned = match client {
             Ok(client) => self
                 .log
                 .prune(&client, retention)

@@ -14,13 +14,16 @@
 //!
 //! What the server says on the side (notices) is logged at its own severity
 //! by the task that drives the connection: a `WARNING` is a warning naming
-//! the view whose task opened the connection ([`working_on`]; each view's
-//! connection is its own, never handed to another view), and, from a Citus
-//! worker, the node; `NOTICE` and `INFO` go to debug unless they name it.
+//! the view whose task opened the connection ([`working_on`]), or took it
+//! over from a view that ended ([`Conn::adopt`]), and, from a Citus worker,
+//! the node; `NOTICE` and `INFO` go to debug unless they name it.
 //!
 //! A connection is held only while it is in use: dropping a [`Conn`] closes it
 //! instead of keeping it idle, so a session-pooling PgBouncer's server
-//! connections go to whoever needs them. TCP keepalives are on by default, so a
+//! connections go to whoever needs them. Whoever holds one may hand it on to
+//! work that starts at once (the refresh of the next view): nothing of a
+//! session is relied on across transactions, so a transaction pooler may
+//! route each of them anywhere. TCP keepalives are on by default, so a
 //! server that vanishes without a word is noticed within about a minute, and a
 //! cancel request waits for the server to act on it, but never for long.
 
@@ -33,8 +36,9 @@ use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use deadpool_postgres::{ClientWrapper, RecyclingMethod};
@@ -389,16 +393,20 @@ impl DbTarget {
         // stopped answering is not waited for).
         let (closing, closed) = tokio::sync::oneshot::channel::<()>();
         // What the server says on the side is reported in the span (a run's)
-        // and for the view of whoever connected.
-        let view = VIEW.try_with(Clone::clone).ok();
-        let connected = async move {
-            let abandoned = async {
-                let _ = closed.await;
-                tokio::time::sleep(CLOSE_GRACE).await;
-            };
-            tokio::select! {
-                () = drive(connection, view) => {},
-                () = abandoned => {}
+        // and for the view of whoever connected, or took the connection over.
+        let about = About::default();
+        about.set(VIEW.try_with(Clone::clone).ok());
+        let connected = {
+            let about = about.clone();
+            async move {
+                let abandoned = async {
+                    let _ = closed.await;
+                    tokio::time::sleep(CLOSE_GRACE).await;
+                };
+                tokio::select! {
+                    () = drive(connection, about) => {},
+                    () = abandoned => {}
+                }
             }
         };
         tokio::spawn(connected.in_current_span());
@@ -409,6 +417,8 @@ impl DbTarget {
         Ok(Session {
             client: ClientWrapper::new(client, held),
             endpoint: self.endpoints[i].clone(),
+            about,
+            opened: Instant::now(),
         })
     }
 }
@@ -671,6 +681,18 @@ impl Conn {
         &self.session().endpoint
     }
 
+    /// Makes the view the current task works on ([`working_on`]) the one the
+    /// server's notices on this connection are about: for a connection taken
+    /// over from a view that ended.
+    pub fn adopt(&self) {
+        self.session().about.set(VIEW.try_with(Clone::clone).ok());
+    }
+
+    /// How long ago the connection was opened.
+    pub fn age(&self) -> Duration {
+        self.session().opened.elapsed()
+    }
+
     /// What a cancel request for this connection's statement needs.
     pub fn cancel_key(&self) -> CancelKey {
         CancelKey {
@@ -721,11 +743,31 @@ pub struct Manager {
 }
 
 /// A pooled connection: the client, with the task that drives its connection,
-/// and the host of the list it reached.
+/// the host of the list it reached, and the view its notices are about.
 #[derive(Debug)]
 pub struct Session {
     client: ClientWrapper,
     endpoint: Endpoint,
+    about: About,
+    opened: Instant,
+}
+
+/// The view a connection's notices are about, shared by its holder and the
+/// task that drives it.
+#[derive(Debug, Clone, Default)]
+struct About(Arc<Mutex<Option<String>>>);
+
+impl About {
+    fn set(&self, view: Option<String>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = view;
+    }
+
+    fn get(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 impl Deref for Session {
@@ -778,15 +820,17 @@ pub async fn working_on<F: Future>(view: String, work: F) -> F::Output {
 }
 
 /// Runs `connection` until it closes, reporting what the server says on the
-/// side (notices) for the connection's `view`.
-async fn drive<S, T>(mut connection: tokio_postgres::Connection<S, T>, view: Option<String>)
+/// side (notices) for the view it is `about` at the time.
+async fn drive<S, T>(mut connection: tokio_postgres::Connection<S, T>, about: About)
 where
     S: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
 {
     loop {
         match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-            Some(Ok(AsyncMessage::Notice(notice))) => report_notice(&notice, view.as_deref()),
+            Some(Ok(AsyncMessage::Notice(notice))) => {
+                report_notice(&notice, about.get().as_deref());
+            }
             Some(Ok(_)) => {}
             Some(Err(err)) => {
                 tracing::debug!(error = %error_chain(&err), "connection closed");

@@ -693,6 +693,34 @@ fn a_server_warning_is_a_warn_event_naming_the_view_and_notices_stay_at_debug() 
     assert_eq!(event["severity"], "WARNING", "{out}");
 }
 
+/// Issue 20: views refreshed one after another share a connection (the
+/// first one planning's); a server warning names the view whose refresh
+/// raised it, not the one that opened the connection.
+#[test]
+fn a_server_warning_names_its_own_view_on_a_connection_views_share() {
+    let db = TestDb::platform("shared_notices");
+    db.execute(
+        "CREATE FUNCTION noisy(i int) RETURNS int LANGUAGE plpgsql AS $$ BEGIN \
+             RAISE WARNING 'row % looks odd', i; RETURN i; END $$; \
+         CREATE MATERIALIZED VIEW first_noisy AS SELECT noisy(1) AS id; \
+         CREATE UNIQUE INDEX ON first_noisy (id); \
+         CREATE MATERIALIZED VIEW second_noisy AS SELECT noisy(2) AS id; \
+         CREATE UNIQUE INDEX ON second_noisy (id);",
+    );
+    let registry =
+        db.registry("[[view]]\nname = \"first_noisy\"\n\n[[view]]\nname = \"second_noisy\"\n");
+    let out = db
+        .mvr_with(&registry)
+        .args(["--log-format", "json", "refresh", "--jobs", "1"])
+        .run();
+    out.code(0);
+    for (row, view) in [(1, "public.first_noisy"), (2, "public.second_noisy")] {
+        let event: serde_json::Value =
+            serde_json::from_str(out.log_line_with(&format!("row {row} looks odd"))).unwrap();
+        assert_eq!(event["view"], view, "{out}");
+    }
+}
+
 #[test]
 fn a_commit_that_fails_leaves_no_warning_about_a_transaction_not_in_progress() {
     let db = TestDb::platform("commit_fails");

@@ -5,7 +5,11 @@
 //! views left are recorded as cancelled before they started.
 //!
 //! A view holds one connection while it is worked on and none while it waits
-//! for its turn or its retry.
+//! for its turn or its retry. A view that ends hands its connection to a view
+//! that starts at once (a new connection, and a new backend's empty caches,
+//! cost more than a small view's refresh); one that no view can take, or
+//! opened more than a few seconds ago, is closed, not kept. The first view
+//! takes planning's connection, and the last one's goes back to the caller.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,21 +22,31 @@ use super::record::{Slot, record, report};
 use super::transaction::{self, Done};
 use super::{Failure, RunContext};
 use crate::catalog::{Lookup, Relation};
-use crate::db;
+use crate::db::{self, Conn};
 use crate::outcome::{Outcome, Status};
 use crate::plan::{Plan, Step};
 
-/// Refreshes every view of `plan`, dependencies first, up to `ctx.jobs` at once.
-/// Returns the outcomes in plan order.
-pub async fn execute(ctx: Arc<RunContext>, plan: Arc<Plan>) -> Vec<Outcome> {
+/// Refreshes every view of `plan`, dependencies first, up to `ctx.jobs` at once,
+/// the first on `conn` when one is given (planning's). Returns the outcomes in
+/// plan order, and the connection the last view ended with, when it works.
+pub async fn execute(
+    ctx: Arc<RunContext>,
+    plan: Arc<Plan>,
+    conn: Option<Conn>,
+) -> (Vec<Outcome>, Option<Conn>) {
     let n = plan.steps.len();
     let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
     let mut started = vec![false; n];
     let mut running = JoinSet::new();
+    // The connections of the views that just ended, for the views that start.
+    let mut spare: Vec<Conn> = conn.into_iter().collect();
 
     loop {
         for (i, step) in plan.steps.iter().enumerate() {
-            if started[i] || running.len() >= ctx.jobs || ctx.drain.reason().is_some() {
+            if running.len() >= ctx.jobs || ctx.drain.reason().is_some() {
+                break;
+            }
+            if started[i] {
                 continue;
             }
             let deps = &step.depends_on;
@@ -44,34 +58,49 @@ pub async fn execute(ctx: Arc<RunContext>, plan: Arc<Plan>) -> Vec<Outcome> {
                 .find(|&&d| outcomes[d].as_ref().is_some_and(|o| o.blocks_dependents))
                 .map(|&d| plan.steps[d].view_name());
             started[i] = true;
-            let (ctx, plan) = (ctx.clone(), plan.clone());
+            let (ctx, plan, conn) = (ctx.clone(), plan.clone(), spare.pop());
             running.spawn(
                 async move {
                     let step = &plan.steps[i];
-                    let refreshed = refresh_step(&ctx, step, blocked_by);
-                    (i, db::working_on(step.view_name(), refreshed).await)
+                    let refreshed = async {
+                        let mut slot = Slot::handed(conn);
+                        let outcome = refresh_step(&ctx, &mut slot, step, blocked_by).await;
+                        (outcome, slot.hand_on())
+                    };
+                    let (outcome, conn) = db::working_on(step.view_name(), refreshed).await;
+                    (i, outcome, conn)
                 }
                 .in_current_span(),
             );
         }
+        // What no view could take now is closed while the others run; the
+        // last one is kept for the views a stop left, and for the caller.
+        if !running.is_empty() {
+            spare.clear();
+        }
         match running.join_next().await {
-            Some(Ok((i, outcome))) => outcomes[i] = Some(outcome),
+            Some(Ok((i, outcome, conn))) => {
+                outcomes[i] = Some(outcome);
+                spare.extend(conn);
+            }
             Some(Err(err)) => std::panic::resume_unwind(err.into_panic()),
             None => break,
         }
     }
-    record_unstarted(&ctx, &plan, outcomes).await
+    record_unstarted(&ctx, &plan, outcomes, spare.pop()).await
 }
 
 /// The outcomes, with the views a stop left unstarted recorded as cancelled,
-/// on one connection: once it cannot be had, no other is tried (a stop with
-/// the server gone must not wait a connect timeout per view).
+/// on one connection (`conn` when given): once it cannot be had, no other is
+/// tried (a stop with the server gone must not wait a connect timeout per
+/// view). Returns the connection too, when it works.
 async fn record_unstarted(
     ctx: &RunContext,
     plan: &Plan,
     outcomes: Vec<Option<Outcome>>,
-) -> Vec<Outcome> {
-    let mut slot = Slot::default();
+    conn: Option<Conn>,
+) -> (Vec<Outcome>, Option<Conn>) {
+    let mut slot = Slot::handed(conn);
     let mut unreachable: Option<String> = None;
     let mut done = Vec::with_capacity(outcomes.len());
     for (step, outcome) in plan.steps.iter().zip(outcomes) {
@@ -103,17 +132,21 @@ async fn record_unstarted(
         }
         done.push(outcome);
     }
-    done
+    (done, slot.hand_on())
 }
 
-/// One view, with its retries.
-async fn refresh_step(ctx: &RunContext, step: &Step, blocked_by: Option<String>) -> Outcome {
-    let mut slot = Slot::default();
+/// One view, with its retries, on the connection of `slot`.
+async fn refresh_step(
+    ctx: &RunContext,
+    slot: &mut Slot,
+    step: &Step,
+    blocked_by: Option<String>,
+) -> Outcome {
     if let Some(dependency) = blocked_by {
         let reason = format!("depends on {dependency}, which was not refreshed");
         let mut outcome = Outcome::new(step, Status::Skipped, reason);
         outcome.blocks_dependents = true;
-        return record(ctx, &mut slot, step, outcome, false).await;
+        return record(ctx, slot, step, outcome, false).await;
     }
     if let Some(reason) = &step.skip {
         // Not on this database on purpose: reported, never recorded.
@@ -124,22 +157,18 @@ async fn refresh_step(ctx: &RunContext, step: &Step, blocked_by: Option<String>)
     let relation = match (&step.lookup, &step.problem, &step.incremental) {
         (Lookup::MatView(relation), None, None) => Some(relation),
         (_, None, Some(_)) => None,
-        _ => return unrefreshable(ctx, &mut slot, step).await,
+        _ => return unrefreshable(ctx, slot, step).await,
     };
     let retries = step.settings().retries;
     let mut attempt = 1;
     loop {
         let done = match (relation, &step.incremental) {
-            (Some(relation), _) => {
-                transaction::attempt(ctx, &mut slot, step, relation, attempt).await
-            }
-            (None, Some(target)) => {
-                incremental::attempt(ctx, &mut slot, step, target, attempt).await
-            }
+            (Some(relation), _) => transaction::attempt(ctx, slot, step, relation, attempt).await,
+            (None, Some(target)) => incremental::attempt(ctx, slot, step, target, attempt).await,
             (None, None) => unreachable!("matched above"),
         };
         let failure = match done {
-            Ok(done) => return finish(ctx, &mut slot, step, relation, done, attempt).await,
+            Ok(done) => return finish(ctx, slot, step, relation, done, attempt).await,
             Err(failure) => failure,
         };
         if failure.abandoned || failure.transient {
@@ -149,9 +178,9 @@ async fn refresh_step(ctx: &RunContext, step: &Step, blocked_by: Option<String>)
         }
         if !failure.transient || attempt > retries || failure.stopped.is_some() {
             let outcome = failure.into_outcome(step, attempt);
-            return record(ctx, &mut slot, step, outcome, false).await;
+            return record(ctx, slot, step, outcome, false).await;
         }
-        if let Some(stopped) = wait_to_retry(ctx, &mut slot, step, failure, attempt).await {
+        if let Some(stopped) = wait_to_retry(ctx, slot, step, failure, attempt).await {
             return stopped;
         }
         attempt += 1;
