@@ -12,6 +12,7 @@ docs/refresh-vs-scale.svg. No assertions: numbers, written down.
     bench/run.py --short         # 20k bets, 1 repetition, to /tmp (CI: the harness runs)
     bench/run.py --incremental-only --scales 100000,1000000,3000000
                                  # the incremental views' section alone (OUT/INCREMENTAL.md)
+    bench/run.py --freshness     # lag under a steady write load (bench/freshness.py, OUT/FRESHNESS.md)
 """
 
 import argparse
@@ -687,6 +688,7 @@ def svg_plot(xs, series, width=720, height=400):
 
 
 def main():
+    import freshness  # imports this module's helpers, so not at the top
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scales", default="100000,1000000,3000000", help="bets, comma-separated")
     parser.add_argument("--reps", type=int, default=3)
@@ -700,7 +702,9 @@ def main():
     parser.add_argument("--incremental-only", action="store_true",
                         help="only the incremental views against user_activity_view, at --scales, to OUT/INCREMENTAL.md")
     parser.add_argument("--out", default=str(ROOT / "docs"))
-    parser.add_argument("--short", action="store_true", help="20k bets, 1 repetition, report to /tmp")
+    parser.add_argument("--short", action="store_true",
+                        help="20k bets, 1 repetition, and a short freshness run, report to /tmp")
+    freshness.add_arguments(parser)
     args = parser.parse_args()
     if args.short:
         args.scales, args.reps, args.work_mem_scale, args.work_mem_reps = "20000", 1, 20000, 1
@@ -712,6 +716,9 @@ def main():
     if not shutil.which("/usr/bin/time"):
         sys.exit("bench: /usr/bin/time is missing (Debian: apt-get install time)")
     subprocess.run(["cargo", "build", "--release", "--locked", "--quiet"], cwd=ROOT, check=True)
+    if args.freshness:
+        freshness.run(args)
+        return
     if args.tuner_only:
         bench = Bench(args)
         try:
@@ -720,6 +727,8 @@ def main():
             bench.cluster.stop()
         return
     Bench(args).run()
+    if args.short:  # so that the freshness harness cannot rot either
+        freshness.run(args)
 
 
 if __name__ == "__main__":
