@@ -49,6 +49,8 @@ from run import ROOT, Bench, cpu_model, median, percentile
 LAG_GOALS = {10: 12.0, 2: 3.0}
 CPU_GOAL = 0.2  # the refreshing's CPU against the back-to-back loop's
 WRITES_GOAL = 0.97  # writes achieved against the rate
+SETTLE_S = 1  # after the measured load started and the warm-up's stopped
+TAIL_S = 2  # the load outlives the window, so its backends are there at both ends
 LOAD_APPS = ("freshness-writer", "freshness-reader", "freshness-probe")
 COLOURS = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f"]
 
@@ -360,9 +362,6 @@ class Freshness:
         return total
 
 
-WARMUP_NOTE = "the relation did not show a write of the load within the warm-up"
-SETTLE_S = 1  # after the measured load started and the warm-up's stopped
-TAIL_S = 1  # the load outlives the window, so its backends are there at both ends
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
