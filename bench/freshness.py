@@ -335,14 +335,22 @@ class Freshness:
         return r
 
     def cycles(self, relation, t0, t1):
-        """The incremental cycles that ended in the window, from the history."""
+        """From the history: the incremental cycles that ended in the window,
+        their median duration and keys; and the longest that ran in it, the
+        one still running at its end included (cancelled when `run` stopped:
+        counted up to the end of the window)."""
         row = self.bench.psql(self.db, f"""
-            SELECT count(*), coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms), 0) / 1000,
-                   coalesce(max(duration_ms), 0) / 1000,
-                   coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY keys_scanned), 0)
-            FROM materialized_views_refresh_history
-            WHERE view_name = 'public.{relation}' AND status = 'success'
-              AND finished_at BETWEEN to_timestamp({t0}) AND to_timestamp({t1})""").strip().split("|")
+            WITH cycles AS (
+                SELECT status = 'success' AND finished_at <= to_timestamp({t1}) AS ended, duration_ms, keys_scanned,
+                       extract(epoch FROM least(finished_at, to_timestamp({t1})) - started_at) AS seconds
+                FROM materialized_views_refresh_history
+                WHERE view_name = 'public.{relation}' AND status IN ('success', 'cancelled')
+                  AND started_at < to_timestamp({t1}) AND finished_at > to_timestamp({t0}))
+            SELECT count(*) FILTER (WHERE ended),
+                   coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) FILTER (WHERE ended), 0) / 1000,
+                   coalesce(max(seconds), 0),
+                   coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY keys_scanned) FILTER (WHERE ended), 0)
+            FROM cycles""").strip().split("|")
         return {"cycles": int(row[0]), "cycle_median": float(row[1]), "cycle_max": float(row[2]),
                 "keys_median": float(row[3])}
 
@@ -542,7 +550,7 @@ class Loop:
     def __init__(self, url, relation):
         import psycopg
         self.conn = psycopg.connect(url, autocommit=True, application_name="freshness-concurrently")
-        self.relation, self.refreshes = relation, []
+        self.relation, self.refreshes, self.running = relation, [], None
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self.refresh)
         self.thread.start()
@@ -550,12 +558,13 @@ class Loop:
     def refresh(self):
         import psycopg
         while not self.stopped.is_set():
-            started = time.time()
+            started = self.running = time.time()
             try:
                 self.conn.execute(f"REFRESH MATERIALIZED VIEW CONCURRENTLY {self.relation}")
             except psycopg.errors.QueryCanceled:
-                break
+                break  # self.running: the refresh cancelled
             self.refreshes.append((started, time.time()))
+            self.running = None
 
     def stop(self):
         """Cancels the refresh in flight."""
@@ -566,12 +575,18 @@ class Loop:
             self.conn.close()
 
     def summary(self, t0, t1, since, sample_times):
+        """As `Freshness.cycles` says, and the lag by the refreshes' snapshots.
+        Called once the loop stopped: the refresh it cancelled ran to t1."""
         ended = [end - start for start, end in self.refreshes if t0 <= end <= t1]
+        ran = [(start, end) for start, end in self.refreshes if end > t0]
+        if self.running:
+            ran.append((self.running, t1))
+        longest = max((min(end, t1) - start for start, end in ran if start < t1), default=0.0)
         # Now minus the start (the snapshot) of the last refresh completed by
         # then; before the first, the relation was complete at `since`.
         snapshot_lags = [t - max([since] + [start for start, end in self.refreshes if end <= t])
                          for t in sample_times]
-        return {"cycles": len(ended), "cycle_median": median(ended), "cycle_max": max(ended, default=0.0),
+        return {"cycles": len(ended), "cycle_median": median(ended), "cycle_max": longest,
                 "snapshot_lag_p50": percentile(snapshot_lags, 50), "snapshot_lag_p99": percentile(snapshot_lags, 99)}
 
 
@@ -686,10 +701,11 @@ def write_report(bench, args, run_results):
         "sampler's, classified by `application_name`, alive through the window. *beyond the load*: the "
         "database less those. *refreshing*: beyond the load, less the same in *nothing refreshed* (the "
         "background: autovacuum, WAL writer, checkpointer); its ratio is to the loop's. *mv-refresher*: "
-        "the `run` process itself. Refreshes (or cycles) ended in the window and their durations; keys: "
-        "the median a cycle recomputed.", "",
+        "the `run` process itself. *refreshes*: those (or the cycles) that ended in the window, their "
+        "median duration, and the longest that ran in the window, up to its end (the one still running "
+        "then included); *keys*: the median a cycle recomputed.", "",
         "| scenario | machine | database | the load's backends | beyond the load | refreshing | ratio | "
-        "mv-refresher | refreshes | median / max (s) | keys |",
+        "mv-refresher | refreshes | median / longest (s) | keys |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
