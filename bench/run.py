@@ -14,6 +14,7 @@ docs/refresh-vs-scale.svg. No assertions: numbers, written down.
                                  # the incremental views' section alone (OUT/INCREMENTAL.md)
     bench/run.py --sweep         # the incremental twins against the share of users changed,
                                  # at 1M bets (OUT/SWEEP.md; bench/sweep.py)
+    bench/run.py --freshness     # lag under a steady write load (bench/freshness.py, OUT/FRESHNESS.md)
 """
 
 import argparse
@@ -690,6 +691,7 @@ def svg_plot(xs, series, width=720, height=400, xlabel="bets"):
 
 
 def main():
+    import freshness  # imports this module's helpers, so not at the top
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scales", default="100000,1000000,3000000", help="bets, comma-separated")
     parser.add_argument("--reps", type=int, default=3)
@@ -708,7 +710,9 @@ def main():
     parser.add_argument("--many-views", action="store_true",
                         help="only many small views against one psql session, to OUT/MANY_VIEWS.md (bench/many_views.py)")
     parser.add_argument("--out", default=str(ROOT / "docs"))
-    parser.add_argument("--short", action="store_true", help="20k bets, 1 repetition, report to /tmp")
+    parser.add_argument("--short", action="store_true",
+                        help="20k bets, 1 repetition, and a short freshness run, report to /tmp")
+    freshness.add_arguments(parser)
     args = parser.parse_args()
     if args.short:
         args.scales, args.reps, args.work_mem_scale, args.work_mem_reps = "20000", 1, 20000, 1
@@ -730,6 +734,9 @@ def main():
         import many_views
         many_views.main(args)
         return
+    if args.freshness:
+        freshness.run(args)
+        return
     if args.tuner_only:
         bench = Bench(args)
         try:
@@ -739,9 +746,10 @@ def main():
         return
     Bench(args).run()
     if args.short:
-        # The sweep too, so that it cannot rot.
+        # The sweep and the freshness harness too, so that they cannot rot.
         import sweep
         sweep.run(Bench(args))
+        freshness.run(args)
 
 
 if __name__ == "__main__":

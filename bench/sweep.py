@@ -15,66 +15,24 @@ medians of the repetitions. Writes OUT/SWEEP.md and OUT/incremental-sweep.svg.
 
 import re
 import subprocess
+import tomllib
 from pathlib import Path
 
 SHARES = [0.001, 0.01, 0.02, 0.05, 0.10, 0.25, 0.50, 1.0]
-
-# The seeds' user_activity_view (seed 001) over the reference platform's
-# tables, made incremental: $changed in each grouped subquery and in the outer
-# query. The refresher creates its table.
-SEEDS_SHAPE = '''
-[[view]]
-name = "user_activity_seeds"
-key = ["tenant_id", "user_id"]
-query = """
-SELECT ub.tenant_id, ub.user_id, ub.balance AS current_balance,
-       coalesce(b.total_bets, 0)::integer AS total_bets,
-       coalesce(b.total_wagered, 0) AS total_wagered,
-       coalesce(b.total_winnings, 0) AS total_winnings,
-       coalesce(p.total_deposited, 0) AS total_deposited,
-       coalesce(p.total_withdrawn, 0) AS total_withdrawn,
-       greatest(ub.last_transaction_timestamp, b.last_bet_at, p.last_payment_at) AS last_activity_at
-FROM user_balances_view ub
-LEFT JOIN (SELECT tenant_id, user_id, count(*) AS total_bets, sum(stake) AS total_wagered,
-                  sum(payout) FILTER (WHERE result = 'win') AS total_winnings,
-                  max(last_updated_timestamp) AS last_bet_at
-           FROM bets_view WHERE $changed(tenant_id, user_id)
-           GROUP BY tenant_id, user_id) b USING (tenant_id, user_id)
-LEFT JOIN (SELECT tenant_id, user_id,
-                  sum(amount) FILTER (WHERE payment_type = 'deposit') AS total_deposited,
-                  sum(amount) FILTER (WHERE payment_type = 'withdrawal') AS total_withdrawn,
-                  max(last_updated_timestamp) AS last_payment_at
-           FROM payments_view WHERE status = 'completed' AND $changed(tenant_id, user_id)
-           GROUP BY tenant_id, user_id) p USING (tenant_id, user_id)
-WHERE $changed(ub.tenant_id, ub.user_id)
-"""
-
-[[view.changes]]
-table = "bets_view"
-key = ["tenant_id", "user_id"]
-marker = "last_updated_timestamp"
-lag = 60000
-
-[[view.changes]]
-table = "payments_view"
-key = ["tenant_id", "user_id"]
-marker = "last_updated_timestamp"
-lag = 60000
-
-[[view.changes]]
-table = "user_balances_view"
-key = ["tenant_id", "user_id"]
-marker = "last_transaction_timestamp"
-lag = 60000
-'''
 
 TWINS = {"user_activity": "reference twin (CTEs)", "user_activity_seeds": "seeds' shape (LEFT JOIN USING)"}
 
 
 def registry(root, db):
-    """The embedded default registry with the seeds-shaped twin added."""
+    """The embedded default registry with the seeds-shaped twin added (as
+    bench/freshness.py keeps it: seed 001's query, the twin's sources)."""
+    from freshness import SEEDS_QUERY, registry_toml
+    default = tomllib.loads((root / "src/default_registry.toml").read_text())
+    twin = next(v for v in default["view"] if v["name"] == "user_activity")
+    seeds = {"name": "user_activity_seeds", "key": twin["key"], "create": True, "query": SEEDS_QUERY,
+             "changes": twin["changes"]}
     path = Path(f"/tmp/mv-refresher-bench-{db}-sweep.toml")
-    path.write_text((root / "src/default_registry.toml").read_text() + SEEDS_SHAPE)
+    path.write_text(registry_toml(default.get("defaults", {}), default["view"] + [seeds]))
     return path
 
 
