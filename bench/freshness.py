@@ -43,7 +43,7 @@ import tomllib
 from math import log10
 from pathlib import Path
 
-from run import ROOT, Bench, cpu_model, median, percentile
+from run import ROOT, Bench, cpu_model, median, percentile, svg_legend
 
 # The lag goals of issue 20 for `run` every N seconds.
 LAG_GOALS = {10: 12.0, 2: 3.0}
@@ -755,10 +755,6 @@ def lag_plot(results, duration, width=760, height=420):
     for r, colour in zip(results, COLOURS):
         points = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in r["lags"])
         parts.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
-    for i, (r, colour) in enumerate(zip(results, COLOURS)):
-        y = top + 20 + i * 20
-        parts.append(f'<line x1="{width - right + 15}" y1="{y - 4}" x2="{width - right + 35}" y2="{y - 4}" '
-                     f'stroke="{colour}" stroke-width="2"/>')
-        parts.append(f'<text x="{width - right + 40}" y="{y}">{r["name"]}</text>')
+    parts += svg_legend([r["name"] for r in results], COLOURS, width - right, top)
     parts.append("</svg>")
     return "\n".join(parts) + "\n"

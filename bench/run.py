@@ -681,13 +681,20 @@ def svg_plot(xs, series, width=720, height=400, xlabel="bets"):
         parts.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="2"/>')
         for x, y in zip(xs, ys):
             parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{colour}"/>')
-    for i, (name, colour) in enumerate(zip(series, colours)):
-        y = top + 20 + i * 20
-        parts.append(f'<line x1="{width - right + 15}" y1="{y - 4}" x2="{width - right + 35}" y2="{y - 4}" '
-                     f'stroke="{colour}" stroke-width="2"/>')
-        parts.append(f'<text x="{width - right + 40}" y="{y}">{name}</text>')
+    parts += svg_legend(series, colours, width - right, top)
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
+
+
+def svg_legend(names, colours, x, top):
+    """A plot's legend, one coloured line and name per row, right of `x`."""
+    parts = []
+    for i, (name, colour) in enumerate(zip(names, colours)):
+        y = top + 20 + i * 20
+        parts.append(f'<line x1="{x + 15}" y1="{y - 4}" x2="{x + 35}" y2="{y - 4}" '
+                     f'stroke="{colour}" stroke-width="2"/>')
+        parts.append(f'<text x="{x + 40}" y="{y}">{name}</text>')
+    return parts
 
 
 def main():
