@@ -15,10 +15,12 @@ medians of the repetitions. Writes OUT/SWEEP.md and OUT/incremental-sweep.svg.
 
 import re
 import subprocess
+import time
 import tomllib
 from pathlib import Path
 
 SHARES = [0.001, 0.01, 0.02, 0.05, 0.10, 0.25, 0.50, 1.0]
+LAG_S = 61  # the twins' sources' lag (60000 ms), and a second
 
 TWINS = {"user_activity": "reference twin (CTEs)", "user_activity_seeds": "seeds' shape (LEFT JOIN USING)"}
 
@@ -63,6 +65,12 @@ def sweep(bench, bets):
     samples = {share: {"users": [], "conc": [], **{t: [] for t in TWINS}, **{f"{t}:keys": [] for t in TWINS},
                        **{f"{t}:note": [] for t in TWINS}} for share in SHARES}
     for rep in range(bench.args.reps):
+        if rep:
+            # A cycle reads again the rows written within its sources' lag
+            # (skipping those it saw by their xmin): 300,000 bets changed by
+            # the last repetition's largest steps would be read by the next
+            # one's smallest. Each repetition starts with that window clear.
+            time.sleep(LAG_S)
         for share in SHARES:
             s = samples[share]
             s["users"].append(bench.change_users(db, share, f"{rep}-{share}"))
@@ -90,7 +98,10 @@ def section(results, reps):
              "subqueries `USING (tenant_id, user_id)`, as seed 001's view does. Seconds are the "
              f"refresher's own (history rows), medians of {reps}; a ratio is to the concurrent refresh "
              "of the same changes. The note says what the cycle did: recompute the changed keys, or, "
-             "past a share of the table, a full reconcile.", ""]
+             "past a share of the table, a full reconcile. The shares are taken in turn from the smallest, "
+             "and each repetition starts a minute (the sources' `lag`) after the last one's largest change: a "
+             "cycle reads again the rows written within `lag`, skipping those it already saw by their `xmin` "
+             "(right after 300,000 bets changed, that read made a 1% cycle take 0.36 s instead of 0.21 s).", ""]
     for bets, r in results.items():
         lines += [f"{bets:,} bets, {r['users']:,} users; a full reconcile (`--full`): "
                   + ", ".join(f"{t} {r['full'][t]:.2f} s" for t in TWINS) + ".", "",
