@@ -45,10 +45,6 @@ use crate::units::round_ms;
 /// a full reconcile instead ([`Cycle::better_in_full`]).
 const FULL_SHARE: f64 = 0.5;
 
-/// Fewer changed keys than this are recomputed whatever the table's size
-/// (and its size is not read).
-const FULL_MIN_KEYS: i64 = 1000;
-
 /// Up to this many changed keys are read by the client and applied in one
 /// statement, with no temporary table: a cycle every few seconds would
 /// otherwise create and drop several, and analyze them, each time (catalog
@@ -557,16 +553,14 @@ impl Cycle<'_> {
     /// written to a temporary table, matched by every `$changed` and looked
     /// up in the table; a full reconcile reads each source once and compares
     /// all rows by a hash join, and past that share it takes less time
-    /// (docs/BENCHMARKS.md: "the share of users changed"). A Citus
+    /// (docs/BENCHMARKS.md: "the share of users changed"). Asked only past
+    /// [`FEW_KEYS`] (fewer never pay for reading the size). A Citus
     /// coordinator does not know its distributed tables' rows: always the
     /// changed keys there.
     async fn better_in_full(&self, keys: i64) -> Result<Option<String>, tokio_postgres::Error> {
         let Some(table) = self.target.table.as_ref().filter(|_| !self.citus) else {
             return Ok(None);
         };
-        if keys < FULL_MIN_KEYS {
-            return Ok(None);
-        }
         let rows: f64 = self
             .client
             .query_typed_one(
