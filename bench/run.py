@@ -232,8 +232,9 @@ class Bench:
 
     def cycle(self, db, view, *extra):
         """One `mv-refresher refresh VIEW` from the embedded default registry
-        (which lists user_activity, the incremental twin); returns the
-        refresher's own duration (s) and, for an incremental view, its counts."""
+        (which lists user_activity, the incremental twin) unless `extra`
+        names another; returns the refresher's own duration (s) and, for an
+        incremental view, its counts and its note."""
         env = {"DATABASE_URL": self.cluster.url(db), "RUST_LOG": "warn"}
         out = subprocess.run([str(self.binary), "refresh", *extra, view], env=env,
                              capture_output=True, text=True)
@@ -242,10 +243,10 @@ class Bench:
         run_id = re.search(r"run ([0-9a-f-]{36})", out.stdout).group(1)
         row = self.psql(db, "SELECT duration_ms / 1000, coalesce(keys_scanned, 0), "
                             "coalesce(rows_inserted, 0) + coalesce(rows_updated, 0) + coalesce(rows_deleted, 0), "
-                            "coalesce(rows_updated, 0) + coalesce(rows_deleted, 0) "
+                            "coalesce(rows_updated, 0) + coalesce(rows_deleted, 0), coalesce(note, '') "
                             "FROM materialized_views_refresh_history "
-                            f"WHERE run_id = '{run_id}' AND status = 'success'").strip().split("|")
-        return float(row[0]), {"keys": int(row[1]), "rows": int(row[2]), "replaced": int(row[3])}
+                            f"WHERE run_id = '{run_id}' AND status = 'success'").strip().split("|", 4)
+        return float(row[0]), {"keys": int(row[1]), "rows": int(row[2]), "replaced": int(row[3]), "note": row[4]}
 
     def change_users(self, db, share, seed):
         """One bet of about `share` of the users changes (as the application

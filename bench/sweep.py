@@ -13,8 +13,6 @@ medians of the repetitions. Writes OUT/SWEEP.md and OUT/incremental-sweep.svg.
     bench/run.py --sweep --scales 100000 --reps 1
 """
 
-import re
-import subprocess
 import time
 import tomllib
 from pathlib import Path
@@ -39,17 +37,9 @@ def registry(root, db):
 
 
 def cycle(bench, db, registry, view, *extra):
-    """One `refresh VIEW`: the refresher's seconds, keys recomputed and note."""
-    env = {"DATABASE_URL": bench.cluster.url(db), "RUST_LOG": "warn"}
-    out = subprocess.run([str(bench.binary), "refresh", "--registry", str(registry), *extra, view],
-                         env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"mv-refresher refresh {view} failed: {out.stdout}\n{out.stderr}")
-    run_id = re.search(r"run ([0-9a-f-]{36})", out.stdout).group(1)
-    row = bench.psql(db, "SELECT duration_ms / 1000, coalesce(keys_scanned, 0), coalesce(note, '') "
-                         "FROM materialized_views_refresh_history "
-                         f"WHERE run_id = '{run_id}' AND status = 'success'").strip().split("|", 2)
-    return float(row[0]), int(row[1]), row[2]
+    """One `refresh VIEW` of `registry`: the refresher's seconds, keys recomputed and note."""
+    seconds, counts = bench.cycle(db, view, "--registry", str(registry), *extra)
+    return seconds, counts["keys"], counts["note"]
 
 
 def sweep(bench, bets):
