@@ -23,7 +23,7 @@ use crate::units::PgDuration;
 const DDL: &str = include_str!("sql/log_tables.sql");
 
 /// The version `sql/log_tables.sql` ends with (in the history table's comment).
-const SCHEMA_VERSION: i32 = 5;
+const SCHEMA_VERSION: i32 = 6;
 
 /// The version that added `skip_count` and `cancel_count` to the summary table.
 const OUTCOME_COUNTS_VERSION: i32 = 3;
@@ -35,6 +35,9 @@ const INCREMENTAL_VERSION: i32 = 4;
 /// The version that keeps with an incremental view's state the cluster and
 /// the identities of its table and sources.
 const IDENTITY_VERSION: i32 = 5;
+
+/// The version that keeps, on Citus, what each node's snapshot saw.
+const NODE_SNAPSHOTS_VERSION: i32 = 6;
 
 /// Rows deleted per statement when pruning the history: short locks, small WAL bursts.
 const PRUNE_BATCH: u64 = 1000;
@@ -204,6 +207,11 @@ impl RefreshLog {
     /// older tables keeps their state without them).
     pub fn keeps_identities(&self) -> bool {
         self.version.load(Ordering::Relaxed) >= IDENTITY_VERSION
+    }
+
+    /// Whether the state table keeps each Citus node's snapshot.
+    pub fn keeps_node_snapshots(&self) -> bool {
+        self.version.load(Ordering::Relaxed) >= NODE_SNAPSHOTS_VERSION
     }
 
     /// The state table of incremental views, schema-qualified and quoted.

@@ -934,7 +934,7 @@ fn a_version_4_state_is_upgraded_and_trusted_and_a_role_that_may_not_upgrade_kee
     let version: String = db.scalar(
         "SELECT obj_description('materialized_views_refresh_history'::regclass, 'pg_class')",
     );
-    assert_eq!(version, "mv-refresher schema version 5");
+    assert_eq!(version, "mv-refresher schema version 6");
     let kept: i64 = db.scalar(
         "SELECT count(*) FROM materialized_views_refresh_state \
          WHERE system_identifier = (SELECT system_identifier FROM pg_control_system()) \
@@ -942,14 +942,14 @@ fn a_version_4_state_is_upgraded_and_trusted_and_a_role_that_may_not_upgrade_kee
            AND (source_identity ->> 'oid')::oid = 's'::regclass",
     );
     assert_eq!(kept, 1);
-    // init upgrades version 4 as well, and changes nothing on version 5.
+    // init upgrades version 4 as well, and changes nothing on version 6.
     back_to_version_4(&db);
     for _ in 0..2 {
         db.mvr().arg("init").run().code(0);
         let version: String = db.scalar(
             "SELECT obj_description('materialized_views_refresh_history'::regclass, 'pg_class')",
         );
-        assert_eq!(version, "mv-refresher schema version 5");
+        assert_eq!(version, "mv-refresher schema version 6");
     }
     // A cycle keeps the identities again; they serve at once.
     db.mvr_with(&registry).arg("refresh").run().code(0);
@@ -1066,22 +1066,15 @@ fn a_null_marker_is_read_whether_a_row_is_inserted_with_it_or_updated_to_it() {
         .stdout_has("on Citus their keys are recomputed every cycle");
 }
 
-#[test]
-fn null_markers_are_read_through_the_index_on_the_marker() {
+/// The target `sums` over `s` (nullable timestamptz marker, indexed), as
+/// planning would describe it: for tests of a cycle's statements.
+fn sums_target(
+    db: &TestDb,
+    spec: &mv_refresher::registry::Incremental,
+) -> mv_refresher::incremental::catalog::Target {
     use mv_refresher::catalog::Relation;
     use mv_refresher::incremental::catalog::{Column, MarkerKind, SourcePlan, Target};
-    use mv_refresher::incremental::sql::Statements;
-    use mv_refresher::registry::Registry;
 
-    let (db, _) = sums("incremental_null_plan", "timestamptz", "\"1min\"");
-    // A day of rows, one in a hundred without a marker.
-    db.execute(
-        "INSERT INTO s (k, v, m) SELECT g % 1000, g, \
-             CASE WHEN g % 100 <> 0 THEN now() - (100000 - g) * interval '1 second' END \
-         FROM generate_series(1, 100000) g; ANALYZE s",
-    );
-    let registry = Registry::parse(&sums_registry("\"1min\"", "0"), "sums.toml").unwrap();
-    let spec = registry.views[0].incremental.as_ref().unwrap();
     let source = SourcePlan {
         spec: spec.changes[0].clone(),
         relation: Relation {
@@ -1099,7 +1092,7 @@ fn null_markers_are_read_through_the_index_on_the_marker() {
         name: name.into(),
         type_name: type_name.into(),
     };
-    let target = Target {
+    Target {
         table: None,
         quoted: "public.sums".into(),
         columns: vec![
@@ -1107,9 +1100,114 @@ fn null_markers_are_read_through_the_index_on_the_marker() {
             column("v", "bigint"),
             column("n", "bigint"),
         ],
-        sources: vec![source.clone()],
+        sources: vec![source],
         warnings: Vec::new(),
+    }
+}
+
+#[test]
+fn on_citus_a_row_is_skipped_by_the_last_snapshot_of_the_node_that_holds_it() {
+    use mv_refresher::incremental::nodes::{NodeSnapshot, Taken, lookup};
+    use mv_refresher::incremental::sql::{Seen, Statements};
+    use mv_refresher::registry::Registry;
+
+    // One server stands in for a node: the read is the one pushed down to
+    // its shards, which finds the node's last snapshot by its start time.
+    let (db, _) = sums("incremental_by_node", "timestamptz", "\"1min\"");
+    db.execute("INSERT INTO s (k, v, m) VALUES (1, 1, now()), (2, 2, now())");
+    let taken = db.rows(
+        "SELECT to_char(pg_postmaster_start_time() AT TIME ZONE 'UTC', \
+                        'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+                pg_snapshot_xmin(pg_current_snapshot())::text",
+    );
+    let here = NodeSnapshot {
+        started: taken[0][0].clone().unwrap(),
+        xmin: taken[0][1].as_deref().unwrap().parse().unwrap(),
     };
+    // After the snapshot: a new key, and an old one updated.
+    db.execute("INSERT INTO s (k, v, m) VALUES (3, 3, now())");
+    db.execute("UPDATE s SET v = 20 WHERE k = 2");
+
+    let registry = Registry::parse(&sums_registry("\"1min\"", "0"), "sums.toml").unwrap();
+    let spec = registry.views[0].incremental.as_ref().unwrap();
+    let target = sums_target(&db, spec);
+    let statements = Statements {
+        spec,
+        target: &target,
+    };
+    let sql = format!(
+        "SELECT k::int FROM ({}) c ORDER BY 1",
+        statements.changed_keys_read(&target.sources, &[Seen::ByNode], 100)
+    );
+    let mut client = db.client();
+    let mut keys = |saved: Vec<NodeSnapshot>, shared: Vec<String>| -> Vec<i32> {
+        let now = Taken {
+            nodes: Vec::new(),
+            shared,
+            skippable: Vec::new(),
+        };
+        let lookup = lookup(&[Some(saved)], &now);
+        client
+            .query(&sql, &[&lookup.started, &lookup.xmins, &None::<String>])
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    };
+    assert_eq!(keys(vec![here.clone()], Vec::new()), [2, 3]);
+    // A full transaction id: only its low 32 bits are compared.
+    let epochs_on = NodeSnapshot {
+        xmin: here.xmin + (7 << 32),
+        ..here.clone()
+    };
+    assert_eq!(keys(vec![epochs_on], Vec::new()), [2, 3]);
+    // Another node's snapshot, or none: every row is read.
+    let other = NodeSnapshot {
+        started: "2001-02-03T04:05:06.000007Z".into(),
+        xmin: here.xmin + 1000,
+    };
+    assert_eq!(keys(vec![other], Vec::new()), [1, 2, 3]);
+    assert_eq!(keys(Vec::new(), Vec::new()), [1, 2, 3]);
+    // Two nodes started in the same microsecond now: neither is known.
+    assert_eq!(keys(vec![here.clone()], vec![here.started]), [1, 2, 3]);
+}
+
+#[test]
+fn transaction_ids_compare_as_the_server_compares_them_across_a_wraparound() {
+    use mv_refresher::incremental::sql::xid_at_or_after;
+    let db = TestDb::empty("incremental_xid_order");
+    for (xid, other, after) in [
+        (1005_i64, 1000_i64, true),
+        (1000, 1000, true),
+        (999, 1000, false),
+        // Past the wraparound: 5 comes after 4294967290, and not before.
+        (5, 4_294_967_290, true),
+        (4_294_967_290, 5, false),
+    ] {
+        let sql = format!(
+            "SELECT {}",
+            xid_at_or_after(&format!("'{xid}'::xid"), &format!("{other}::bigint"))
+        );
+        assert_eq!(db.scalar::<bool>(&sql), after, "{xid} against {other}");
+    }
+}
+
+#[test]
+fn null_markers_are_read_through_the_index_on_the_marker() {
+    use mv_refresher::incremental::sql::{Seen, Statements};
+    use mv_refresher::registry::Registry;
+
+    let (db, _) = sums("incremental_null_plan", "timestamptz", "\"1min\"");
+    // A day of rows, one in a hundred without a marker.
+    db.execute(
+        "INSERT INTO s (k, v, m) SELECT g % 1000, g, \
+             CASE WHEN g % 100 <> 0 THEN now() - (100000 - g) * interval '1 second' END \
+         FROM generate_series(1, 100000) g; ANALYZE s",
+    );
+    let registry = Registry::parse(&sums_registry("\"1min\"", "0"), "sums.toml").unwrap();
+    let spec = registry.views[0].incremental.as_ref().unwrap();
+    let target = sums_target(&db, spec);
+    let source = target.sources[0].clone();
     let statements = Statements {
         spec,
         target: &target,
@@ -1119,7 +1217,7 @@ fn null_markers_are_read_through_the_index_on_the_marker() {
          EXPLAIN (FORMAT JSON) EXECUTE changed(pg_snapshot_xmax(pg_current_snapshot())::text::bigint, \
              0, (now() - interval '10 minutes')::text); ROLLBACK",
         statements.changed_table(),
-        statements.changed_keys(std::slice::from_ref(&source), true)
+        statements.changed_keys(std::slice::from_ref(&source), &[Seen::Here])
     ));
     let plan: serde_json::Value = serde_json::from_str(plan[0][0].as_deref().unwrap()).unwrap();
     // Every node of the plan, depth first.

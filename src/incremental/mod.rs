@@ -8,12 +8,15 @@
 //! * [`markers`] bounds time-like markers by the server's clock and counts
 //!   the rows ahead of it.
 //! * [`sql`] makes the statements of a cycle; `refresh::incremental` runs them.
+//! * [`nodes`] takes each Citus node's snapshot, by which a cycle there skips
+//!   the rows the last one read.
 //! * [`identity`] reads and compares what ties a view's state to its table,
 //!   its sources and this cluster.
 
 pub mod catalog;
 pub mod identity;
 pub mod markers;
+pub mod nodes;
 pub mod sql;
 mod template;
 

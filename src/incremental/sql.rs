@@ -20,6 +20,21 @@ const RESULT: &str = "pg_temp.mv_refresher_result";
 const CURRENT: &str = "pg_temp.mv_refresher_current";
 const UPSERT: &str = "pg_temp.mv_refresher_upsert";
 
+/// Which of a source's rows in its window the last cycle saw, to be skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// None known: the window is read whole.
+    Nothing,
+    /// On this server, those whose transaction ended before the last
+    /// cycle's snapshot's xmin (`$2`, a full id; `$1`, the current
+    /// snapshot's xmax, to widen a row's 32-bit `xmin`).
+    Here,
+    /// On Citus, those whose transaction ended before the xmin of the last
+    /// snapshot taken on the node holding the row (`$1`, the nodes' start
+    /// times; `$2`, their xmins' low 32 bits: [`super::nodes::Lookup`]).
+    ByNode,
+}
+
 /// The statements of one incremental view.
 pub struct Statements<'a> {
     pub spec: &'a Incremental,
@@ -89,11 +104,9 @@ impl Statements<'_> {
 
     /// The keys of the sources' rows changed since the last cycle, each once,
     /// in one statement: for source `i`, markers above its watermark
-    /// (`$(3 + i)`, text) less its lag, or NULL; with `seen`, less the rows
-    /// whose transaction ended before the last cycle's snapshot (`$2`, that
-    /// snapshot's xmin; `$1`, the current snapshot's xmax, to widen 32-bit
-    /// `xmin`s to full transaction ids).
-    pub fn changed_keys(&self, sources: &[SourcePlan], seen: bool) -> String {
+    /// (`$(3 + i)`, text) less its lag, or NULL; less the rows the last cycle
+    /// saw, as `seen[i]` tells them (`$1` and `$2`).
+    pub fn changed_keys(&self, sources: &[SourcePlan], seen: &[Seen]) -> String {
         format!(
             "INSERT INTO {CHANGED} {}",
             self.changed_reads(sources, seen)
@@ -102,7 +115,7 @@ impl Statements<'_> {
 
     /// The same keys read by the client, as text, `limit` at most: few keys
     /// need no temporary table ([`Self::apply_few`]).
-    pub fn changed_keys_read(&self, sources: &[SourcePlan], seen: bool, limit: usize) -> String {
+    pub fn changed_keys_read(&self, sources: &[SourcePlan], seen: &[Seen], limit: usize) -> String {
         let keys: Vec<String> = self
             .spec
             .key
@@ -116,11 +129,12 @@ impl Statements<'_> {
         )
     }
 
-    fn changed_reads(&self, sources: &[SourcePlan], seen: bool) -> String {
+    fn changed_reads(&self, sources: &[SourcePlan], seen: &[Seen]) -> String {
         let reads: Vec<String> = sources
             .iter()
+            .zip(seen)
             .enumerate()
-            .map(|(i, source)| self.changed_keys_of(source, &format!("${}", i + 3), seen))
+            .map(|(i, (source, &seen))| self.changed_keys_of(source, &format!("${}", i + 3), seen))
             .collect();
         // UNION gives each key once; so does DISTINCT when there is one read.
         match reads.as_slice() {
@@ -129,7 +143,7 @@ impl Statements<'_> {
         }
     }
 
-    fn changed_keys_of(&self, source: &SourcePlan, watermark: &str, seen: bool) -> String {
+    fn changed_keys_of(&self, source: &SourcePlan, watermark: &str, seen: Seen) -> String {
         let types: Vec<&str> = self.target.key_types(self.spec).collect();
         let exprs: Vec<String> = source
             .spec
@@ -152,21 +166,35 @@ impl Statements<'_> {
             window(source, watermark),
             nulls.join(" OR ")
         );
-        if seen {
-            // Transaction ids that ended before the last snapshot's xmin were
-            // seen by it. Those between its xmin and xmax are read again: the
-            // snapshot lists top-level transactions only, and a row written by
-            // a subtransaction of one still running would look seen.
-            // A widened xmin at or past the current snapshot's xmax is no
-            // transaction a visible row can have: it is a frozen row's old
-            // xid more than 2^31 behind, seen long ago.
-            let xmin = widened_xid("xmin", "$1::bigint");
-            sql.push_str(&format!(
-                " AND {xmin} >= $2::bigint AND {xmin} < $1::bigint"
-            ));
-        } else {
+        match seen {
+            Seen::Here => {
+                // Transaction ids that ended before the last snapshot's xmin
+                // were seen by it. Those between its xmin and xmax are read
+                // again: the snapshot lists top-level transactions only, and a
+                // row written by a subtransaction of one still running would
+                // look seen. A widened xmin at or past the current snapshot's
+                // xmax is no transaction a visible row can have: it is a
+                // frozen row's old xid more than 2^31 behind, seen long ago.
+                let xmin = widened_xid("xmin", "$1::bigint");
+                sql.push_str(&format!(
+                    " AND {xmin} >= $2::bigint AND {xmin} < $1::bigint"
+                ));
+            }
+            Seen::ByNode => {
+                // The same on the node that holds the row, where the shard
+                // query runs: its own last snapshot's xmin, looked up by its
+                // start time (the low 32 bits, compared as the server compares
+                // transaction ids: a row in the window is recent). A node not
+                // found has its rows read.
+                let xmin = "($2::bigint[])[pg_catalog.array_position($1::timestamptz[], \
+                            pg_catalog.pg_postmaster_start_time())]";
+                sql.push_str(&format!(
+                    " AND coalesce({}, true)",
+                    xid_at_or_after("xmin", xmin)
+                ));
+            }
             // Bound all the same; always true.
-            sql.push_str(" AND num_nulls($1::bigint, $2::bigint) >= 0");
+            Seen::Nothing => sql.push_str(" AND num_nulls($1, $2) >= 0"),
         }
         sql
     }
@@ -400,6 +428,13 @@ pub fn widened_xid(xid: &str, near: &str) -> String {
         "({near} + (((({xid}::text::bigint - ({near} & 4294967295)) + 2147483648) & 4294967295) \
          - 2147483648))"
     )
+}
+
+/// Whether the transaction id `xid` (an `xid` expression) is `other` (the
+/// low 32 bits of one, a `bigint` expression) or comes after it, as the
+/// server compares two ids within 2^31 of each other.
+pub fn xid_at_or_after(xid: &str, other: &str) -> String {
+    format!("(((({xid}::text::bigint - {other}) + 2147483648) & 4294967295) >= 2147483648)")
 }
 
 /// `source`'s rows with a marker above `watermark` (a text parameter) less

@@ -35,7 +35,8 @@ use super::{Failure, RunContext};
 use crate::db::CancelKey;
 use crate::incremental::catalog::{MarkerKind, Target};
 use crate::incremental::identity::{Change, Identity, identities, identity_of};
-use crate::incremental::sql::Statements;
+use crate::incremental::nodes::{self, Lookup, NodeSnapshot, Taken};
+use crate::incremental::sql::{Seen, Statements};
 use crate::outcome::{Counts, Method, Outcome, Status};
 use crate::plan::Step;
 use crate::registry::Incremental;
@@ -71,6 +72,9 @@ struct Opened {
     states: Vec<SourceState>,
     /// The last cycle's snapshot's xmin, as a full transaction id.
     seen_xmin: Option<i64>,
+    /// On Citus, the last cycle's snapshots of the nodes, as each source's
+    /// state keeps them.
+    node_snapshots: Vec<Option<Vec<NodeSnapshot>>>,
     /// Seconds since the last full reconcile.
     full_age_s: Option<f64>,
     /// The state was kept under the view's present definition.
@@ -132,6 +136,8 @@ pub(super) async fn attempt(
         lock_timeout: step.settings().lock_timeout.to_std(),
         state_table: log.state_table(),
         identities: log.keeps_identities(),
+        node_snapshots: log.keeps_node_snapshots(),
+        taken: None,
         definition: &definition,
     };
     let (counts, switched, duration_ms) = run(ctx, step, &client.cancel_key(), cycle).await?;
@@ -338,13 +344,17 @@ async fn open(
         true => "system_identifier, table_identity, source_identity",
         false => "NULL::bigint, NULL::jsonb, NULL::jsonb",
     };
+    let node_snapshots = match log.keeps_node_snapshots() {
+        true => "node_snapshots",
+        false => "NULL::jsonb",
+    };
     let state_sql = format!(
         "SELECT source, watermark, pg_snapshot_xmin(snapshot)::text::bigint, \
              extract(epoch FROM clock_timestamp() - last_full_at)::float8, \
              definition IS NOT DISTINCT FROM md5($2), \
              pg_snapshot_xmin(snapshot)::text::bigint \
                  > pg_snapshot_xmax(pg_current_snapshot())::text::bigint, \
-             {kept_for} \
+             {kept_for}, {node_snapshots} \
          FROM {} WHERE view_name = $1",
         log.state_table()
     );
@@ -389,6 +399,13 @@ async fn open(
         sources: now,
         locked,
         seen_xmin: rows.iter().filter_map(|r| r.get::<_, Option<i64>>(2)).min(),
+        node_snapshots: rows
+            .iter()
+            .map(|r| {
+                r.get::<_, Option<Json<Vec<NodeSnapshot>>>>(9)
+                    .map(|Json(nodes)| nodes)
+            })
+            .collect(),
         full_age_s: rows
             .iter()
             .filter_map(|r| r.get::<_, Option<f64>>(3))
@@ -437,19 +454,32 @@ async fn system_identifier(client: &Client) -> Result<Option<i64>, tokio_postgre
     Ok(read.ok().map(|row| row.get(0)))
 }
 
-/// What the changed keys are read with: the cycle's snapshot's xmax, the last
-/// cycle's xmin where rows it saw are skipped, each source's watermark.
+/// What the changed keys are read with: which rows each source's last cycle
+/// saw, and how they are told; each source's watermark.
 struct KeyReads {
-    xmax: i64,
-    seen: Option<i64>,
+    seen: Vec<Seen>,
+    bounds: Bounds,
     watermarks: Vec<Option<String>>,
+}
+
+/// What tells the rows the last cycle saw (`$1` and `$2`).
+enum Bounds {
+    /// This server's: the cycle's snapshot's xmax, the last one's xmin.
+    Here { xmax: i64, xmin: Option<i64> },
+    /// Each Citus node's last snapshot.
+    Nodes(Lookup),
 }
 
 impl KeyReads {
     /// As [`Statements::changed_keys`] numbers them.
     fn params(&self) -> Vec<(&(dyn ToSql + Sync), Type)> {
-        let mut params: Vec<(&(dyn ToSql + Sync), Type)> =
-            vec![(&self.xmax, Type::INT8), (&self.seen, Type::INT8)];
+        let mut params: Vec<(&(dyn ToSql + Sync), Type)> = match &self.bounds {
+            Bounds::Here { xmax, xmin } => vec![(xmax, Type::INT8), (xmin, Type::INT8)],
+            Bounds::Nodes(lookup) => vec![
+                (&lookup.started, Type::TIMESTAMPTZ_ARRAY),
+                (&lookup.xmins, Type::INT8_ARRAY),
+            ],
+        };
         params.extend(
             self.watermarks
                 .iter()
@@ -472,6 +502,10 @@ struct Cycle<'a> {
     state_table: String,
     /// The state table keeps the cluster and the identities (version 5).
     identities: bool,
+    /// The state table keeps the Citus nodes' snapshots (version 6).
+    node_snapshots: bool,
+    /// The Citus nodes' snapshots this cycle took before it read.
+    taken: Option<Taken>,
     /// The view's definition, kept (as its md5) with the watermarks.
     definition: &'a str,
 }
@@ -491,6 +525,10 @@ impl Cycle<'_> {
             .await?;
         let (snap, xmax, taken): (String, i64, String) =
             (snapshot.get(0), snapshot.get(1), snapshot.get(2));
+        if self.citus && self.node_snapshots {
+            let sources: Vec<u32> = self.target.sources.iter().map(|s| s.relation.oid).collect();
+            self.taken = nodes::take(client, &sources).await?;
+        }
         if self.target.table.is_none() {
             client
                 .batch_execute(&self.statements.create_table())
@@ -725,17 +763,55 @@ impl Cycle<'_> {
 
     /// The parameters of the statements that read the changed keys.
     fn key_reads(&self, xmax: i64) -> KeyReads {
+        let watermarks = self
+            .target
+            .sources
+            .iter()
+            .map(|source| self.watermark_of(&source.relation.to_string()))
+            .collect();
+        let sources = &self.target.sources;
+        if !self.citus {
+            let xmin = self.opened.seen_xmin;
+            let seen = match xmin {
+                Some(_) => Seen::Here,
+                None => Seen::Nothing,
+            };
+            return KeyReads {
+                seen: vec![seen; sources.len()],
+                bounds: Bounds::Here { xmax, xmin },
+                watermarks,
+            };
+        }
+        // Across Citus nodes a row's xmin is its node's: each is skipped by
+        // the last snapshot of its own node, where there is one.
+        let lookup = match &self.taken {
+            Some(taken) => nodes::lookup(&self.opened.node_snapshots, taken),
+            None => Lookup::default(),
+        };
+        let skippable = |oid: u32| {
+            !lookup.started.is_empty()
+                && self
+                    .taken
+                    .as_ref()
+                    .is_some_and(|t| t.skippable.contains(&oid))
+        };
+        let seen = sources
+            .iter()
+            .map(|s| match skippable(s.relation.oid) {
+                true => Seen::ByNode,
+                false => Seen::Nothing,
+            })
+            .collect();
+        tracing::debug!(
+            view = self.view_name,
+            nodes = lookup.started.len(),
+            ?seen,
+            "the windows less the rows each node's last snapshot saw"
+        );
         KeyReads {
-            xmax,
-            // Across Citus nodes a row's xmin means nothing here: the window
-            // is read again every cycle.
-            seen: self.opened.seen_xmin.filter(|_| !self.citus),
-            watermarks: self
-                .target
-                .sources
-                .iter()
-                .map(|source| self.watermark_of(&source.relation.to_string()))
-                .collect(),
+            seen,
+            bounds: Bounds::Nodes(lookup),
+            watermarks,
         }
     }
 
@@ -743,11 +819,9 @@ impl Cycle<'_> {
     /// more than [`FEW_KEYS`]; `None` when there are more.
     async fn few_keys(&self, xmax: i64) -> Result<Option<Vec<Vec<String>>>, tokio_postgres::Error> {
         let reads = self.key_reads(xmax);
-        let sql = self.statements.changed_keys_read(
-            &self.target.sources,
-            reads.seen.is_some(),
-            FEW_KEYS + 1,
-        );
+        let sql =
+            self.statements
+                .changed_keys_read(&self.target.sources, &reads.seen, FEW_KEYS + 1);
         let rows = self.client.query_typed(&sql, &reads.params()).await?;
         if rows.len() > FEW_KEYS {
             return Ok(None);
@@ -792,7 +866,7 @@ impl Cycle<'_> {
         let reads = self.key_reads(xmax);
         let sql = self
             .statements
-            .changed_keys(&self.target.sources, reads.seen.is_some());
+            .changed_keys(&self.target.sources, &reads.seen);
         Ok(client.execute_typed(&sql, &reads.params()).await? as i64)
     }
 
@@ -851,19 +925,26 @@ impl Cycle<'_> {
             .collect();
         // The identities' columns from version 5 on; the parameters are
         // bound either way.
-        let (columns, values, updates) = match self.identities {
+        let (mut columns, mut values, mut updates) = match self.identities {
             true => (
-                ", system_identifier, table_identity, source_identity",
+                ", system_identifier, table_identity, source_identity".to_owned(),
                 format!(
                     ", $8::bigint, coalesce($9::jsonb, {}), u.identity",
                     identity_of("pg_catalog.to_regclass($10)")
                 ),
                 ", system_identifier = EXCLUDED.system_identifier, \
                  table_identity = EXCLUDED.table_identity, \
-                 source_identity = EXCLUDED.source_identity",
+                 source_identity = EXCLUDED.source_identity"
+                    .to_owned(),
             ),
-            false => ("", String::new(), ""),
+            false => (String::new(), String::new(), String::new()),
         };
+        // The Citus nodes' snapshots from version 6 on.
+        if self.node_snapshots {
+            columns.push_str(", node_snapshots");
+            values.push_str(", $12::jsonb");
+            updates.push_str(", node_snapshots = EXCLUDED.node_snapshots");
+        }
         let sql = format!(
             "WITH gone AS (DELETE FROM {st} WHERE view_name = $1 AND source <> ALL ($2)) \
              INSERT INTO {st} AS s (view_name, source, watermark, snapshot, applied_at, \
@@ -881,6 +962,7 @@ impl Cycle<'_> {
         let table = opened.table.clone().map(Json);
         let identities: Vec<Option<Json<Identity>>> =
             opened.sources.iter().map(|i| i.clone().map(Json)).collect();
+        let nodes = self.taken.as_ref().map(|taken| Json(&taken.nodes));
         self.client
             .execute_typed(
                 &sql,
@@ -896,6 +978,7 @@ impl Cycle<'_> {
                     (&table, Type::JSONB),
                     (&self.target.quoted, Type::TEXT),
                     (&identities, Type::JSONB_ARRAY),
+                    (&nodes, Type::JSONB),
                 ],
             )
             .await?;

@@ -85,5 +85,11 @@ ALTER TABLE {schema}.materialized_views_refresh_state
     ADD COLUMN IF NOT EXISTS table_identity jsonb,     -- the table's OID and relfilenodes
     ADD COLUMN IF NOT EXISTS source_identity jsonb;    -- the source's OID and relfilenodes
 
+-- Version 6: on Citus, what each node's snapshot saw. A row's xmin is a
+-- transaction of the node that holds it: each node's own snapshot, taken
+-- before the cycle read its shards, tells which rows of its shards were seen.
+ALTER TABLE {schema}.materialized_views_refresh_state
+    ADD COLUMN IF NOT EXISTS node_snapshots jsonb;     -- [{"started": the node's postmaster start, "xmin": its snapshot's}]
+
 -- The version `refresh` checks to know whether to run this file again.
-COMMENT ON TABLE {schema}.materialized_views_refresh_history IS 'mv-refresher schema version 5';
+COMMENT ON TABLE {schema}.materialized_views_refresh_history IS 'mv-refresher schema version 6';
