@@ -652,9 +652,9 @@ fn source_warnings(sources: &[SourcePlan]) -> Vec<String> {
         if source.marker_nullable {
             warnings.push(format!(
                 "source {}: its marker {} may be NULL, and every cycle reads the rows where it \
-                 is (a NULL marker is never above the watermark): on PostgreSQL only those \
-                 written since the last cycle are recomputed, on Citus their keys are recomputed \
-                 every cycle (make it NOT NULL if it never is)",
+                 is (a NULL marker is never above the watermark): only those written since the \
+                 last cycle are recomputed, but on Citus those of a reference table are \
+                 recomputed every cycle (make it NOT NULL if it never is)",
                 source.relation,
                 display_ident(&source.spec.marker),
             ));
