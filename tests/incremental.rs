@@ -642,6 +642,96 @@ fn a_rows_xmin_is_widened_to_the_full_transaction_id_nearest_the_snapshot() {
 }
 
 #[test]
+fn check_proves_each_template_and_names_the_key_the_column_and_the_changed_that_fail() {
+    let db = TestDb::empty("incremental_proof");
+    db.execute(SCHEMA);
+    db.execute(
+        "INSERT INTO payments (tenant_id, user_id, amount, ts) \
+         SELECT 1 + g % 3, g, g * 10, g FROM generate_series(1, 60, 2) g",
+    );
+    // A correct template is proven, before and after its first load.
+    let path = db.registry(REGISTRY);
+    for _ in 0..2 {
+        db.mvr_with(&path)
+            .arg("check")
+            .run()
+            .code(0)
+            .stdout_has("proof: public.user_totals: restricted to")
+            .stdout_has("its query returns the full query's rows");
+        db.mvr_with(&path).arg("refresh").run().code(0);
+    }
+    db.execute("DROP TABLE user_totals");
+    db.mvr().args(["forget", "user_totals"]).run().code(0);
+
+    // A $changed on the wrong expression: the bets of another user.
+    let wrong = REGISTRY.replacen(
+        "FROM bets\n           WHERE $changed(tenant_id, user_id)",
+        "FROM bets\n           WHERE $changed(tenant_id, user_id + 1)",
+        1,
+    );
+    assert_ne!(wrong, REGISTRY);
+    let out = db.mvr_with(&db.registry(&wrong)).arg("check").run();
+    out.code(1)
+        .stdout_has("public.user_totals: restricted by its $changed, its query does not return")
+        .stdout_has("(column bets, bet_total)")
+        .stdout_has("likely cause: $changed(tenant_id, user_id + 1)");
+    let line = out.line_with("likely cause");
+    assert!(line.contains("key ("), "{line}");
+    // Its first load fails the same way, and creates nothing.
+    db.mvr_with(&db.registry(&wrong))
+        .arg("refresh")
+        .run()
+        .code(1)
+        .stdout_has("not loaded: restricted by its $changed")
+        .stdout_has("likely cause: $changed(tenant_id, user_id + 1)");
+    let table: Option<String> = db.scalar("SELECT to_regclass('user_totals')::text");
+    assert_eq!(table, None);
+
+    // A $changed in a block that totals more than the key (each tenant's
+    // payments): restricted to a few users, the totals shrink.
+    let tenant_total = REGISTRY.replacen(
+        "LEFT JOIN (SELECT tenant_id, user_id, sum(amount) AS total FROM payments\n           \
+         WHERE $changed(tenant_id, user_id) -- a comment with $changed(x)\n           \
+         GROUP BY 1, 2) p USING (tenant_id, user_id)",
+        "LEFT JOIN (SELECT tenant_id, sum(amount) AS total FROM payments\n           \
+         WHERE $changed(tenant_id, user_id) GROUP BY 1) p USING (tenant_id)",
+        1,
+    );
+    assert_ne!(tenant_total, REGISTRY);
+    db.mvr_with(&db.registry(&tenant_total))
+        .arg("check")
+        .run()
+        .code(1)
+        .stdout_has("(column paid)")
+        .stdout_has("likely cause: $changed(tenant_id, user_id)");
+}
+
+#[test]
+fn check_says_when_a_template_could_not_be_proven_within_the_timeout() {
+    let db = TestDb::empty("incremental_proof_timeout");
+    db.execute(SCHEMA);
+    let slow = REGISTRY
+        .replacen(
+            "full_every = \"0\"",
+            "full_every = \"0\"\nstatement_timeout = \"300ms\"",
+            1,
+        )
+        .replacen(
+            "WHERE u.active AND",
+            "WHERE u.active AND (SELECT pg_sleep(1)) IS NOT NULL AND",
+            1,
+        );
+    db.mvr_with(&db.registry(&slow))
+        .arg("check")
+        .run()
+        .code(0)
+        .stdout_has(
+            "warning: public.user_totals: its template could not be proven within 300 ms \
+             (statement_timeout)",
+        );
+}
+
+#[test]
 fn a_changed_definition_reconciles_in_full_and_a_null_key_is_no_key() {
     let db = TestDb::empty("incremental_definition");
     db.execute(SCHEMA);

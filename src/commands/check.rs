@@ -59,8 +59,72 @@ pub(super) async fn check(
     print_header(options, log, &server);
     print_plan(&plan);
     print_incremental(&plan, &ahead);
+    let unproven = prove(&client, &plan)
+        .await
+        .map_err(db_err("proving the incremental views' templates"))?;
     print_warnings(&plan);
-    Ok(print_problems(&plan))
+    Ok(print_problems(&plan, &unproven))
+}
+
+/// The longest a template's proof may take in `check` (less where the view's
+/// own `statement_timeout` is less): `check` runs before deployments.
+const PROOF_TIMEOUT_MS: u64 = 60_000;
+
+/// Proves each incremental view's template (SPEC §2.5), read-only, each in
+/// a transaction of its own under a statement timeout; prints what it found.
+/// Returns the views whose template failed, each with its differences.
+async fn prove(
+    client: &tokio_postgres::Client,
+    plan: &Plan,
+) -> Result<Vec<(String, Vec<String>)>, tokio_postgres::Error> {
+    use crate::incremental::proof::{self, Verdict};
+    let mut unproven = Vec::new();
+    for step in &plan.steps {
+        let (Some(spec), Some(target)) = (&step.spec.incremental, &step.incremental) else {
+            continue;
+        };
+        if step.skip.is_some() || step.problem.is_some() {
+            continue;
+        }
+        let timeout = step
+            .settings()
+            .statement_timeout
+            .as_millis()
+            .min(PROOF_TIMEOUT_MS);
+        let begin = [
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY".to_owned(),
+            format!("SET LOCAL statement_timeout = {timeout}"),
+            "SET LOCAL jit = off".to_owned(),
+        ];
+        crate::db::execute_each(client, &begin).await?;
+        let verdict = proof::prove(client, spec, target).await;
+        let _ = client.batch_execute("ROLLBACK").await;
+        let name = step.view_name();
+        match verdict? {
+            Verdict::Proven { keys } => outln!(
+                "\nproof: {name}: restricted to {keys} keys (of its table, of its sources' newest \
+                 rows, and one that exists nowhere), its query returns the full query's rows"
+            ),
+            Verdict::Unfinished => outln!(
+                "\nwarning: {name}: its template could not be proven within {} (statement_timeout): \
+                 run `mv-refresher verify` after its first refresh",
+                crate::units::millis(timeout as f64)
+            ),
+            Verdict::Differs {
+                differences,
+                total,
+                keys,
+            } => {
+                let mut lines = vec![format!(
+                    "restricted by its $changed, its query does not return the full query's rows \
+                     for {total} of {keys} keys:"
+                )];
+                lines.extend(differences.iter().map(|d| format!("  {}", d.describe())));
+                unproven.push((name, lines));
+            }
+        }
+    }
+    Ok(unproven)
 }
 
 /// For each incremental view, how each source's changes are found: the
@@ -278,14 +342,18 @@ fn print_warnings(plan: &Plan) {
     }
 }
 
-/// Prints the problems; exit code 1 when there are any.
-fn print_problems(plan: &Plan) -> Exit {
+/// Prints the problems, the templates that failed their proof among them;
+/// exit code 1 when there are any.
+fn print_problems(plan: &Plan, unproven: &[(String, Vec<String>)]) -> Exit {
     let problems: Vec<&Step> = plan.steps.iter().filter(|s| s.problem.is_some()).collect();
-    if problems.is_empty() {
+    if problems.is_empty() && unproven.is_empty() {
         outln!("\nno problems: every view can be refreshed as configured");
         return Exit::Success;
     }
     outln!("\nproblems:");
+    for (view, lines) in unproven {
+        outln!("  {view}: {}", lines.join("\n  "));
+    }
     for step in problems {
         outln!(
             "  {} {} (registry name {:?})",

@@ -10,6 +10,8 @@
 //! * [`sql`] makes the statements of a cycle; `refresh::incremental` runs them.
 //! * [`nodes`] takes each Citus node's snapshot, by which a cycle there skips
 //!   the rows the last one read.
+//! * [`proof`] proves a query's `$changed` on a sample of keys: restricted,
+//!   it returns the full query's rows of those keys.
 //! * [`identity`] reads and compares what ties a view's state to its table,
 //!   its sources and this cluster.
 
@@ -17,6 +19,7 @@ pub mod catalog;
 pub mod identity;
 pub mod markers;
 pub mod nodes;
+pub mod proof;
 pub mod sql;
 mod template;
 

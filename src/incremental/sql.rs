@@ -237,7 +237,16 @@ impl Statements<'_> {
     /// nested loops that re-read a grouped subquery once per key (2 minutes
     /// for 10,000 keys, where the fenced form takes half a second).
     fn rows_of(&self, keys: &str) -> String {
-        let expanded = self.spec.query.expand(|args| {
+        self.rows_of_but(keys, None)
+    }
+
+    /// [`Self::rows_of`] with the `open`-th `$changed` (from 0) true, where
+    /// it is `Some`: what the query gives without that restriction.
+    fn rows_of_but(&self, keys: &str, open: Option<usize>) -> String {
+        let expanded = self.spec.query.expand_each(|i, args| {
+            if open == Some(i) {
+                return "true".into();
+            }
             let args: Vec<String> = args.iter().map(|a| format!("({a})")).collect();
             format!("(({}) IN ({keys}))", args.join(", "))
         });
@@ -289,6 +298,117 @@ impl Statements<'_> {
             rc = self.columns("r."),
             cr = self.keys_equal("c", "r"),
             upsert = self.upsert_from("mv_refresher_upsert"),
+        )
+    }
+
+    /// Keys to prove the query with ([`Self::proof`]), as text, one row
+    /// each with where it came from: up to `n` of the table's (when it
+    /// exists), the keys of each source's `n` newest rows (by its marker),
+    /// and `absent`, a key made to exist nowhere (one value per key column),
+    /// when there is one.
+    pub fn sample_keys(&self, n: usize, absent: Option<&[String]>) -> String {
+        let text: Vec<String> = self
+            .spec
+            .key
+            .iter()
+            .map(|k| format!("{}::text", quote_ident(k)))
+            .collect();
+        let text = text.join(", ");
+        let mut reads = Vec::new();
+        if self.target.table.is_some() {
+            reads.push(format!(
+                "SELECT 'the table', {text} FROM (SELECT {} FROM {} ORDER BY random() LIMIT {n}) AS t",
+                self.keys(""),
+                self.target.quoted
+            ));
+        }
+        let types: Vec<&str> = self.target.key_types(self.spec).collect();
+        for source in &self.target.sources {
+            let exprs: Vec<String> = source
+                .spec
+                .key
+                .iter()
+                .zip(&types)
+                .zip(&self.spec.key)
+                .map(|((e, ty), k)| format!("({e})::{ty} AS {}", quote_ident(k)))
+                .collect();
+            let marker = quote_ident(&source.spec.marker);
+            reads.push(format!(
+                "SELECT {origin}, {text} FROM (SELECT {} FROM {} WHERE {marker} IS NOT NULL \
+                 ORDER BY {marker} DESC LIMIT {n}) AS s",
+                exprs.join(", "),
+                source.relation.quoted(),
+                origin =
+                    crate::quote::quote_literal(&format!("the newest rows of {}", source.relation)),
+            ));
+        }
+        if let Some(values) = absent {
+            let values: Vec<String> = values
+                .iter()
+                .map(|v| crate::quote::quote_literal(v))
+                .collect();
+            reads.push(format!("SELECT 'nowhere', {}", values.join(", ")));
+        }
+        reads.join(" UNION ALL ")
+    }
+
+    /// The proof of the query's `$changed`: for the keys bound as text
+    /// arrays (`$1` .. one per key column), the query restricted to them
+    /// (with the `open`-th `$changed` true, when `Some`) against the full
+    /// query's rows of those keys, in one statement (one snapshot). One row
+    /// per key that differs, at most `limit`: the key, how, the columns
+    /// whose values differ (by their image), and how many keys differ.
+    pub fn proof(&self, open: Option<usize>, limit: usize) -> String {
+        let arrays: Vec<String> = self
+            .target
+            .key_types(self.spec)
+            .enumerate()
+            .map(|(i, ty)| format!("${}::text[]::{ty}[]", i + 1))
+            .collect();
+        let k = self.keys("");
+        let keys = "SELECT * FROM mv_refresher_keys";
+        let columns: Vec<String> = self
+            .values()
+            .iter()
+            .zip(
+                self.target
+                    .columns
+                    .iter()
+                    .filter(|c| !self.spec.key.contains(&c.name)),
+            )
+            .map(|(quoted, column)| {
+                format!(
+                    "CASE WHEN {} THEN {} END",
+                    images_differ(std::slice::from_ref(quoted), "r", "w"),
+                    crate::quote::quote_literal(&column.name)
+                )
+            })
+            .collect();
+        let columns = match columns.is_empty() {
+            true => "''".to_owned(),
+            false => format!("min(array_to_string(ARRAY[{}], ', '))", columns.join(", ")),
+        };
+        format!(
+            "WITH mv_refresher_keys AS MATERIALIZED (SELECT * FROM unnest({arrays}) AS k({k})), \
+             mv_refresher_r AS MATERIALIZED ({restricted}), \
+             mv_refresher_w AS MATERIALIZED (SELECT * FROM ({full}\n) AS q WHERE ({qk}) IN ({keys})), \
+             mv_refresher_d AS (SELECT ROW({k})::text AS key, \
+                 CASE WHEN count(*) > 1 THEN 'returned more than once' \
+                      WHEN bool_and(r.mv_refresher_r IS NULL) THEN 'missing from the restricted query' \
+                      WHEN bool_and(w.mv_refresher_w IS NULL) THEN 'not in the full query' \
+                      ELSE 'differs' END AS how, \
+                 {columns} AS columns \
+               FROM (SELECT true AS mv_refresher_r, * FROM mv_refresher_r) AS r \
+               FULL JOIN (SELECT true AS mv_refresher_w, * FROM mv_refresher_w) AS w USING ({k}) \
+               GROUP BY {k} \
+               HAVING count(*) > 1 OR bool_or(r.mv_refresher_r IS NULL OR w.mv_refresher_w IS NULL \
+                   OR {differs})) \
+             SELECT key, how, columns, count(*) OVER () FROM mv_refresher_d ORDER BY key LIMIT {limit}",
+            arrays = arrays.join(", "),
+            restricted = self.rows_of_but(keys, open),
+            full = self.spec.query.full(),
+            qk = self.keys("q."),
+            differs = images_differ(&self.values(), "r", "w"),
         )
     }
 

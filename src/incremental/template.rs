@@ -73,14 +73,35 @@ impl Template {
 
     /// The query with every `$changed(args)` replaced by `expand(args)`.
     pub fn expand(&self, expand: impl Fn(&[String]) -> String) -> String {
+        self.expand_each(|_, args| expand(args))
+    }
+
+    /// The query with the `i`-th `$changed(args)` (from 0) replaced by
+    /// `expand(i, args)`.
+    pub fn expand_each(&self, expand: impl Fn(usize, &[String]) -> String) -> String {
         let mut sql = String::new();
+        let mut i = 0;
         for part in &self.parts {
             match part {
                 Part::Text(text) => sql.push_str(text),
-                Part::Changed(args) => sql.push_str(&expand(args)),
+                Part::Changed(args) => {
+                    sql.push_str(&expand(i, args));
+                    i += 1;
+                }
             }
         }
         sql
+    }
+
+    /// The `i`-th `$changed(...)` (from 0) as written.
+    pub fn mark(&self, i: usize) -> Option<String> {
+        self.parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::Changed(args) => Some(format!("{MARK}({})", args.join(", "))),
+                Part::Text(_) => None,
+            })
+            .nth(i)
     }
 
     /// The query of a full load: `$changed(...)` is `true`.

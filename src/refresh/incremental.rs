@@ -36,6 +36,7 @@ use crate::db::CancelKey;
 use crate::incremental::catalog::{MarkerKind, Target};
 use crate::incremental::identity::{Change, Identity, identities, identity_of};
 use crate::incremental::nodes::{self, Lookup, NodeSnapshot, Taken};
+use crate::incremental::proof::{self, Difference, Verdict};
 use crate::incremental::sql::{Seen, Statements};
 use crate::outcome::{Counts, Method, Outcome, Status};
 use crate::plan::Step;
@@ -530,6 +531,7 @@ impl Cycle<'_> {
             self.taken = nodes::take(client, &sources).await?;
         }
         if self.target.table.is_none() {
+            self.prove().await?;
             client
                 .batch_execute(&self.statements.create_table())
                 .await?;
@@ -583,6 +585,27 @@ impl Cycle<'_> {
         }
         self.save_state(&watermarks, &snap, &taken).await?;
         Ok(switched)
+    }
+
+    /// Before a first load, the template's proof (SPEC §2.5): a query whose
+    /// `$changed` drops or changes rows of some key fails the view before
+    /// anything is created.
+    async fn prove(&self) -> Result<(), tokio_postgres::Error> {
+        let Verdict::Differs {
+            differences,
+            total,
+            keys,
+        } = proof::compare(self.client, self.statements).await?
+        else {
+            return Ok(());
+        };
+        let lines: Vec<String> = differences.iter().map(Difference::describe).collect();
+        let message = format!(
+            "not loaded: restricted by its $changed, the query does not return the full \
+             query's rows for {total} of {keys} keys: {} (`mv-refresher check` shows the proof)",
+            lines.join("; ")
+        );
+        Err(raise(self.client, "data_exception", &message).await)
     }
 
     /// Why a full reconcile costs less than recomputing `keys` changed keys,
