@@ -353,7 +353,7 @@ fn a_failed_cycle_leaves_table_and_watermarks_as_they_were_and_verify_finds_drif
         .run()
         .code(1)
         .stdout_has("3 key(s) differ")
-        .stdout_has("(3,2): differs")
+        .stdout_has("(3,2): differs (column bets)")
         .stdout_has("(1,3): in the query, not in the table")
         .stdout_has("(9,9): in the table, not in the query");
     // verify compares incremental views only.
@@ -1570,7 +1570,7 @@ fn values_equal_but_not_identical_are_rewritten_and_verify_sees_them() {
         .run()
         .code(1)
         .stdout_has("1 key(s) differ")
-        .stdout_has("(1): differs");
+        .stdout_has("(1): differs (column v)");
     db.mvr_with(&registry)
         .args(["refresh", "--full"])
         .run()

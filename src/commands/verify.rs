@@ -5,7 +5,7 @@
 use crate::db::DbTarget;
 use crate::error::{Error, Exit};
 use crate::incremental::catalog::Target;
-use crate::incremental::sql::images_differ;
+use crate::incremental::sql::{Statements, images_differ};
 use crate::outln;
 use crate::plan::Step;
 use crate::quote::quote_ident;
@@ -107,7 +107,8 @@ fn diff_sql(spec: &Incremental, target: &Target) -> String {
               k AS (SELECT ROW({keys})::text AS key, \
                        CASE WHEN bool_and(t.mv_refresher_t IS NULL) THEN 'in the query, not in the table' \
                             WHEN bool_and(q.mv_refresher_q IS NULL) THEN 'in the table, not in the query' \
-                            ELSE 'differs' END AS how \
+                            WHEN count(*) > 1 THEN 'returned more than once by the query' \
+                            ELSE 'differs (column ' || min({columns_differ}) || ')' END AS how \
                     FROM (SELECT true AS mv_refresher_q, * FROM q) AS q \
                     FULL JOIN (SELECT true AS mv_refresher_t, * FROM t) AS t USING ({keys}) \
                     GROUP BY {keys} \
@@ -119,6 +120,7 @@ fn diff_sql(spec: &Incremental, target: &Target) -> String {
         table = target.quoted,
         keys = keys.join(", "),
         differs = images_differ(&values, "q", "t"),
+        columns_differ = Statements { spec, target }.columns_differing("q", "t"),
         limit = SHOWN + 1,
     )
 }

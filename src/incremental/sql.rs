@@ -367,27 +367,7 @@ impl Statements<'_> {
             .collect();
         let k = self.keys("");
         let keys = "SELECT * FROM mv_refresher_keys";
-        let columns: Vec<String> = self
-            .values()
-            .iter()
-            .zip(
-                self.target
-                    .columns
-                    .iter()
-                    .filter(|c| !self.spec.key.contains(&c.name)),
-            )
-            .map(|(quoted, column)| {
-                format!(
-                    "CASE WHEN {} THEN {} END",
-                    images_differ(std::slice::from_ref(quoted), "r", "w"),
-                    crate::quote::quote_literal(&column.name)
-                )
-            })
-            .collect();
-        let columns = match columns.is_empty() {
-            true => "''".to_owned(),
-            false => format!("min(array_to_string(ARRAY[{}], ', '))", columns.join(", ")),
-        };
+        let columns = format!("min({})", self.columns_differing("r", "w"));
         format!(
             "WITH mv_refresher_keys AS MATERIALIZED (SELECT * FROM unnest({arrays}) AS k({k})), \
              mv_refresher_r AS MATERIALIZED ({restricted}), \
@@ -410,6 +390,28 @@ impl Statements<'_> {
             qk = self.keys("q."),
             differs = images_differ(&self.values(), "r", "w"),
         )
+    }
+
+    /// The names of the value columns whose images differ between the rows
+    /// `left` and `right`, comma-separated (`''` when none do).
+    pub fn columns_differing(&self, left: &str, right: &str) -> String {
+        let columns: Vec<String> = self
+            .target
+            .columns
+            .iter()
+            .filter(|c| !self.spec.key.contains(&c.name))
+            .map(|column| {
+                format!(
+                    "CASE WHEN {} THEN {} END",
+                    images_differ(&[quote_ident(&column.name)], left, right),
+                    crate::quote::quote_literal(&column.name)
+                )
+            })
+            .collect();
+        match columns.is_empty() {
+            true => "''".to_owned(),
+            false => format!("array_to_string(ARRAY[{}], ', ')", columns.join(", ")),
+        }
     }
 
     /// A key the query returns twice, if any.
