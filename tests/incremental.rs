@@ -707,6 +707,49 @@ fn check_proves_each_template_and_names_the_key_the_column_and_the_changed_that_
 }
 
 #[test]
+fn verify_reports_what_a_reader_sees_differ_where_equality_would_hide_it() {
+    let db = TestDb::empty("incremental_reader_equal");
+    // A case-insensitive collation calls 'ALICE' and 'alice' equal, and
+    // -0 equals 0: a reader sees both differ.
+    db.execute(
+        "CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false); \
+         CREATE TABLE people (k int PRIMARY KEY, name text COLLATE ci, x float8, m bigserial); \
+         CREATE INDEX ON people (m); \
+         INSERT INTO people (k, name, x) VALUES (1, 'alice', 0), (2, 'bob', 0.5)",
+    );
+    let registry = db.registry(
+        r#"
+[[view]]
+name = "names"
+key = ["k"]
+query = "SELECT k, name, x FROM people WHERE $changed(k)"
+
+[[view.changes]]
+table = "people"
+key = ["k"]
+marker = "m"
+"#,
+    );
+    db.mvr_with(&registry).arg("refresh").run().code(0);
+    db.mvr_with(&registry).arg("verify").run().code(0);
+    db.execute("UPDATE names SET name = 'ALICE', x = '-0' WHERE k = 1");
+    let equal: bool = db.scalar(
+        "SELECT n.name = p.name AND n.x = p.x FROM names n JOIN people p USING (k) WHERE k = 1",
+    );
+    assert!(equal, "the planted values should be equal by =");
+    db.mvr_with(&registry)
+        .arg("verify")
+        .run()
+        .code(1)
+        .stdout_has("(1): differs (column name, x)");
+    db.mvr_with(&registry)
+        .args(["refresh", "--full"])
+        .run()
+        .code(0);
+    db.mvr_with(&registry).arg("verify").run().code(0);
+}
+
+#[test]
 fn check_says_when_a_template_could_not_be_proven_within_the_timeout() {
     let db = TestDb::empty("incremental_proof_timeout");
     db.execute(SCHEMA);
