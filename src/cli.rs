@@ -119,6 +119,25 @@ pub enum Command {
     /// Incremental views: compare each table with its full query and print
     /// the keys that differ (exit 1 when any do).
     Verify(VerifyArgs),
+    /// Print the registry entry of a materialized view's incremental twin,
+    /// derived from its definition and proven.
+    Twin(TwinArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TwinArgs {
+    /// The materialized view (may be schema-qualified).
+    #[arg(value_name = "VIEW")]
+    pub view: String,
+
+    /// The twin's name (default: the view's without `_view`, or with
+    /// `_incremental`).
+    #[arg(long = "as", value_name = "TABLE")]
+    pub name: Option<String>,
+
+    /// A source's marker where the catalog offers none (repeatable).
+    #[arg(long, value_name = "TABLE.COLUMN")]
+    pub marker: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -47,6 +47,7 @@ pub enum CommandConfig {
     Verify {
         views: Vec<ViewSpec>,
     },
+    Twin(crate::commands::TwinOptions),
 }
 
 /// Options of every refresh cycle, `refresh` and `run` alike.
@@ -170,6 +171,11 @@ impl Config {
             Command::Verify(args) => CommandConfig::Verify {
                 views: incremental_views(&registry()?, &args.views)?,
             },
+            Command::Twin(args) => CommandConfig::Twin(crate::commands::TwinOptions {
+                view: args.view.clone(),
+                name: args.name.clone(),
+                markers: args.marker.clone(),
+            }),
         };
         Ok(Self {
             target,

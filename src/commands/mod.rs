@@ -1,7 +1,8 @@
 //! The commands, one module each, every one a thin function over the library:
 //! `refresh` and `run` refresh (once, or on a schedule), `check` shows the
 //! plan, `status` the freshness, `init` creates the log tables, `forget`
-//! removes views from them.
+//! removes views from them, `verify` compares incremental views with their
+//! queries, `twin` derives one from a materialized view.
 
 mod check;
 mod forget;
@@ -9,7 +10,10 @@ mod init;
 mod refresh;
 mod run;
 mod status;
+mod twin;
 mod verify;
+
+pub use twin::TwinOptions;
 
 use crate::catalog;
 use crate::config::{CommandConfig, Config};
@@ -38,6 +42,7 @@ pub async fn run(config: Config) -> Result<Exit, Error> {
         CommandConfig::Init => init::init(&target, &log).await,
         CommandConfig::Forget { views } => forget::forget(&target, &log, &views).await,
         CommandConfig::Verify { views } => verify::verify(&target, &log, &views).await,
+        CommandConfig::Twin(options) => twin::twin(&target, &log, &options).await,
     };
     match default_target {
         true => ran.map_err(Error::with_where_hint),

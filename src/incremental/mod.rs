@@ -3,6 +3,8 @@
 //!
 //! * [`template`] finds the query's `$changed(...)` marks with a tokenizer
 //!   that respects strings, comments and dollar quotes.
+//! * [`derive`] derives a materialized view's incremental form from its
+//!   parse tree (`twin`).
 //! * [`catalog`] reads, while planning, the query's columns and what it reads,
 //!   the table's keys, and each source's marker and indexes.
 //! * [`markers`] bounds time-like markers by the server's clock and counts
@@ -16,6 +18,7 @@
 //!   its sources and this cluster.
 
 pub mod catalog;
+pub mod derive;
 pub mod identity;
 pub mod markers;
 pub mod nodes;
