@@ -5,10 +5,11 @@
 #   docker run --rm -e DATABASE_URL=postgres://... mv-refresher status
 
 FROM rust:1.95-bookworm AS build
-# musl-gcc builds ring's C and assembly for the musl target.
+# musl-gcc builds ring's C and assembly for the musl target; libclang, with
+# which pg_query compiles PostgreSQL's parser (libpg_query) and its bindings.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends musl-tools \
+    && apt-get install -y --no-install-recommends musl-tools libclang-dev \
     && rm -rf /var/lib/apt/lists/* \
     && rustup target add x86_64-unknown-linux-musl
 WORKDIR /src

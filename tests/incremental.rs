@@ -2040,3 +2040,123 @@ marker = "m"
         db.execute("DELETE FROM d WHERE v = -1");
     }
 }
+
+/// Rows in `twin` and not in the materialized view `view`, and the other way
+/// round, once the view is refreshed in full.
+fn twin_drift(db: &TestDb, twin: &str, view: &str) -> i64 {
+    db.execute(&format!("REFRESH MATERIALIZED VIEW {view}"));
+    db.scalar(&format!(
+        "SELECT count(*) FROM ((SELECT * FROM {twin} EXCEPT ALL SELECT * FROM {view}) \
+         UNION ALL (SELECT * FROM {view} EXCEPT ALL SELECT * FROM {twin})) d"
+    ))
+}
+
+#[test]
+fn twin_derives_the_platform_views_twin_which_stays_equal_to_the_view() {
+    let db = TestDb::platform("incremental_twin_platform");
+    let out = db
+        .mvr()
+        .args(["twin", "user_activity_view", "--as", "user_activity_twin"])
+        .run();
+    out.code(0)
+        .stderr_has("public.user_activity_view: proven on")
+        .stderr_has("marker last_updated_timestamp (set by the application on each write");
+    assert!(
+        out.stdout
+            .starts_with("[[view]]\nname = \"user_activity_twin\""),
+        "{out}"
+    );
+    assert_eq!(out.stdout.matches("$changed(").count(), 3, "{out}");
+    assert_eq!(out.stdout.matches("[[view.changes]]").count(), 3, "{out}");
+
+    let registry = db.registry(&out.stdout);
+    db.mvr_with(&registry)
+        .arg("refresh")
+        .run()
+        .code(0)
+        .stdout_has("created and fully loaded");
+    assert_eq!(
+        twin_drift(&db, "user_activity_twin", "user_activity_view"),
+        0
+    );
+    // The application's writes, with the markers it sets.
+    db.execute(
+        "UPDATE bets_view SET stake = stake + 7, \
+             last_updated_timestamp = (extract(epoch FROM clock_timestamp()) * 1000)::bigint \
+         WHERE bet_id IN (SELECT bet_id FROM bets_view ORDER BY bet_id LIMIT 5); \
+         UPDATE user_balances_view SET balance = balance - 3, \
+             last_transaction_timestamp = (extract(epoch FROM clock_timestamp()) * 1000)::bigint \
+         WHERE user_id IN (SELECT user_id FROM user_balances_view ORDER BY user_id DESC LIMIT 5)",
+    );
+    db.mvr_with(&registry)
+        .arg("refresh")
+        .run()
+        .code(0)
+        .stdout_has("changed keys of 3 source(s)");
+    assert_eq!(
+        twin_drift(&db, "user_activity_twin", "user_activity_view"),
+        0
+    );
+
+    // What no key decomposes is refused, with the reason.
+    db.mvr()
+        .args(["twin", "top_bets_today"])
+        .run()
+        .code(1)
+        .stderr_has(
+            "public.top_bets_today: ORDER BY ... LIMIT 1000 keeps the top rows of the whole \
+             table; any row can enter or leave it",
+        );
+    db.mvr()
+        .args(["twin", "tenants_summary_view"])
+        .run()
+        .code(1)
+        .stderr_has("AS last_refreshed_at: now() in a column; in the twin each row would hold the time its key was last recomputed");
+    db.mvr()
+        .args(["twin", "no_such_view"])
+        .run()
+        .code(2)
+        .stderr_has("no_such_view: no materialized view of that name");
+}
+
+#[test]
+fn twin_on_the_seeds_databases_names_the_index_a_marker_needs_then_derives_the_twin() {
+    use common::Seeds;
+    for seeds in Seeds::BOTH {
+        let db = TestDb::seeds(seeds, &format!("incremental_twin_{seeds:?}").to_lowercase());
+        // The seeds index no marker: each source's is named with its index.
+        let out = db.mvr().args(["twin", "user_activity_view"]).run();
+        out.code(1)
+            .stderr_has("has no usable marker: last_")
+            .stderr_has("marks its changes but no index starts with it");
+        let hint = out.log_line_with("CREATE INDEX ON");
+        assert!(hint.contains("(CREATE INDEX ON public."), "{hint}");
+        for table in ["bets_view", "payments_view"] {
+            db.execute(&format!("CREATE INDEX ON {table} (last_updated_timestamp)"));
+        }
+        let marker = match seeds {
+            Seeds::S000 => "last_updated_timestamp",
+            Seeds::S001 => "last_transaction_timestamp",
+        };
+        db.execute(&format!("CREATE INDEX ON user_balances_view ({marker})"));
+        let out = db.mvr().args(["twin", "user_activity_view"]).run();
+        out.code(0).stderr_has("proven on");
+        let registry = db.registry(&out.stdout);
+        db.mvr_with(&registry).arg("refresh").run().code(0);
+        db.execute(
+            "UPDATE bets_view SET payout = coalesce(payout, 0) + 1, \
+                 last_updated_timestamp = (extract(epoch FROM clock_timestamp()) * 1000)::bigint \
+             WHERE bet_id IN (SELECT bet_id FROM bets_view ORDER BY bet_id LIMIT 3)",
+        );
+        db.mvr_with(&registry)
+            .arg("refresh")
+            .run()
+            .code(0)
+            .stdout_has("changed keys");
+        assert_eq!(
+            twin_drift(&db, "user_activity", "user_activity_view"),
+            0,
+            "{seeds:?}"
+        );
+    }
+}

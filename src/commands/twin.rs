@@ -13,7 +13,7 @@ use crate::db::DbTarget;
 use crate::error::{Error, Exit};
 use crate::incremental::derive::{self, Derived};
 use crate::incremental::proof::{self, Verdict};
-use crate::quote::quote_ident;
+use crate::quote::display_ident;
 use crate::refresh_log::RefreshLog;
 use crate::registry::Registry;
 
@@ -247,7 +247,11 @@ async fn marker(
         t if t.starts_with("timestamp") || t == "date" => Some("\"1min\"".to_owned()),
         _ => Some("60000".to_owned()),
     };
-    let short = qualified.rsplit('.').next().unwrap_or(&qualified).to_owned();
+    let short = qualified
+        .rsplit('.')
+        .next()
+        .unwrap_or(&qualified)
+        .to_owned();
     if let Some(column) = given.iter().find_map(|m| {
         let (t, c) = m.rsplit_once('.')?;
         (t == table || t == qualified || t == short).then_some(c)
@@ -274,7 +278,10 @@ async fn marker(
         n if n.ends_with("_updated_at") => 2,
         _ => 3,
     };
-    let mut named: Vec<&Column> = columns.iter().filter(|c| set_by_application(&c.name)).collect();
+    let mut named: Vec<&Column> = columns
+        .iter()
+        .filter(|c| set_by_application(&c.name))
+        .collect();
     named.sort_by_key(|c| rank(&c.name));
     if let Some(c) = named.iter().find(|c| c.indexed) {
         return Ok(Ok(Marker {
@@ -309,7 +316,7 @@ async fn marker(
              with it, so every cycle would read the whole table \
              (CREATE INDEX ON {qualified} ({}); or --marker {short}.COLUMN)",
             c.name,
-            quote_ident(&c.name)
+            display_ident(&c.name)
         ),
         None => format!(
             "source {qualified} has no column that marks its changes (last_updated_*, \
@@ -320,13 +327,21 @@ async fn marker(
 }
 
 /// The registry entry, as TOML.
-fn entry(name: &str, key: &[String], derived: &Derived, changes: &[(&derive::Source, Marker)]) -> String {
+fn entry(
+    name: &str,
+    key: &[String],
+    derived: &Derived,
+    changes: &[(&derive::Source, Marker)],
+) -> String {
     let string = |s: &str| toml::Value::String(s.to_owned()).to_string();
     let list = |items: &[String]| {
         let items: Vec<String> = items.iter().map(|s| string(s)).collect();
         format!("[{}]", items.join(", "))
     };
-    let query = derived.query.replace('\\', "\\\\").replace("\"\"\"", "\"\"\\\"");
+    let query = derived
+        .query
+        .replace('\\', "\\\\")
+        .replace("\"\"\"", "\"\"\\\"");
     let mut toml = format!(
         "[[view]]\nname = {}\nkey = {}\nquery = \"\"\"\n{}\n\"\"\"\n",
         string(name),

@@ -18,8 +18,7 @@ use std::collections::HashMap;
 
 use pg_query::NodeRef;
 use pg_query::protobuf::{
-    self, AExpr, BoolExpr, ColumnRef, FuncCall, Node, ResTarget, SelectStmt,
-    node::Node as N,
+    self, AExpr, BoolExpr, ColumnRef, FuncCall, Node, ResTarget, SelectStmt, node::Node as N,
 };
 
 /// What the twin reads: a table, as written in the query, with the key's
@@ -61,10 +60,13 @@ pub fn derive(definition: &str, key: &[String]) -> Result<Derived, String> {
     let mut sources = Vec::new();
     block(select, &exprs, &mut ctes, &mut sources)?;
     ctes.put_back(select);
-    let query = pg_query::deparse(&parsed.protobuf, pg_query::DeparseOptions {
-        pretty_print: true,
-        ..Default::default()
-    })
+    let query = pg_query::deparse(
+        &parsed.protobuf,
+        pg_query::DeparseOptions {
+            pretty_print: true,
+            ..Default::default()
+        },
+    )
     .map_err(|e| format!("cannot print the derived query: {e}"))?;
     Ok(Derived {
         query: query.replace("\"$changed\"(", "$changed("),
@@ -109,10 +111,12 @@ impl Ctes {
 
     fn find(&mut self, name: &str) -> Option<&mut SelectStmt> {
         self.list.iter_mut().find_map(|n| match n.node.as_mut() {
-            Some(N::CommonTableExpr(c)) if c.ctename == name => match c.ctequery.as_mut()?.node.as_mut() {
-                Some(N::SelectStmt(s)) => Some(s.as_mut()),
-                _ => None,
-            },
+            Some(N::CommonTableExpr(c)) if c.ctename == name => {
+                match c.ctequery.as_mut()?.node.as_mut() {
+                    Some(N::SelectStmt(s)) => Some(s.as_mut()),
+                    _ => None,
+                }
+            }
             _ => None,
         })
     }
@@ -185,10 +189,7 @@ fn block(
     }
     for expr in exprs {
         if !select.group_clause.is_empty() && !in_group_by(select, expr) {
-            return Err(format!(
-                "the key's {} is not in its GROUP BY",
-                text(expr)
-            ));
+            return Err(format!("the key's {} is not in its GROUP BY", text(expr)));
         }
     }
     for item in &items {
@@ -224,7 +225,12 @@ fn block(
 }
 
 /// Walks CTE `name` with the key expressions `exprs` (in its output terms).
-fn cte(name: &str, exprs: &[Node], ctes: &mut Ctes, sources: &mut Vec<Source>) -> Result<(), String> {
+fn cte(
+    name: &str,
+    exprs: &[Node],
+    ctes: &mut Ctes,
+    sources: &mut Vec<Source>,
+) -> Result<(), String> {
     let texts: Vec<String> = exprs.iter().map(text).collect();
     if let Some(known) = ctes.keyed.get(name) {
         if *known != texts {
@@ -318,7 +324,10 @@ fn collect_items(node: &Node, items: &mut Vec<Item>, subqueries: &mut usize) -> 
                 "" => r.relname.clone(),
                 schema => format!("{schema}.{}", r.relname),
             };
-            let alias = r.alias.as_ref().map_or(r.relname.clone(), |a| a.aliasname.clone());
+            let alias = r
+                .alias
+                .as_ref()
+                .map_or(r.relname.clone(), |a| a.aliasname.clone());
             items.push(Item {
                 alias,
                 kind: ItemKind::Table(table),
@@ -328,7 +337,11 @@ fn collect_items(node: &Node, items: &mut Vec<Item>, subqueries: &mut usize) -> 
             if s.lateral {
                 return Err("a LATERAL subquery: its rows depend on another item's".into());
             }
-            let alias = s.alias.as_ref().map(|a| a.aliasname.clone()).unwrap_or_default();
+            let alias = s
+                .alias
+                .as_ref()
+                .map(|a| a.aliasname.clone())
+                .unwrap_or_default();
             items.push(Item {
                 alias,
                 kind: ItemKind::Subquery(*subqueries),
@@ -379,7 +392,10 @@ fn subquery_mut(select: &mut SelectStmt, index: usize) -> Option<&mut SelectStmt
         }
     }
     let mut seen = 0;
-    select.from_clause.iter_mut().find_map(|n| walk(n, index, &mut seen))
+    select
+        .from_clause
+        .iter_mut()
+        .find_map(|n| walk(n, index, &mut seen))
 }
 
 /// Column references known equal: a join's `USING` columns and its `ON`
@@ -420,7 +436,10 @@ fn join_pairs(node: &Node, pairs: &mut Vec<(Col, Col)>) {
         // the unqualified name is the merged column.
         for l in &left {
             for r in &right {
-                pairs.push(((Some(l.clone()), name.clone()), (Some(r.clone()), name.clone())));
+                pairs.push((
+                    (Some(l.clone()), name.clone()),
+                    (Some(r.clone()), name.clone()),
+                ));
             }
             pairs.push(((Some(l.clone()), name.clone()), (None, name.clone())));
         }
@@ -506,7 +525,10 @@ fn replace_cols(node: &mut Node, with: &mut impl FnMut(&Col) -> Option<Col>) {
         }
         Some(N::FuncCall(f)) => f.args.iter_mut().for_each(|a| replace_cols(a, with)),
         Some(N::AExpr(e)) => {
-            for side in [e.lexpr.as_deref_mut(), e.rexpr.as_deref_mut()].into_iter().flatten() {
+            for side in [e.lexpr.as_deref_mut(), e.rexpr.as_deref_mut()]
+                .into_iter()
+                .flatten()
+            {
                 replace_cols(side, with);
             }
         }
@@ -564,7 +586,9 @@ fn group_position(select: &SelectStmt, g: &Node, e: &Node) -> bool {
     else {
         return false;
     };
-    t.val.as_deref().is_some_and(|v| text(v) == text(e) || bare_col(v) == bare_col(e))
+    t.val
+        .as_deref()
+        .is_some_and(|v| text(v) == text(e) || bare_col(v) == bare_col(e))
 }
 
 /// Refuses what no key decomposes, naming it.
@@ -577,13 +601,17 @@ fn refuse_shapes(select: &SelectStmt) -> Result<(), String> {
             true => String::new(),
             false => "ORDER BY ... ".into(),
         };
-        let limit = select.limit_count.as_deref().map_or("".into(), |l| format!(" {}", text(l)));
+        let limit = select
+            .limit_count
+            .as_deref()
+            .map_or("".into(), |l| format!(" {}", text(l)));
         return Err(format!(
             "{order}LIMIT{limit} keeps the top rows of the whole table; any row can enter or \
              leave it"
         ));
     }
-    if !select.distinct_clause.is_empty() && select.distinct_clause.iter().any(|d| d.node.is_some()) {
+    if !select.distinct_clause.is_empty() && select.distinct_clause.iter().any(|d| d.node.is_some())
+    {
         return Err("DISTINCT ON: which row is kept depends on rows of other keys".into());
     }
     for target in &select.target_list {
@@ -686,13 +714,25 @@ fn func_name(f: &FuncCall) -> String {
 
 fn has_aggregate(select: &SelectStmt) -> bool {
     const AGGREGATES: [&str; 12] = [
-        "count", "sum", "avg", "min", "max", "bool_and", "bool_or", "array_agg", "string_agg",
-        "jsonb_agg", "json_agg", "every",
+        "count",
+        "sum",
+        "avg",
+        "min",
+        "max",
+        "bool_and",
+        "bool_or",
+        "array_agg",
+        "string_agg",
+        "jsonb_agg",
+        "json_agg",
+        "every",
     ];
-    select_nodes(select).iter().any(|(node, _, _, _)| match node {
-        NodeRef::FuncCall(f) => f.agg_star || AGGREGATES.contains(&func_name(f).as_str()),
-        _ => false,
-    })
+    select_nodes(select)
+        .iter()
+        .any(|(node, _, _, _)| match node {
+            NodeRef::FuncCall(f) => f.agg_star || AGGREGATES.contains(&func_name(f).as_str()),
+            _ => false,
+        })
 }
 
 /// Appends `$changed(exprs)` to the block's `WHERE`.
@@ -771,7 +811,9 @@ mod tests {
             .collect();
         assert_eq!(changed.len(), 3, "{}", derived.query);
         assert!(
-            derived.query.contains("$changed(ub.tenant_id, ub.user_id::varchar)"),
+            derived
+                .query
+                .contains("$changed(ub.tenant_id, ub.user_id::varchar)"),
             "{}",
             derived.query
         );
@@ -801,14 +843,21 @@ mod tests {
             derive(top, &key(&["tenant_id", "bet_id"])).unwrap_err(),
             "ORDER BY ... LIMIT 1000 keeps the top rows of the whole table; any row can enter or leave it"
         );
-        let stamped = "SELECT t.id AS tenant_id, now()::timestamp AS last_refreshed_at FROM tenants t";
+        let stamped =
+            "SELECT t.id AS tenant_id, now()::timestamp AS last_refreshed_at FROM tenants t";
         let err = derive(stamped, &key(&["tenant_id"])).unwrap_err();
-        assert!(err.starts_with("now()::timestamp AS last_refreshed_at: now() in a column"), "{err}");
+        assert!(
+            err.starts_with("now()::timestamp AS last_refreshed_at: now() in a column"),
+            "{err}"
+        );
         let coarse = "SELECT u.tenant_id, u.user_id, t.total FROM users u \
                       JOIN (SELECT tenant_id, sum(amount) AS total FROM bets GROUP BY tenant_id) t \
                       ON t.tenant_id = u.tenant_id";
         let err = derive(coarse, &key(&["tenant_id", "user_id"])).unwrap_err();
-        assert!(err.starts_with("t is joined by something other than the key"), "{err}");
+        assert!(
+            err.starts_with("t is joined by something other than the key"),
+            "{err}"
+        );
         let ranked = "SELECT user_id, rank() OVER (ORDER BY total) AS r FROM totals";
         let err = derive(ranked, &key(&["user_id"])).unwrap_err();
         assert!(err.starts_with("the window function rank"), "{err}");
