@@ -74,6 +74,11 @@ pub(super) async fn twin(
     }
     let name = options.name.clone().unwrap_or_else(|| twin_name(&view));
     let toml = entry(&name, &key, &derived, &changes);
+    eprintln!(
+        "{}: rows whose key ({}) holds a NULL are left out: the twin's key is its primary key",
+        view.name,
+        key.join(", ")
+    );
     for (source, marker) in &changes {
         eprintln!(
             "{}: source {} keyed by ({}), marker {} ({})",
@@ -203,7 +208,8 @@ async fn marker(
 ) -> Result<Result<Marker, String>, tokio_postgres::Error> {
     let rows = client
         .query_typed(
-            "SELECT n.nspname || '.' || c.relname, a.attname::text, \
+            "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname), \
+                 a.attname::text, \
                  pg_catalog.format_type(a.atttypid, a.atttypmod), \
                  coalesce(pg_catalog.pg_get_expr(d.adbin, d.adrelid), ''), a.attidentity::text, \
                  EXISTS (SELECT FROM pg_catalog.pg_index i \

@@ -17,6 +17,8 @@
 use std::collections::HashMap;
 
 use pg_query::NodeRef;
+
+use crate::quote::display_ident;
 use pg_query::protobuf::{
     self, AExpr, BoolExpr, ColumnRef, FuncCall, Node, ResTarget, SelectStmt, node::Node as N,
 };
@@ -59,6 +61,11 @@ pub fn derive(definition: &str, key: &[String]) -> Result<Derived, String> {
         .collect::<Result<Vec<_>, _>>()?;
     let mut sources = Vec::new();
     block(select, &exprs, &mut ctes, &mut sources)?;
+    // The twin's key is its primary key: a row whose key holds a NULL has
+    // no place in it (and no `$changed` ever matches one).
+    for expr in &exprs {
+        add_condition(select, not_null(expr));
+    }
     ctes.put_back(select);
     let query = pg_query::deparse(
         &parsed.protobuf,
@@ -206,10 +213,12 @@ fn block(
             ));
         };
         match &item.kind {
-            ItemKind::Table(table) if ctes.find(table).is_some() => {
-                cte(table, &in_item, ctes, sources)?;
+            ItemKind::Table {
+                cte: Some(name), ..
+            } if ctes.find(name).is_some() => {
+                cte(name, &in_item, ctes, sources)?;
             }
-            ItemKind::Table(table) => add_source(sources, table, &in_item)?,
+            ItemKind::Table { name, .. } => add_source(sources, name, &in_item)?,
             ItemKind::Subquery(index) => {
                 let sub = subquery_mut(select, *index).expect("found before");
                 let inner = in_item
@@ -299,8 +308,9 @@ struct Item {
 }
 
 enum ItemKind {
-    /// A table, view or CTE, by its (qualified) name.
-    Table(String),
+    /// A table or view, by its name as SQL (quoted where needed), or a CTE:
+    /// `cte` is the name a CTE of the query would have, when unqualified.
+    Table { cte: Option<String>, name: String },
     /// A subquery: its index among the block's subqueries, in order.
     Subquery(usize),
 }
@@ -320,18 +330,21 @@ fn from_items(select: &SelectStmt) -> Result<Vec<Item>, String> {
 fn collect_items(node: &Node, items: &mut Vec<Item>, subqueries: &mut usize) -> Result<(), String> {
     match node.node.as_ref() {
         Some(N::RangeVar(r)) => {
-            let table = match r.schemaname.as_str() {
-                "" => r.relname.clone(),
-                schema => format!("{schema}.{}", r.relname),
-            };
             let alias = r
                 .alias
                 .as_ref()
                 .map_or(r.relname.clone(), |a| a.aliasname.clone());
-            items.push(Item {
-                alias,
-                kind: ItemKind::Table(table),
-            });
+            let kind = match r.schemaname.as_str() {
+                "" => ItemKind::Table {
+                    cte: Some(r.relname.clone()),
+                    name: display_ident(&r.relname),
+                },
+                schema => ItemKind::Table {
+                    cte: None,
+                    name: format!("{}.{}", display_ident(schema), display_ident(&r.relname)),
+                },
+            };
+            items.push(Item { alias, kind });
         }
         Some(N::RangeSubselect(s)) => {
             if s.lateral {
@@ -746,6 +759,23 @@ fn add_changed(select: &mut SelectStmt, exprs: &[Node]) {
             ..Default::default()
         }))),
     };
+    add_condition(select, call);
+}
+
+/// `expr IS NOT NULL`.
+fn not_null(expr: &Node) -> Node {
+    Node {
+        node: Some(N::NullTest(Box::new(protobuf::NullTest {
+            arg: Some(Box::new(expr.clone())),
+            nulltesttype: protobuf::NullTestType::IsNotNull as i32,
+            location: -1,
+            ..Default::default()
+        }))),
+    }
+}
+
+/// Appends `condition` to the block's `WHERE` with `AND`.
+fn add_condition(select: &mut SelectStmt, call: Node) {
     select.where_clause = Some(Box::new(match select.where_clause.take() {
         None => call,
         Some(old) => Node {
