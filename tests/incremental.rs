@@ -2206,7 +2206,7 @@ fn twins_derived_from_generated_views_stay_equal_to_them_through_random_writes()
         // One round of writes: inserts (a tenth with a NULL k2), updates of
         // values (a key never changes: that is a delete for the old key,
         // left to the full reconcile), new driving rows.
-        let mut writes = |rng: &mut fastrand::Rng| {
+        let writes = |rng: &mut fastrand::Rng| {
             let key = |rng: &mut fastrand::Rng| match rng.u8(0..10) {
                 0 => format!("{}, NULL", rng.u8(1..4)),
                 _ => format!("{}, {}", rng.u8(1..4), rng.u8(1..7)),
