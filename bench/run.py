@@ -28,6 +28,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from itertools import count
@@ -248,6 +249,17 @@ class Bench:
                             f"WHERE run_id = '{run_id}' AND status = 'success'").strip().split("|", 4)
         return float(row[0]), {"keys": int(row[1]), "rows": int(row[2]), "replaced": int(row[3]), "note": row[4]}
 
+    def derive_twin(self, db, view, name):
+        """`mv-refresher twin VIEW --as NAME`, proven, as a registry file."""
+        env = {"DATABASE_URL": self.cluster.url(db), "RUST_LOG": "warn"}
+        out = subprocess.run([str(self.binary), "twin", view, "--as", name], env=env,
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"mv-refresher twin {view} failed: {out.stderr}")
+        path = Path(tempfile.gettempdir()) / f"mv-refresher-bench-{db}-{name}.toml"
+        path.write_text(out.stdout)
+        return str(path)
+
     def change_users(self, db, share, seed):
         """One bet of about `share` of the users changes (as the application
         changes it: the marker moves); returns how many users."""
@@ -278,7 +290,13 @@ class Bench:
                       "ALTER MATERIALIZED VIEW user_activity_view SET (autovacuum_enabled = off)")
         self.cycle(db, "user_activity")  # the first, full load
         self.cycle(db, "user_activity")
-        s = {k: [] for k in ("inc", "conc", "none", "keys", "users", "dead_inc", "dead_conc", "replaced")}
+        # The twin `mv-refresher twin` derives from user_activity_view, beside
+        # the hand-written one.
+        derived = self.derive_twin(db, "user_activity_view", "user_activity_derived")
+        self.cycle(db, "user_activity_derived", "--registry", derived)
+        self.cycle(db, "user_activity_derived", "--registry", derived)
+        s = {k: [] for k in ("inc", "conc", "none", "keys", "users", "dead_inc", "dead_conc", "replaced",
+                             "derived", "derived_none")}
         for rep in range(self.args.reps):
             s["users"].append(self.change_users(db, 0.01, rep))
             dead = self.dead_rows(db, "user_activity")
@@ -287,10 +305,12 @@ class Bench:
             s["keys"].append(counts["keys"])
             s["replaced"].append(counts["replaced"])
             s["dead_inc"].append(self.dead_rows(db, "user_activity") - dead)
+            s["derived"].append(self.cycle(db, "user_activity_derived", "--registry", derived)[0])
             dead = self.dead_rows(db, "user_activity_view")
             s["conc"].append(self.cycle(db, "user_activity_view")[0])
             s["dead_conc"].append(self.dead_rows(db, "user_activity_view") - dead)
             s["none"].append(self.cycle(db, "user_activity")[0])
+            s["derived_none"].append(self.cycle(db, "user_activity_derived", "--registry", derived)[0])
         r = {k: median(v) for k, v in s.items()}
         full = self.scenarios(db, users, tenants, {
             "full": lambda: self.cycle(db, "user_activity", "--full")[0],
@@ -301,7 +321,8 @@ class Bench:
         r.update(full)
         r.update(conc)
         print(f"   incremental: 1% {r['inc']:.3f} s ({r['keys']:.0f} keys), nothing {r['none']:.3f} s, "
-              f"full {r['full']['seconds']:.2f} s; concurrently {r['conc']:.2f} s", flush=True)
+              f"full {r['full']['seconds']:.2f} s; derived twin: 1% {r['derived']:.3f} s, "
+              f"nothing {r['derived_none']:.3f} s; concurrently {r['conc']:.2f} s", flush=True)
         return r
 
     def incremental_section(self):
@@ -326,6 +347,16 @@ class Bench:
             lines.append(f"| {bets:,} | {r['users']:.0f} | {r['keys']:.0f} | {c:.3f} | {r['inc']:.3f} | "
                          f"{r['inc'] / c:.3f} | {r['none']:.3f} | {r['none'] / c:.3f} | {loaded:.3f} | "
                          f"{r['full']['seconds']:.3f} | {r['full']['seconds'] / loaded:.2f} |")
+        lines += ["", "The twin `mv-refresher twin user_activity_view --as user_activity_derived` derives "
+                  "(README: Incremental views), in the same repetitions, beside the hand-written one:", "",
+                  "| bets | CONCURRENTLY (s) | hand-written, 1% (s) | ratio | derived, 1% (s) | ratio | "
+                  "hand-written, nothing (s) | ratio | derived, nothing (s) | ratio |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for bets, r in rows.items():
+            c = r["conc"]
+            lines.append(f"| {bets:,} | {c:.3f} | {r['inc']:.3f} | {r['inc'] / c:.3f} | {r['derived']:.3f} | "
+                         f"{r['derived'] / c:.3f} | {r['none']:.3f} | {r['none'] / c:.3f} | "
+                         f"{r['derived_none']:.3f} | {r['derived_none'] / c:.3f} |")
         lines += ["", "The full reconcile and its ratio are measured under the load, beside a concurrent "
                   "refresh under the same load.", "",
                   "Rows left dead by one cycle with 1% of the users changed (`pg_stat_get_dead_tuples`, "
