@@ -750,6 +750,54 @@ marker = "m"
 }
 
 #[test]
+fn check_proves_each_sources_key_against_the_query_without_its_newest_rows() {
+    let db = TestDb::empty("incremental_proof_sources");
+    db.execute(SCHEMA);
+    db.execute(
+        "INSERT INTO payments (tenant_id, user_id, amount, ts) \
+         SELECT 1 + g % 3, g, g * 10, g FROM generate_series(1, 60, 2) g",
+    );
+    // The right keys: nothing to say.
+    db.mvr_with(&db.registry(REGISTRY))
+        .arg("check")
+        .run()
+        .code(0)
+        .never_shows("without its newest rows");
+
+    // A source key on the wrong columns: the payments' id for the user.
+    let wrong = REGISTRY.replacen(
+        "table = \"payments\"\nkey = [\"tenant_id\", \"user_id\"]",
+        "table = \"payments\"\nkey = [\"tenant_id\", \"id\"]",
+        1,
+    );
+    assert_ne!(wrong, REGISTRY);
+    db.mvr_with(&db.registry(&wrong))
+        .arg("check")
+        .run()
+        .code(1)
+        .stdout_has("public.user_totals: source public.payments: without its newest rows the query's rows of key (")
+        .stdout_has("which its key (tenant_id, id) does not give those rows");
+
+    // A tenant's total beside each of its users, with no $changed: at every
+    // moment equal to its query (the template's proof holds), but a
+    // payment changes every user of its tenant.
+    let tenant_total = REGISTRY.replacen(
+        "LEFT JOIN (SELECT tenant_id, user_id, sum(amount) AS total FROM payments\n           \
+         WHERE $changed(tenant_id, user_id) -- a comment with $changed(x)\n           \
+         GROUP BY 1, 2) p USING (tenant_id, user_id)",
+        "LEFT JOIN (SELECT tenant_id, sum(amount) AS total FROM payments GROUP BY 1) p USING (tenant_id)",
+        1,
+    );
+    assert_ne!(tenant_total, REGISTRY);
+    db.mvr_with(&db.registry(&tenant_total))
+        .arg("check")
+        .run()
+        .code(1)
+        .stdout_has("proof: public.user_totals: restricted to")
+        .stdout_has("source public.payments: without its newest rows the query's rows of key (");
+}
+
+#[test]
 fn check_says_when_a_template_could_not_be_proven_within_the_timeout() {
     let db = TestDb::empty("incremental_proof_timeout");
     db.execute(SCHEMA);

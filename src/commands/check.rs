@@ -98,8 +98,25 @@ async fn prove(
         ];
         crate::db::execute_each(client, &begin).await?;
         let verdict = proof::prove(client, spec, target).await;
+        // The sources' keys, where the template's proof finished.
+        let sources = match verdict {
+            Ok(Verdict::Unfinished) | Err(_) => Ok(Some(Vec::new())),
+            Ok(_) => proof::sources(client, spec, target).await,
+        };
         let _ = client.batch_execute("ROLLBACK").await;
         let name = step.view_name();
+        match sources? {
+            Some(unmapped) if !unmapped.is_empty() => unproven.push((
+                name.clone(),
+                unmapped.iter().map(|u| u.describe()).collect(),
+            )),
+            Some(_) => {}
+            None => outln!(
+                "\nwarning: {name}: its sources' keys could not be proven within {} \
+                 (statement_timeout): run `mv-refresher verify` after a few cycles",
+                crate::units::millis(timeout as f64)
+            ),
+        }
         match verdict? {
             Verdict::Proven { keys } => outln!(
                 "\nproof: {name}: restricted to {keys} keys (of its table, of its sources' newest \

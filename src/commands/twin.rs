@@ -108,7 +108,19 @@ pub(super) async fn twin(
         .await
         .map_err(db_err("proving the twin"))?;
     let verdict = proof::prove(&client, spec, found).await;
+    let sources = match verdict {
+        Ok(Verdict::Proven { .. }) => proof::sources(&client, spec, found).await,
+        _ => Ok(Some(Vec::new())),
+    };
     let _ = client.batch_execute("ROLLBACK").await;
+    if let Some(unmapped) = sources.map_err(db_err("proving the twin's sources"))?
+        && !unmapped.is_empty()
+    {
+        for u in &unmapped {
+            eprintln!("{}: {}", view.name, u.describe());
+        }
+        return refuse("the derived twin failed its proof".into());
+    }
     match verdict.map_err(db_err("proving the twin"))? {
         Verdict::Proven { keys } => eprintln!(
             "{}: proven on {keys} keys: restricted by its $changed, the query returns the full \

@@ -789,6 +789,66 @@ fn add_condition(select: &mut SelectStmt, call: Node) {
     }));
 }
 
+/// `sql` (a query) with every reference to the table `schema.name` read
+/// through `(SELECT * FROM schema.name WHERE condition)`, under the alias
+/// it had (or its name): the query as it would be without the rows that
+/// `condition` leaves out. Found in the parse tree, spliced into the text at
+/// the reference's tokens (the scanner's), so nothing else of the query
+/// changes. An unqualified reference is taken for the table when its name
+/// is the table's.
+pub fn without_rows(
+    sql: &str,
+    schema: &str,
+    name: &str,
+    condition: &str,
+) -> Result<String, String> {
+    let parsed = pg_query::parse(sql, 0).map_err(|e| format!("cannot parse: {e}"))?;
+    let tokens = pg_query::scan(sql)
+        .map_err(|e| format!("cannot scan: {e}"))?
+        .tokens;
+    let mut splices: Vec<(usize, usize, String)> = Vec::new();
+    for (node, _, _, _) in parsed.protobuf.nodes() {
+        let NodeRef::RangeVar(r) = node else {
+            continue;
+        };
+        if r.relname != name || !(r.schemaname.is_empty() || r.schemaname == schema) {
+            continue;
+        }
+        if !r.inh {
+            return Err(format!("ONLY {name}: not rewritten"));
+        }
+        let start = r.location as usize;
+        let mut i = tokens
+            .iter()
+            .position(|t| t.start as usize == start)
+            .ok_or("a table reference the scanner does not show")?;
+        // The name's tokens: `name`, `schema.name`, `catalog.schema.name`.
+        while tokens
+            .get(i + 1)
+            .is_some_and(|t| &sql[t.start as usize..t.end as usize] == ".")
+        {
+            i += 2;
+        }
+        let end = tokens.get(i).ok_or("a table reference cut short")?.end as usize;
+        let written = &sql[start..end];
+        let alias = match &r.alias {
+            Some(_) => String::new(),
+            None => format!(" AS {}", display_ident(&r.relname)),
+        };
+        splices.push((
+            start,
+            end,
+            format!("(SELECT * FROM {written} WHERE {condition}){alias}"),
+        ));
+    }
+    splices.sort_by_key(|s| std::cmp::Reverse(s.0));
+    let mut out = sql.to_owned();
+    for (start, end, with) in splices {
+        out.replace_range(start..end, &with);
+    }
+    Ok(out)
+}
+
 /// An expression as SQL.
 pub fn text(node: &Node) -> String {
     let select = SelectStmt {

@@ -158,6 +158,63 @@ pub async fn compare(
     })
 }
 
+/// A source whose rows change keys its `key` does not map them to.
+#[derive(Debug)]
+pub struct Unmapped {
+    /// The source, as the catalog names it.
+    pub source: String,
+    /// Its key expressions, as the registry gives them.
+    pub key: Vec<String>,
+    /// Some of the keys whose rows change, as `ROW(...)::text` prints them.
+    pub keys: Vec<String>,
+}
+
+impl Unmapped {
+    pub fn describe(&self) -> String {
+        format!(
+            "source {}: without its newest rows the query's rows of key {} change, which its key \
+             ({}) does not give those rows: is the key mapped to the wrong columns, or does a \
+             block total more than the view's key?",
+            self.source,
+            self.keys.join(", "),
+            self.key.join(", ")
+        )
+    }
+}
+
+/// The proof of the sources' keys: for each source, the full query with and
+/// without its newest rows (by marker), in one statement; the keys whose
+/// rows differ must be those the source's `key` gives the rows left out. A
+/// source key on the wrong columns, or a block that totals more than the
+/// key (a tenant's sum beside each user) with no `$changed`, changes other
+/// keys' rows: a cycle would recompute too few. `Ok(None)`: the statement
+/// timeout ended it.
+pub async fn sources(
+    client: &Client,
+    spec: &Incremental,
+    target: &Target,
+) -> Result<Option<Vec<Unmapped>>, tokio_postgres::Error> {
+    let statements = Statements { spec, target };
+    let mut unmapped = Vec::new();
+    for source in &target.sources {
+        let Some(sql) = statements.without_newest(source, SAMPLE) else {
+            continue;
+        };
+        let rows = match client.query_typed(&sql, &[]).await {
+            Err(err) if err.code() == Some(&SqlState::QUERY_CANCELED) => return Ok(None),
+            rows => rows?,
+        };
+        if !rows.is_empty() {
+            unmapped.push(Unmapped {
+                source: source.relation.to_string(),
+                key: source.spec.key.clone(),
+                keys: rows.iter().map(|r| r.get(0)).collect(),
+            });
+        }
+    }
+    Ok(Some(unmapped))
+}
+
 /// A key no row has, one value per key column by its type: an integer or
 /// number far below any id, a string no application writes. `None` when a
 /// key column's type has no such value here.

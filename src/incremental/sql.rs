@@ -392,6 +392,55 @@ impl Statements<'_> {
         )
     }
 
+    /// The keys whose rows differ between the full query and the full query
+    /// without `source`'s `n` newest rows (by marker, ties included), less
+    /// the keys the source's `key` gives those rows: 5 at most, as text.
+    /// `None` where the query cannot be rewritten.
+    pub fn without_newest(&self, source: &SourcePlan, n: usize) -> Option<String> {
+        let m = quote_ident(&source.spec.marker);
+        let table = source.relation.quoted();
+        let threshold = format!("({m} >= (SELECT t FROM mv_refresher_threshold))");
+        let full = self.spec.query.full();
+        let without = super::derive::without_rows(
+            &full,
+            &source.relation.schema,
+            &source.relation.name,
+            &format!("{threshold} IS NOT TRUE"),
+        )
+        .ok()?;
+        let types: Vec<&str> = self.target.key_types(self.spec).collect();
+        let mapped: Vec<String> = source
+            .spec
+            .key
+            .iter()
+            .zip(&types)
+            .zip(&self.spec.key)
+            .map(|((e, ty), k)| format!("({e})::{ty} AS {}", quote_ident(k)))
+            .collect();
+        let k = self.keys("");
+        let nulls: Vec<String> = self
+            .spec
+            .key
+            .iter()
+            .map(|c| format!("{} IS NULL", quote_ident(c)))
+            .collect();
+        Some(format!(
+            "WITH mv_refresher_threshold AS MATERIALIZED (SELECT min(m) AS t FROM \
+                 (SELECT {m} AS m FROM {table} WHERE {m} IS NOT NULL ORDER BY {m} DESC LIMIT {n}) s), \
+             mv_refresher_mapped AS MATERIALIZED (SELECT {k} FROM \
+                 (SELECT {mapped} FROM {table} WHERE {threshold}) s WHERE NOT ({nulls})), \
+             mv_refresher_with AS MATERIALIZED ({full}\n), \
+             mv_refresher_without AS MATERIALIZED ({without}\n), \
+             mv_refresher_d AS ((SELECT * FROM mv_refresher_with EXCEPT ALL SELECT * FROM mv_refresher_without) \
+                 UNION ALL (SELECT * FROM mv_refresher_without EXCEPT ALL SELECT * FROM mv_refresher_with)) \
+             SELECT DISTINCT ROW({k})::text FROM mv_refresher_d \
+             WHERE NOT ({nulls}) AND ({k}) NOT IN (SELECT {k} FROM mv_refresher_mapped) \
+             ORDER BY 1 LIMIT 5",
+            mapped = mapped.join(", "),
+            nulls = nulls.join(" OR "),
+        ))
+    }
+
     /// The names of the value columns whose images differ between the rows
     /// `left` and `right`, comma-separated (`''` when none do).
     pub fn columns_differing(&self, left: &str, right: &str) -> String {
