@@ -301,6 +301,19 @@ impl Statements<'_> {
         )
     }
 
+    /// `source`'s key expressions, each cast to the key column's type and
+    /// named after it.
+    fn keys_of(&self, source: &SourcePlan) -> Vec<String> {
+        source
+            .spec
+            .key
+            .iter()
+            .zip(self.target.key_types(self.spec))
+            .zip(&self.spec.key)
+            .map(|((e, ty), k)| format!("({e})::{ty} AS {}", quote_ident(k)))
+            .collect()
+    }
+
     /// Keys to prove the query with ([`Self::proof`]), as text, one row
     /// each with where it came from: up to `n` of the table's (when it
     /// exists), the keys of each source's `n` newest rows (by its marker),
@@ -322,16 +335,8 @@ impl Statements<'_> {
                 self.target.quoted
             ));
         }
-        let types: Vec<&str> = self.target.key_types(self.spec).collect();
         for source in &self.target.sources {
-            let exprs: Vec<String> = source
-                .spec
-                .key
-                .iter()
-                .zip(&types)
-                .zip(&self.spec.key)
-                .map(|((e, ty), k)| format!("({e})::{ty} AS {}", quote_ident(k)))
-                .collect();
+            let exprs = self.keys_of(source);
             let marker = quote_ident(&source.spec.marker);
             reads.push(format!(
                 "SELECT {origin}, {text} FROM (SELECT {} FROM {} WHERE {marker} IS NOT NULL \
@@ -408,15 +413,7 @@ impl Statements<'_> {
             &format!("{threshold} IS NOT TRUE"),
         )
         .ok()?;
-        let types: Vec<&str> = self.target.key_types(self.spec).collect();
-        let mapped: Vec<String> = source
-            .spec
-            .key
-            .iter()
-            .zip(&types)
-            .zip(&self.spec.key)
-            .map(|((e, ty), k)| format!("({e})::{ty} AS {}", quote_ident(k)))
-            .collect();
+        let mapped = self.keys_of(source);
         let k = self.keys("");
         let nulls: Vec<String> = self
             .spec
