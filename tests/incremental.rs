@@ -2241,6 +2241,10 @@ fn twins_derived_from_generated_views_stay_equal_to_them_through_random_writes()
         "SELECT a.k1, a.k2, count(*) AS n, max(b.w) AS w FROM \"Odd Schema\".a a \
          JOIN b ON b.k1 = a.k1 AND b.k2 = a.k2 GROUP BY a.k1, a.k2"
             .to_owned(),
+        // DISTINCT ON the key: each key's latest row.
+        "SELECT DISTINCT ON (k1, k2) k1, k2, \"Value\" AS latest FROM \"Odd Schema\".a \
+         ORDER BY k1, k2, id DESC"
+            .to_owned(),
         // The seeds' shape: two grouped subqueries beside the driving table.
         format!(
             "SELECT d.k1, d.k2, x.s, y.w FROM d LEFT JOIN ({grouped_a}) x ON x.k1 = d.k1 AND x.k2 = d.k2 \

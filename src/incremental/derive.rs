@@ -194,9 +194,28 @@ fn block(
                 .into(),
         );
     }
+    // DISTINCT ON keeps one row of each set of rows alike in its
+    // expressions: that set must not span keys.
+    let distinct_on: Vec<&Node> = select
+        .distinct_clause
+        .iter()
+        .filter(|d| d.node.is_some())
+        .collect();
     for expr in exprs {
         if !select.group_clause.is_empty() && !in_group_by(select, expr) {
             return Err(format!("the key's {} is not in its GROUP BY", text(expr)));
+        }
+        let bare = bare_col(expr);
+        if !distinct_on.is_empty()
+            && !distinct_on
+                .iter()
+                .any(|d| text(d) == text(expr) || (bare.is_some() && bare_col(d) == bare))
+        {
+            return Err(format!(
+                "DISTINCT ON keeps one row of rows that span keys: the key's {} is not among its \
+                 expressions",
+                text(expr)
+            ));
         }
     }
     for item in &items {
@@ -623,10 +642,6 @@ fn refuse_shapes(select: &SelectStmt) -> Result<(), String> {
              leave it"
         ));
     }
-    if !select.distinct_clause.is_empty() && select.distinct_clause.iter().any(|d| d.node.is_some())
-    {
-        return Err("DISTINCT ON: which row is kept depends on rows of other keys".into());
-    }
     for target in &select.target_list {
         let Some(N::ResTarget(t)) = &target.node else {
             continue;
@@ -946,6 +961,19 @@ mod tests {
         let err = derive(coarse, &key(&["tenant_id", "user_id"])).unwrap_err();
         assert!(
             err.starts_with("t is joined by something other than the key"),
+            "{err}"
+        );
+        let latest = "SELECT DISTINCT ON (b.user_id) b.user_id, b.bet_id FROM bets b \
+                      ORDER BY b.user_id, b.placed_at DESC";
+        let derived = derive(latest, &key(&["user_id"])).unwrap();
+        assert!(
+            derived.query.contains("$changed(b.user_id)"),
+            "{}",
+            derived.query
+        );
+        let err = derive(latest, &key(&["bet_id"])).unwrap_err();
+        assert!(
+            err.starts_with("DISTINCT ON keeps one row of rows that span keys"),
             "{err}"
         );
         let ranked = "SELECT user_id, rank() OVER (ORDER BY total) AS r FROM totals";
