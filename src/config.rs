@@ -47,7 +47,17 @@ pub enum CommandConfig {
     Verify {
         views: Vec<ViewSpec>,
     },
-    Twin(crate::commands::TwinOptions),
+    Twin(TwinConfig),
+}
+
+/// What `twin` was asked.
+#[derive(Debug, Clone)]
+pub struct TwinConfig {
+    pub view: String,
+    /// The twin's name (`--as`).
+    pub name: Option<String>,
+    /// `TABLE.COLUMN`: a source's marker where the catalog offers none.
+    pub markers: Vec<String>,
 }
 
 /// Options of every refresh cycle, `refresh` and `run` alike.
@@ -171,7 +181,7 @@ impl Config {
             Command::Verify(args) => CommandConfig::Verify {
                 views: incremental_views(&registry()?, &args.views)?,
             },
-            Command::Twin(args) => CommandConfig::Twin(crate::commands::TwinOptions {
+            Command::Twin(args) => CommandConfig::Twin(TwinConfig {
                 view: args.view.clone(),
                 name: args.name.clone(),
                 markers: args.marker.clone(),

@@ -13,8 +13,6 @@ mod status;
 mod twin;
 mod verify;
 
-pub use twin::TwinOptions;
-
 use crate::catalog;
 use crate::config::{CommandConfig, Config};
 use crate::db::DbTarget;

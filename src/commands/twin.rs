@@ -9,6 +9,7 @@
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 
+use crate::config::TwinConfig;
 use crate::db::DbTarget;
 use crate::error::{Error, Exit};
 use crate::incremental::derive::{self, Derived};
@@ -20,20 +21,10 @@ use crate::registry::Registry;
 /// How long the proof may take here.
 const PROOF_TIMEOUT_MS: u64 = 60_000;
 
-/// What `twin` was asked.
-#[derive(Debug, Clone)]
-pub struct TwinOptions {
-    pub view: String,
-    /// The twin's name (`--as`).
-    pub name: Option<String>,
-    /// `TABLE.COLUMN`: a source's marker where the catalog offers none.
-    pub markers: Vec<String>,
-}
-
 pub(super) async fn twin(
     target: &DbTarget,
     log: &RefreshLog,
-    options: &TwinOptions,
+    options: &TwinConfig,
 ) -> Result<Exit, Error> {
     let pool = target.pool(1);
     let client = target.connect(&pool).await?;
