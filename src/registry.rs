@@ -56,6 +56,10 @@ pub struct Incremental {
     /// Whether a missing table is created (and loaded); `false`: the view is
     /// skipped where its table does not exist.
     pub create: bool,
+    /// Columns whose value is the time (or a draw) of the cycle that wrote
+    /// the row (`now() AS last_refreshed_at`): written as computed, left out
+    /// when `verify` and the proofs compare rows, and named there.
+    pub volatile: Vec<String>,
 }
 
 impl Incremental {
@@ -376,6 +380,7 @@ struct RawTable {
     query_file: Option<Spanned<String>>,
     changes: Option<Vec<Spanned<RawChange>>>,
     create: Option<Spanned<bool>>,
+    volatile: Option<Spanned<Vec<String>>>,
 }
 
 /// One `[[view.changes]]` table.
@@ -464,6 +469,7 @@ impl Registry {
                             .map(Spanned::span),
                     ),
                     ("create", t.create.as_ref().map(Spanned::span)),
+                    ("volatile", t.volatile.as_ref().map(Spanned::span)),
                 ];
                 if let Some((key, span)) = view_only.into_iter().find(|(_, s)| s.is_some()) {
                     return Err(error_at(
@@ -613,7 +619,7 @@ fn incremental(
     let query = query_text(raw, dir)?;
     let (Some(key), Some((query, query_span))) = (&raw.key, query) else {
         return match (&raw.key, &raw.query, &raw.query_file, &raw.changes) {
-            (None, None, None, None) if raw.create.is_none() => Ok(None),
+            (None, None, None, None) if raw.create.is_none() && raw.volatile.is_none() => Ok(None),
             (Some(key), ..) => Err((
                 Some(key.span()),
                 "an incremental view needs \"query\" (or \"query_file\") beside \"key\"".into(),
@@ -649,11 +655,22 @@ fn incremental(
         .iter()
         .map(|change| source(change, key_columns.len()))
         .collect::<Result<_, _>>()?;
+    let volatile = match &raw.volatile {
+        Some(v) => identifiers("volatile", v)?,
+        None => Vec::new(),
+    };
+    if let Some(c) = volatile.iter().find(|c| key_columns.contains(c)) {
+        return Err((
+            raw.volatile.as_ref().map(Spanned::span),
+            format!("key \"volatile\": {c} is a key column, and a key is compared"),
+        ));
+    }
     Ok(Some(Incremental {
         key: key_columns,
         query: template,
         changes,
         create: raw.create.as_ref().is_none_or(|c| *c.get_ref()),
+        volatile,
     }))
 }
 

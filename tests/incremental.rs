@@ -798,6 +798,61 @@ fn check_proves_each_sources_key_against_the_query_without_its_newest_rows() {
 }
 
 #[test]
+fn a_column_declared_volatile_is_written_and_left_out_of_verify_and_the_proofs() {
+    let (db, _) = sums("incremental_volatile", "timestamptz", "\"1min\"");
+    db.execute("INSERT INTO s (k, v, m) SELECT g % 5, g, now() FROM generate_series(1, 50) g");
+    let stamped = |volatile: &str| {
+        format!(
+            r#"
+[[view]]
+name = "stamped"
+key = ["k"]
+{volatile}
+query = "SELECT k, sum(v) AS v, clock_timestamp() AS computed_at FROM s WHERE $changed(k) GROUP BY k"
+
+[[view.changes]]
+table = "s"
+key = ["k"]
+marker = "m"
+lag = "1min"
+"#
+        )
+    };
+    // Undeclared, the clock differs between any two reads: the proof fails.
+    db.mvr_with(&db.registry(&stamped("")))
+        .arg("check")
+        .run()
+        .code(1)
+        .stdout_has("differs (column computed_at)");
+    let declared = db.registry(&stamped("volatile = [\"computed_at\"]"));
+    db.mvr_with(&declared)
+        .arg("check")
+        .run()
+        .code(0)
+        .stdout_has("proof: public.stamped: restricted to");
+    db.mvr_with(&declared).arg("refresh").run().code(0);
+    let stamped_rows: i64 = db.scalar("SELECT count(computed_at) FROM stamped");
+    assert_eq!(stamped_rows, 5, "the column is written");
+    db.mvr_with(&declared)
+        .arg("verify")
+        .run()
+        .code(0)
+        .stdout_has("public.stamped: not compared (declared volatile): computed_at")
+        .stdout_has("public.stamped: equal to its query");
+    // A key is always compared; a column the query lacks is named.
+    db.mvr_with(&db.registry(&stamped("volatile = [\"k\"]")))
+        .arg("check")
+        .run()
+        .code(2)
+        .stderr_has("key \"volatile\": k is a key column");
+    db.mvr_with(&db.registry(&stamped("volatile = [\"nope\"]")))
+        .arg("check")
+        .run()
+        .code(1)
+        .stdout_has("declares column nope volatile, which its query does not return");
+}
+
+#[test]
 fn check_says_when_a_template_could_not_be_proven_within_the_timeout() {
     let db = TestDb::empty("incremental_proof_timeout");
     db.execute(SCHEMA);

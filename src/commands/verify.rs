@@ -58,7 +58,7 @@ pub(super) async fn verify(
         let rows = client.query_typed(&diff_sql(spec, found), &[]).await;
         let _ = client.batch_execute("ROLLBACK").await;
         let rows = rows.map_err(db_err("comparing a view with its query"))?;
-        differs |= report(step, &rows);
+        differs |= report(step, &spec.volatile, &rows);
     }
     Ok(match differs {
         true => Exit::ViewsFailed,
@@ -67,7 +67,14 @@ pub(super) async fn verify(
 }
 
 /// Prints one view's differences; whether there are any.
-fn report(step: &Step, rows: &[tokio_postgres::Row]) -> bool {
+fn report(step: &Step, volatile: &[String], rows: &[tokio_postgres::Row]) -> bool {
+    if !volatile.is_empty() {
+        outln!(
+            "{}: not compared (declared volatile): {}",
+            step.view_name(),
+            volatile.join(", ")
+        );
+    }
     let Some(first) = rows.first() else {
         outln!("{}: equal to its query", step.view_name());
         return false;
@@ -95,12 +102,7 @@ fn diff_sql(spec: &Incremental, target: &Target) -> String {
         .map(|c| quote_ident(&c.name))
         .collect();
     let keys: Vec<String> = spec.key.iter().map(|k| quote_ident(k)).collect();
-    let values: Vec<String> = target
-        .columns
-        .iter()
-        .filter(|c| !spec.key.contains(&c.name))
-        .map(|c| quote_ident(&c.name))
-        .collect();
+    let values = Statements { spec, target }.compared_values();
     format!(
         "WITH q AS MATERIALIZED ({query}), \
               t AS MATERIALIZED (SELECT {columns} FROM {table}), \

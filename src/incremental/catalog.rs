@@ -278,6 +278,17 @@ fn target(
     keys: &HashMap<u32, Vec<Vec<String>>>,
 ) -> Result<Target, String> {
     let spec = view.spec;
+    if let Some(c) = spec
+        .volatile
+        .iter()
+        .find(|v| !query_columns.iter().any(|c| &c.name == *v))
+    {
+        return Err(format!(
+            "declares column {} volatile, which its query does not return (it returns {})",
+            display_ident(c),
+            names(&query_columns)
+        ));
+    }
     for key in &spec.key {
         if !query_columns.iter().any(|c| &c.name == key) {
             return Err(format!(

@@ -725,7 +725,12 @@ fn refuse_volatile(t: &ResTarget) -> Result<(), String> {
             };
             return Err(format!(
                 "{named}: {name}() in a column; in the twin each row would hold {what} \
-                 (drop the column, or compute it when reading)"
+                 (drop the column, or compute it when reading; an entry written by hand may keep \
+                 it, declared volatile = [\"{}\"], and verify leaves it out)",
+                match t.name.as_str() {
+                    "" => "column".to_owned(),
+                    name => name.to_owned(),
+                }
             ));
         }
     }

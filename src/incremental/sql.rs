@@ -71,6 +71,17 @@ impl Statements<'_> {
             .collect()
     }
 
+    /// The value columns rows are compared by when proven or verified: all
+    /// but those declared volatile (quoted).
+    pub fn compared_values(&self) -> Vec<String> {
+        self.target
+            .columns
+            .iter()
+            .filter(|c| !self.spec.key.contains(&c.name) && !self.spec.volatile.contains(&c.name))
+            .map(|c| quote_ident(&c.name))
+            .collect()
+    }
+
     /// Creates the table on the first refresh, empty, with the key as its
     /// primary key; the full load that follows fills it.
     pub fn create_table(&self) -> String {
@@ -393,7 +404,7 @@ impl Statements<'_> {
             restricted = self.rows_of_but(keys, open),
             full = self.spec.query.full(),
             qk = self.keys("q."),
-            differs = images_differ(&self.values(), "r", "w"),
+            differs = images_differ(&self.compared_values(), "r", "w"),
         )
     }
 
@@ -428,13 +439,20 @@ impl Statements<'_> {
                  (SELECT {mapped} FROM {table} WHERE {threshold}) s WHERE NOT ({nulls})), \
              mv_refresher_with AS MATERIALIZED ({full}\n), \
              mv_refresher_without AS MATERIALIZED ({without}\n), \
-             mv_refresher_d AS ((SELECT * FROM mv_refresher_with EXCEPT ALL SELECT * FROM mv_refresher_without) \
-                 UNION ALL (SELECT * FROM mv_refresher_without EXCEPT ALL SELECT * FROM mv_refresher_with)) \
+             mv_refresher_d AS ((SELECT {compared} FROM mv_refresher_with \
+                     EXCEPT ALL SELECT {compared} FROM mv_refresher_without) \
+                 UNION ALL (SELECT {compared} FROM mv_refresher_without \
+                     EXCEPT ALL SELECT {compared} FROM mv_refresher_with)) \
              SELECT DISTINCT ROW({k})::text FROM mv_refresher_d \
              WHERE NOT ({nulls}) AND ({k}) NOT IN (SELECT {k} FROM mv_refresher_mapped) \
              ORDER BY 1 LIMIT 5",
             mapped = mapped.join(", "),
             nulls = nulls.join(" OR "),
+            compared = [self.keys("")]
+                .into_iter()
+                .chain(self.compared_values())
+                .collect::<Vec<_>>()
+                .join(", "),
         ))
     }
 
@@ -445,7 +463,7 @@ impl Statements<'_> {
             .target
             .columns
             .iter()
-            .filter(|c| !self.spec.key.contains(&c.name))
+            .filter(|c| !self.spec.key.contains(&c.name) && !self.spec.volatile.contains(&c.name))
             .map(|column| {
                 format!(
                     "CASE WHEN {} THEN {} END",
