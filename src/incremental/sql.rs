@@ -100,8 +100,28 @@ impl Statements<'_> {
         )
     }
 
+    /// The keys the client read ([`Self::changed_keys_read`]), bound as text
+    /// arrays (`$1` .. one per key column), written to the table of changed
+    /// keys: the sources' changes are read once, however many keys.
+    pub fn changed_keys_bound(&self) -> String {
+        format!("INSERT INTO {CHANGED} {}", self.bound_keys())
+    }
+
+    /// The keys bound as text arrays, `$1` .. one per key column, as a query
+    /// of the key's columns in the key's types.
+    fn bound_keys(&self) -> String {
+        let arrays: Vec<String> = self
+            .target
+            .key_types(self.spec)
+            .enumerate()
+            .map(|(i, ty)| format!("${}::text[]::{ty}[]", i + 1))
+            .collect();
+        format!("SELECT * FROM unnest({})", arrays.join(", "))
+    }
+
     /// The same keys read by the client, as text, `limit` at most: few keys
-    /// need no temporary table ([`Self::apply_few`]).
+    /// need no temporary table ([`Self::apply_few`]), more are written to it
+    /// from the client ([`Self::changed_keys_bound`]).
     pub fn changed_keys_read(&self, sources: &[SourcePlan], seen: bool, limit: usize) -> String {
         let keys: Vec<String> = self
             .spec
@@ -227,13 +247,7 @@ impl Statements<'_> {
     /// how many of them are new) written. Returns one row: the twice
     /// returned key (or NULL), deleted, changed, new.
     pub fn apply_few(&self) -> String {
-        let arrays: Vec<String> = self
-            .target
-            .key_types(self.spec)
-            .enumerate()
-            .map(|(i, ty)| format!("${}::text[]::{ty}[]", i + 1))
-            .collect();
-        let keys = format!("SELECT * FROM unnest({})", arrays.join(", "));
+        let keys = self.bound_keys();
         let t = &self.target.quoted;
         let k = self.keys("");
         let first_key = format!("c.{}", quote_ident(&self.spec.key[0]));

@@ -51,6 +51,15 @@ const FULL_SHARE: f64 = 0.5;
 /// rows, and a fixed cost that dominates small changes).
 const FEW_KEYS: usize = 1000;
 
+/// Up to this many changed keys are read by the client once, and written to
+/// the temporary table from there when they are more than [`FEW_KEYS`]:
+/// reading the sources' changes again on the server would read each
+/// source's `lag` window twice a cycle (at 1,000 writes a second and a lag
+/// of a minute, 60,000 rows each time, as much as recomputing 2,000 keys).
+/// Past it, the keys are not held by the client: they are read again
+/// into the temporary table, a cost small beside recomputing that many.
+const CLIENT_KEYS: usize = 100_000;
+
 /// How often the wait for a source's writers looks again.
 const WRITER_POLL: Duration = Duration::from_millis(20);
 
@@ -517,18 +526,22 @@ impl Cycle<'_> {
                 .await?;
             watermarks.push(row.get::<_, Option<String>>(0));
         }
-        let few = match self.full || self.citus {
+        let read = match self.full || self.citus {
             true => None,
-            false => self.few_keys(xmax).await?,
+            false => self.read_keys(xmax).await?,
         };
-        if let Some(keys) = &few {
-            counts.keys = keys.first().map_or(0, |column| column.len() as i64);
+        let few = read.as_ref().filter(|keys| key_count(keys) <= FEW_KEYS);
+        if let Some(keys) = few {
+            counts.keys = key_count(keys) as i64;
             if counts.keys > 0 {
                 self.apply_few(keys, counts).await?;
             }
         } else {
             if !self.full {
-                counts.keys = self.changed_keys(xmax).await?;
+                counts.keys = match &read {
+                    Some(keys) => self.load_keys(keys).await?,
+                    None => self.changed_keys(xmax).await?,
+                };
                 switched = self.better_in_full(counts.keys).await?;
                 self.full = switched.is_some();
             }
@@ -740,16 +753,19 @@ impl Cycle<'_> {
     }
 
     /// The changed keys, one text array per key column, when there are no
-    /// more than [`FEW_KEYS`]; `None` when there are more.
-    async fn few_keys(&self, xmax: i64) -> Result<Option<Vec<Vec<String>>>, tokio_postgres::Error> {
+    /// more than [`CLIENT_KEYS`]; `None` when there are more.
+    async fn read_keys(
+        &self,
+        xmax: i64,
+    ) -> Result<Option<Vec<Vec<String>>>, tokio_postgres::Error> {
         let reads = self.key_reads(xmax);
         let sql = self.statements.changed_keys_read(
             &self.target.sources,
             reads.seen.is_some(),
-            FEW_KEYS + 1,
+            CLIENT_KEYS + 1,
         );
         let rows = self.client.query_typed(&sql, &reads.params()).await?;
-        if rows.len() > FEW_KEYS {
+        if rows.len() > CLIENT_KEYS {
             return Ok(None);
         }
         let columns = (0..self.statements.spec.key.len())
@@ -764,13 +780,9 @@ impl Cycle<'_> {
         keys: &[Vec<String>],
         counts: &mut Counts,
     ) -> Result<(), tokio_postgres::Error> {
-        let params: Vec<(&(dyn ToSql + Sync), Type)> = keys
-            .iter()
-            .map(|column| (column as &(dyn ToSql + Sync), Type::TEXT_ARRAY))
-            .collect();
         let row = self
             .client
-            .query_typed_one(&self.statements.apply_few(), &params)
+            .query_typed_one(&self.statements.apply_few(), &bound(keys))
             .await?;
         if let Some(key) = row.get::<_, Option<String>>(0) {
             return Err(twice(self.client, &key).await);
@@ -782,8 +794,19 @@ impl Cycle<'_> {
         Ok(())
     }
 
-    /// Collects the changed keys of every source into a temporary table;
+    /// Writes the changed keys the client read to a temporary table;
     /// returns how many.
+    async fn load_keys(&self, keys: &[Vec<String>]) -> Result<i64, tokio_postgres::Error> {
+        let client = self.client;
+        client
+            .batch_execute(&self.statements.changed_table())
+            .await?;
+        let sql = self.statements.changed_keys_bound();
+        Ok(client.execute_typed(&sql, &bound(keys)).await? as i64)
+    }
+
+    /// Collects the changed keys of every source into a temporary table, read
+    /// on the server; returns how many.
     async fn changed_keys(&self, xmax: i64) -> Result<i64, tokio_postgres::Error> {
         let client = self.client;
         client
@@ -901,6 +924,18 @@ impl Cycle<'_> {
             .await?;
         Ok(())
     }
+}
+
+/// How many keys `keys` (one text array per key column) holds.
+fn key_count(keys: &[Vec<String>]) -> usize {
+    keys.first().map_or(0, Vec::len)
+}
+
+/// `keys` (one text array per key column) as the parameters `$1` ...
+fn bound(keys: &[Vec<String>]) -> Vec<(&(dyn ToSql + Sync), Type)> {
+    keys.iter()
+        .map(|column| (column as &(dyn ToSql + Sync), Type::TEXT_ARRAY))
+        .collect()
 }
 
 /// The error of a query that returns `key` more than once.
