@@ -243,8 +243,9 @@ impl Statements<'_> {
     /// One statement that applies the changes of a few keys, bound as text
     /// arrays (`$1` .. one per key column), with no temporary table: the
     /// query's rows of those keys, a key it returns twice (then nothing is
-    /// written), the rows deleted, the rows that differ (their count, and
-    /// how many of them are new) written. Returns one row: the twice
+    /// written), the rows deleted (the keys the query no longer returns,
+    /// found without looking each key up in the table), the rows that
+    /// differ (their count, and how many of them are new) written. Returns one row: the twice
     /// returned key (or NULL), deleted, changed, new.
     pub fn apply_few(&self) -> String {
         let keys = self.bound_keys();
@@ -256,8 +257,8 @@ impl Statements<'_> {
             "WITH mv_refresher_result AS MATERIALIZED ({rows}), \
              mv_refresher_twice AS (SELECT ROW({k})::text AS key FROM mv_refresher_result \
                  GROUP BY {k} HAVING count(*) > 1 LIMIT 1), \
-             mv_refresher_gone AS (DELETE FROM {t} AS t WHERE ({tk}) IN ({keys}) \
-                 AND NOT EXISTS (SELECT FROM mv_refresher_result AS r WHERE {tr}) \
+             mv_refresher_gone AS (DELETE FROM {t} AS t \
+                 WHERE ({tk}) IN ({keys} EXCEPT SELECT {k} FROM mv_refresher_result) \
                  AND NOT EXISTS (SELECT FROM mv_refresher_twice) RETURNING 1), \
              mv_refresher_upsert AS MATERIALIZED (SELECT {rc}, {first_key} IS NULL AS mv_refresher_new \
                  FROM mv_refresher_result AS r LEFT JOIN {t} AS c ON {cr} \
@@ -271,7 +272,6 @@ impl Statements<'_> {
                     (SELECT count(*) FROM mv_refresher_written)",
             rows = self.rows_of(&keys),
             tk = self.keys("t."),
-            tr = self.keys_equal("r", "t"),
             rc = self.columns("r."),
             cr = self.keys_equal("c", "r"),
             upsert = self.upsert_from("mv_refresher_upsert"),
