@@ -54,6 +54,11 @@ const FULL_SHARE: f64 = 0.5;
 /// in the plan) and reads each source by its key's index at that size.
 const FEW_KEYS: usize = 5000;
 
+/// Fewer changed keys than this are never weighed against a full reconcile
+/// ([`Cycle::better_in_full`]): they do not pay for reading the table's
+/// size, and where they are half of it a full reconcile is small too.
+const FULL_MIN_KEYS: i64 = 1000;
+
 /// Up to this many changed keys are read by the client once, and written to
 /// the temporary table from there when they are more than [`FEW_KEYS`]:
 /// reading the sources' changes again on the server would read each
@@ -533,20 +538,27 @@ impl Cycle<'_> {
             true => None,
             false => self.read_keys(xmax).await?,
         };
-        let few = read.as_ref().filter(|keys| key_count(keys) <= FEW_KEYS);
+        if !self.full {
+            counts.keys = match &read {
+                Some(keys) => key_count(keys) as i64,
+                // More than the client holds, or on Citus: read on the server.
+                None => self.changed_keys(xmax).await?,
+            };
+            if counts.keys > FULL_MIN_KEYS {
+                switched = self.better_in_full(counts.keys).await?;
+                self.full = switched.is_some();
+            }
+        }
+        let few = read
+            .as_ref()
+            .filter(|keys| !self.full && key_count(keys) <= FEW_KEYS);
         if let Some(keys) = few {
-            counts.keys = key_count(keys) as i64;
             if counts.keys > 0 {
                 self.apply_few(keys, counts).await?;
             }
         } else {
-            if !self.full {
-                counts.keys = match &read {
-                    Some(keys) => self.load_keys(keys).await?,
-                    None => self.changed_keys(xmax).await?,
-                };
-                switched = self.better_in_full(counts.keys).await?;
-                self.full = switched.is_some();
+            if let Some(keys) = read.as_ref().filter(|_| !self.full) {
+                self.load_keys(keys).await?;
             }
             if self.full || counts.keys > 0 {
                 self.apply(counts).await?;
@@ -570,7 +582,7 @@ impl Cycle<'_> {
     /// up in the table; a full reconcile reads each source once and compares
     /// all rows by a hash join, and past that share it takes less time
     /// (docs/BENCHMARKS.md: "the share of users changed"). Asked only past
-    /// [`FEW_KEYS`] (fewer never pay for reading the size). A Citus
+    /// [`FULL_MIN_KEYS`]. A Citus
     /// coordinator does not know its distributed tables' rows: always the
     /// changed keys there.
     async fn better_in_full(&self, keys: i64) -> Result<Option<String>, tokio_postgres::Error> {
@@ -797,15 +809,15 @@ impl Cycle<'_> {
         Ok(())
     }
 
-    /// Writes the changed keys the client read to a temporary table;
-    /// returns how many.
-    async fn load_keys(&self, keys: &[Vec<String>]) -> Result<i64, tokio_postgres::Error> {
+    /// Writes the changed keys the client read to a temporary table.
+    async fn load_keys(&self, keys: &[Vec<String>]) -> Result<(), tokio_postgres::Error> {
         let client = self.client;
         client
             .batch_execute(&self.statements.changed_table())
             .await?;
         let sql = self.statements.changed_keys_bound();
-        Ok(client.execute_typed(&sql, &bound(keys)).await? as i64)
+        client.execute_typed(&sql, &bound(keys)).await?;
+        Ok(())
     }
 
     /// Collects the changed keys of every source into a temporary table, read
