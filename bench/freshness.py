@@ -52,6 +52,7 @@ WRITES_GOAL = 0.97  # writes achieved against the rate
 SETTLE_S = 1  # after the measured load started and the warm-up's stopped
 TAIL_S = 2  # the load outlives the window, so its backends are there at both ends
 LOAD_APPS = ("freshness-writer", "freshness-reader", "freshness-probe")
+SHAPES = ("user_activity", "user_activity_seeds")
 COLOURS = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f"]
 
 # The application's events, one statement each (the event and its projection
@@ -177,6 +178,17 @@ def add_arguments(parser):
     group.add_argument("--reads-per-second", type=int, default=200, help="readers' point reads")
     group.add_argument("--duration", type=int, default=90, help="seconds measured per scenario")
     group.add_argument("--cadences", default="10,2", help="`run` every N seconds, comma-separated")
+    group.add_argument("--shapes", default=",".join(SHAPES),
+                       help="the incremental views kept, comma-separated (of: " + ", ".join(SHAPES) + ")")
+    group.add_argument("--binaries", default="",
+                       help="LABEL=PATH,...: run each incremental scenario with each of these binaries in turn "
+                            "(the label in its name), to compare builds on one cluster; default: this build's")
+    group.add_argument("--repeat", type=int, default=1,
+                       help="run the incremental scenarios this many times (alternating --binaries)")
+    group.add_argument("--statements", action="store_true",
+                       help="profile: pg_stat_statements in the cluster, each scenario's statements by "
+                            "their time in the window, to OUT/freshness-statements.txt (it costs CPU itself: "
+                            "not for the report's numbers)")
 
 
 def run(args):
@@ -188,6 +200,8 @@ def run(args):
     started = time.perf_counter()
     bench = Bench(args)
     try:
+        if args.statements:
+            track_statements(bench)
         freshness = Freshness(bench, args, cadences)
         write_report(bench, args, freshness.run())
         shutil.rmtree(freshness.work)  # pgbench's logs, the registries (kept when it failed)
@@ -207,19 +221,31 @@ class Freshness:
         bindir = Path((bench.cluster.dir / "bindir").read_text().strip())
         self.pgbench = str(bindir / "pgbench") if (bindir / "pgbench").exists() else "pgbench"
         self.postmaster = int((bench.cluster.dir / "data/postmaster.pid").read_text().split()[0])
+        self.binaries = dict(b.split("=", 1) for b in args.binaries.split(",") if b) or {"": str(bench.binary)}
+        self.profiles = []
 
     def run(self):
         b = self.bench
         self.users, self.tenants, load_s = b.load_platform(self.db, self.args.freshness_scale)
         print(f"== freshness: {self.args.freshness_scale} bets loaded in {load_s:.1f} s", flush=True)
+        if self.args.statements:
+            b.psql(self.db, "CREATE EXTENSION pg_stat_statements")
         registries = self.registries()
         for registry in registries.values():
             self.mvr(registry, "refresh")  # the log tables, the first (full) load
         results = [self.scenario("nothing refreshed", "user_activity_view", refresh=False),
                    self.scenario("CONCURRENTLY back to back", "user_activity_view")]
-        for cadence in self.cadences:
-            for relation, registry in registries.items():
-                results.append(self.scenario(f"{relation}, run every {cadence} s", relation, cadence, registry))
+        for _ in range(self.args.repeat):
+            for cadence in self.cadences:
+                for relation, registry in registries.items():
+                    for label, binary in self.binaries.items():
+                        name = f"{relation}, run every {cadence} s" + (f" ({label})" if label else "")
+                        results.append(self.scenario(name, relation, cadence, registry, binary))
+        if self.args.statements:
+            out = Path(self.args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "freshness-statements.txt").write_text("\n\n".join(self.profiles) + "\n")
+            print(f"wrote {out / 'freshness-statements.txt'}", flush=True)
         return {"results": results, "users": self.users, "tenants": self.tenants, "load_s": load_s,
                 "min_warmup": self.min_warmup, "max_warmup": self.max_warmup}
 
@@ -231,14 +257,14 @@ class Freshness:
         seeds = {"name": "user_activity_seeds", "key": twin["key"], "create": True, "query": SEEDS_QUERY,
                  "changes": twin["changes"]}
         paths = {}
-        for view in (twin, seeds):
+        for view in [v for v in (twin, seeds) if v["name"] in self.args.shapes.split(",")]:
             path = self.work / f"{view['name']}.toml"
             path.write_text(registry_toml(default.get("defaults", {}), [view]))
             paths[view["name"]] = path
         return paths
 
-    def mvr(self, registry, *args):
-        out = subprocess.run([str(self.bench.binary), "--registry", str(registry), *args],
+    def mvr(self, registry, *args, binary=None):
+        out = subprocess.run([str(binary or self.bench.binary), "--registry", str(registry), *args],
                              env=self.mvr_env(), capture_output=True, text=True)
         if out.returncode != 0:
             raise RuntimeError(f"mv-refresher {' '.join(args)} failed: {out.stdout}\n{out.stderr}")
@@ -246,7 +272,7 @@ class Freshness:
     def mvr_env(self):
         return {"DATABASE_URL": self.url, "RUST_LOG": "warn", "PATH": os.environ["PATH"]}
 
-    def scenario(self, name, relation, cadence=None, registry=None, refresh=True):
+    def scenario(self, name, relation, cadence=None, registry=None, binary=None, refresh=True):
         """The relation caught up; the load started, and the relation refreshed
         (by `run` on `registry`, or the loop) beside it; once the relation shows
         a write of the load, a fresh pgbench takes over the load and the window
@@ -254,8 +280,8 @@ class Freshness:
         b, args = self.bench, self.args
         b.psql(self.db, "VACUUM ANALYZE")
         if registry:  # caught up with the scenarios before, in one full reconcile
-            self.mvr(registry, "refresh", "--full")
-            self.mvr(registry, "refresh")
+            self.mvr(registry, "refresh", "--full", binary=binary)
+            self.mvr(registry, "refresh", binary=binary)
         elif refresh:
             b.psql(self.db, f"REFRESH MATERIALIZED VIEW CONCURRENTLY {relation}")
         print(f"   {name} ...", flush=True)
@@ -271,7 +297,7 @@ class Freshness:
             time.sleep(1)  # the load runs before the relation is refreshed again
             refresher = loop = None
             if registry:
-                refresher = Refresher(self, registry, cadence, self.work / f"{tag}-run.log")
+                refresher = Refresher(self, registry, cadence, self.work / f"{tag}-run.log", binary)
                 stops.append(refresher.stop)
             elif refresh:
                 loop = Loop(self.url, relation)
@@ -291,9 +317,13 @@ class Freshness:
             stops.append(probe.close)
             t0, cpu0, load0, machine0 = time.time(), self.cluster_cpu(), probe.load_cpu(), machine_cpu()
             own0 = process_cpu(refresher.proc.pid) if refresher else 0.0
+            if args.statements:
+                b.psql(self.db, "SELECT pg_stat_statements_reset()")
             time.sleep(args.duration)
             t1, cpu1, load1, machine1 = time.time(), self.cluster_cpu(), probe.load_cpu(), machine_cpu()
             own1 = process_cpu(refresher.proc.pid) if refresher else 0.0
+            if args.statements:
+                self.profiles.append(self.statements(name, t1 - t0))
             for stop in reversed(stops):
                 if stop != load.stop:  # the load ends by itself
                     stop()
@@ -334,6 +364,20 @@ class Freshness:
               f"database CPU {r['cpu']:.1f} s/min ({r['cpu_rest']:.1f} beyond the load)", flush=True)
         return r
 
+    def statements(self, name, window):
+        """The statements that ran in the window, by their time (planning and
+        execution) a minute, the load's included."""
+        rows = self.bench.psql(self.db, f"""
+            SELECT round(((total_plan_time + total_exec_time) / 1000 * 60 / {window})::numeric, 2),
+                   round((total_plan_time / 1000 * 60 / {window})::numeric, 2), calls,
+                   round(((total_plan_time + total_exec_time) / nullif(calls, 0))::numeric, 2), rows,
+                   shared_blks_hit + shared_blks_read, temp_blks_written,
+                   left(regexp_replace(query, '\\s+', ' ', 'g'), 220)
+            FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+            ORDER BY total_plan_time + total_exec_time DESC LIMIT 25""")
+        head = f"== {name}: s/min (plan+exec) | plan s/min | calls | ms/call | rows | blocks | temp blocks | query"
+        return head + "\n" + rows.strip()
+
     def cycles(self, relation, t0, t1):
         """From the history: the incremental cycles that ended in the window,
         their median duration and keys; and the longest that ran in it, the
@@ -371,6 +415,15 @@ class Freshness:
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def track_statements(bench):
+    """pg_stat_statements loaded into the cluster (a restart), planning tracked."""
+    with open(bench.cluster.dir / "data/postgresql.conf", "a") as conf:
+        conf.write("shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track_planning = on\n")
+    script = str(ROOT / "scripts/pg-throwaway")
+    subprocess.run([script, "halt", str(bench.cluster.dir)], check=True, capture_output=True)
+    subprocess.run([script, "resume", str(bench.cluster.dir)], check=True, capture_output=True)
 
 
 def proc_stat(pid):
@@ -466,10 +519,10 @@ class Pgbench:
 class Refresher:
     """`mv-refresher run` on a registry, every `cadence` seconds."""
 
-    def __init__(self, freshness, registry, cadence, log):
+    def __init__(self, freshness, registry, cadence, log, binary=None):
         self.log = log
         with open(log, "w") as out:
-            self.proc = subprocess.Popen([str(freshness.bench.binary), "--registry", str(registry), "run",
+            self.proc = subprocess.Popen([str(binary or freshness.bench.binary), "--registry", str(registry), "run",
                                           "--schedule", f"*/{cadence} * * * * *", "--shutdown-grace", "1s"],
                                          env=freshness.mvr_env(), stdout=out, stderr=out)
 

@@ -62,7 +62,10 @@ def ensure_psycopg():
 
 
 def sh(*args, **kw):
-    return subprocess.run(args, check=True, text=True, capture_output=True, **kw).stdout
+    out = subprocess.run(args, text=True, capture_output=True, **kw)
+    if out.returncode != 0:
+        raise RuntimeError(f"{args[0]} failed ({out.returncode}): {out.stderr.strip()}")
+    return out.stdout
 
 
 def free_port():

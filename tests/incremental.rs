@@ -2018,9 +2018,15 @@ fn a_cycle_with_five_percent_of_the_keys_changed_reads_each_grouped_subquery_onc
 }
 
 #[test]
+fn a_cycle_with_five_percent_of_more_keys_changed_reads_each_grouped_subquery_once() {
+    // 2,800 keys: still one statement.
+    five_percent_of(40000, "incremental_five_percent_more_plan");
+}
+
+#[test]
 fn a_cycle_with_five_percent_of_many_keys_changed_reads_each_grouped_subquery_once() {
-    // 2,800 keys: in a temporary table.
-    five_percent_of(40000, "incremental_five_percent_many_plan");
+    // 7,000 keys: in a temporary table.
+    five_percent_of(100000, "incremental_five_percent_many_plan");
 }
 
 #[test]
@@ -2069,6 +2075,46 @@ fn a_cycle_of_a_grouped_query_reads_its_group_once() {
     assert!(
         rereads.is_empty(),
         "grouped subqueries re-read: {rereads:?}\n{plan:#}"
+    );
+    db.mvr_with(&registry).arg("verify").run().code(0);
+}
+
+#[test]
+fn a_cycle_with_more_keys_than_one_statement_applies_reads_the_sources_changes_once() {
+    // 6,000 of 16,000 keys changed: more than one statement applies (5,000;
+    // through a temporary table), fewer than a full reconcile would.
+    let db = TestDb::empty("incremental_changes_read_once");
+    db.execute(S_SCHEMA);
+    db.execute(
+        "INSERT INTO s (k, v) SELECT g % 16000, g FROM generate_series(1, 32000) g; ANALYZE s",
+    );
+    let registry = db.registry(S_REGISTRY);
+    db.mvr_with(&registry).arg("refresh").run().code(0);
+    settles(&db, &registry);
+    db.execute("UPDATE s SET v = v + 1, m = clock_timestamp() WHERE k < 6000 AND id <= 16000");
+    let plans = cycle_plans(&db, &registry, "iv");
+    let cycle = db.rows(
+        "SELECT note, keys_scanned::text FROM materialized_views_refresh_history \
+         WHERE view_name = 'public.iv' AND status = 'success' ORDER BY id DESC LIMIT 1",
+    );
+    assert_eq!(
+        cycle[0],
+        [
+            Some("changed keys of 1 source(s)".to_owned()),
+            Some("6000".to_owned())
+        ]
+    );
+    // The statements that read the source's window of changed rows.
+    let reads: Vec<&str> = plans
+        .iter()
+        .map(|(statement, _)| statement.as_str())
+        .filter(|statement| statement.contains("\"m\" > $3::text"))
+        .collect();
+    assert_eq!(
+        reads.len(),
+        1,
+        "the window read {} times: {reads:#?}",
+        reads.len()
     );
     db.mvr_with(&registry).arg("verify").run().code(0);
 }

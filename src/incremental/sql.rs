@@ -124,8 +124,28 @@ impl Statements<'_> {
         )
     }
 
+    /// The keys the client read ([`Self::changed_keys_read`]), bound as text
+    /// arrays (`$1` .. one per key column), written to the table of changed
+    /// keys: the sources' changes are read once, however many keys.
+    pub fn changed_keys_bound(&self) -> String {
+        format!("INSERT INTO {CHANGED} {}", self.bound_keys())
+    }
+
+    /// The keys bound as text arrays, `$1` .. one per key column, as a query
+    /// of the key's columns in the key's types.
+    fn bound_keys(&self) -> String {
+        let arrays: Vec<String> = self
+            .target
+            .key_types(self.spec)
+            .enumerate()
+            .map(|(i, ty)| format!("${}::text[]::{ty}[]", i + 1))
+            .collect();
+        format!("SELECT * FROM unnest({})", arrays.join(", "))
+    }
+
     /// The same keys read by the client, as text, `limit` at most: few keys
-    /// need no temporary table ([`Self::apply_few`]).
+    /// need no temporary table ([`Self::apply_few`]), more are written to it
+    /// from the client ([`Self::changed_keys_bound`]).
     pub fn changed_keys_read(&self, sources: &[SourcePlan], seen: &[Seen], limit: usize) -> String {
         let keys: Vec<String> = self
             .spec
@@ -271,17 +291,12 @@ impl Statements<'_> {
     /// One statement that applies the changes of a few keys, bound as text
     /// arrays (`$1` .. one per key column), with no temporary table: the
     /// query's rows of those keys, a key it returns twice (then nothing is
-    /// written), the rows deleted, the rows that differ (their count, and
-    /// how many of them are new) written. Returns one row: the twice
+    /// written), the rows deleted (the keys the query no longer returns,
+    /// found without looking each key up in the table), the rows that
+    /// differ (their count, and how many of them are new) written. Returns one row: the twice
     /// returned key (or NULL), deleted, changed, new.
     pub fn apply_few(&self) -> String {
-        let arrays: Vec<String> = self
-            .target
-            .key_types(self.spec)
-            .enumerate()
-            .map(|(i, ty)| format!("${}::text[]::{ty}[]", i + 1))
-            .collect();
-        let keys = format!("SELECT * FROM unnest({})", arrays.join(", "));
+        let keys = self.bound_keys();
         let t = &self.target.quoted;
         let k = self.keys("");
         let first_key = format!("c.{}", quote_ident(&self.spec.key[0]));
@@ -290,8 +305,8 @@ impl Statements<'_> {
             "WITH mv_refresher_result AS MATERIALIZED ({rows}), \
              mv_refresher_twice AS (SELECT ROW({k})::text AS key FROM mv_refresher_result \
                  GROUP BY {k} HAVING count(*) > 1 LIMIT 1), \
-             mv_refresher_gone AS (DELETE FROM {t} AS t WHERE ({tk}) IN ({keys}) \
-                 AND NOT EXISTS (SELECT FROM mv_refresher_result AS r WHERE {tr}) \
+             mv_refresher_gone AS (DELETE FROM {t} AS t \
+                 WHERE ({tk}) IN ({keys} EXCEPT SELECT {k} FROM mv_refresher_result) \
                  AND NOT EXISTS (SELECT FROM mv_refresher_twice) RETURNING 1), \
              mv_refresher_upsert AS MATERIALIZED (SELECT {rc}, {first_key} IS NULL AS mv_refresher_new \
                  FROM mv_refresher_result AS r LEFT JOIN {t} AS c ON {cr} \
@@ -305,7 +320,6 @@ impl Statements<'_> {
                     (SELECT count(*) FROM mv_refresher_written)",
             rows = self.rows_of(&keys),
             tk = self.keys("t."),
-            tr = self.keys_equal("r", "t"),
             rc = self.columns("r."),
             cr = self.keys_equal("c", "r"),
             upsert = self.upsert_from("mv_refresher_upsert"),

@@ -50,8 +50,25 @@ const FULL_SHARE: f64 = 0.5;
 /// Up to this many changed keys are read by the client and applied in one
 /// statement, with no temporary table: a cycle every few seconds would
 /// otherwise create and drop several, and analyze them, each time (catalog
-/// rows, and a fixed cost that dominates small changes).
-const FEW_KEYS: usize = 1000;
+/// rows, and a fixed cost that dominates small changes). Run every 2 s
+/// under 1,000 writes a second, a cycle has about 2,000 keys; the planner
+/// estimates the bound keys from their number (the arrays are constants
+/// in the plan) and reads each source by its key's index at that size.
+const FEW_KEYS: usize = 5000;
+
+/// Fewer changed keys than this are never weighed against a full reconcile
+/// ([`Cycle::better_in_full`]): they do not pay for reading the table's
+/// size, and where they are half of it a full reconcile is small too.
+const FULL_MIN_KEYS: i64 = 1000;
+
+/// Up to this many changed keys are read by the client once, and written to
+/// the temporary table from there when they are more than [`FEW_KEYS`]:
+/// reading the sources' changes again on the server would read each
+/// source's `lag` window twice a cycle (at 1,000 writes a second and a lag
+/// of a minute, 60,000 rows each time, as much as recomputing 2,000 keys).
+/// Past it, the keys are not held by the client: they are read again
+/// into the temporary table, a cost small beside recomputing that many.
+const CLIENT_KEYS: usize = 100_000;
 
 /// How often the wait for a source's writers looks again.
 const WRITER_POLL: Duration = Duration::from_millis(20);
@@ -557,20 +574,31 @@ impl Cycle<'_> {
                 .await?;
             watermarks.push(row.get::<_, Option<String>>(0));
         }
-        let few = match self.full || self.citus {
+        let read = match self.full || self.citus {
             true => None,
-            false => self.few_keys(xmax).await?,
+            false => self.read_keys(xmax).await?,
         };
-        if let Some(keys) = &few {
-            counts.keys = keys.first().map_or(0, |column| column.len() as i64);
+        if !self.full {
+            counts.keys = match &read {
+                Some(keys) => key_count(keys) as i64,
+                // More than the client holds, or on Citus: read on the server.
+                None => self.changed_keys(xmax).await?,
+            };
+            if counts.keys > FULL_MIN_KEYS {
+                switched = self.better_in_full(counts.keys).await?;
+                self.full = switched.is_some();
+            }
+        }
+        let few = read
+            .as_ref()
+            .filter(|keys| !self.full && key_count(keys) <= FEW_KEYS);
+        if let Some(keys) = few {
             if counts.keys > 0 {
                 self.apply_few(keys, counts).await?;
             }
         } else {
-            if !self.full {
-                counts.keys = self.changed_keys(xmax).await?;
-                switched = self.better_in_full(counts.keys).await?;
-                self.full = switched.is_some();
+            if let Some(keys) = read.as_ref().filter(|_| !self.full) {
+                self.load_keys(keys).await?;
             }
             if self.full || counts.keys > 0 {
                 self.apply(counts).await?;
@@ -615,7 +643,7 @@ impl Cycle<'_> {
     /// up in the table; a full reconcile reads each source once and compares
     /// all rows by a hash join, and past that share it takes less time
     /// (docs/BENCHMARKS.md: "the share of users changed"). Asked only past
-    /// [`FEW_KEYS`] (fewer never pay for reading the size). A Citus
+    /// [`FULL_MIN_KEYS`]. A Citus
     /// coordinator does not know its distributed tables' rows: always the
     /// changed keys there.
     async fn better_in_full(&self, keys: i64) -> Result<Option<String>, tokio_postgres::Error> {
@@ -839,14 +867,17 @@ impl Cycle<'_> {
     }
 
     /// The changed keys, one text array per key column, when there are no
-    /// more than [`FEW_KEYS`]; `None` when there are more.
-    async fn few_keys(&self, xmax: i64) -> Result<Option<Vec<Vec<String>>>, tokio_postgres::Error> {
+    /// more than [`CLIENT_KEYS`]; `None` when there are more.
+    async fn read_keys(
+        &self,
+        xmax: i64,
+    ) -> Result<Option<Vec<Vec<String>>>, tokio_postgres::Error> {
         let reads = self.key_reads(xmax);
         let sql =
             self.statements
-                .changed_keys_read(&self.target.sources, &reads.seen, FEW_KEYS + 1);
+                .changed_keys_read(&self.target.sources, &reads.seen, CLIENT_KEYS + 1);
         let rows = self.client.query_typed(&sql, &reads.params()).await?;
-        if rows.len() > FEW_KEYS {
+        if rows.len() > CLIENT_KEYS {
             return Ok(None);
         }
         let columns = (0..self.statements.spec.key.len())
@@ -861,13 +892,9 @@ impl Cycle<'_> {
         keys: &[Vec<String>],
         counts: &mut Counts,
     ) -> Result<(), tokio_postgres::Error> {
-        let params: Vec<(&(dyn ToSql + Sync), Type)> = keys
-            .iter()
-            .map(|column| (column as &(dyn ToSql + Sync), Type::TEXT_ARRAY))
-            .collect();
         let row = self
             .client
-            .query_typed_one(&self.statements.apply_few(), &params)
+            .query_typed_one(&self.statements.apply_few(), &bound(keys))
             .await?;
         if let Some(key) = row.get::<_, Option<String>>(0) {
             return Err(twice(self.client, &key).await);
@@ -879,8 +906,19 @@ impl Cycle<'_> {
         Ok(())
     }
 
-    /// Collects the changed keys of every source into a temporary table;
-    /// returns how many.
+    /// Writes the changed keys the client read to a temporary table.
+    async fn load_keys(&self, keys: &[Vec<String>]) -> Result<(), tokio_postgres::Error> {
+        let client = self.client;
+        client
+            .batch_execute(&self.statements.changed_table())
+            .await?;
+        let sql = self.statements.changed_keys_bound();
+        client.execute_typed(&sql, &bound(keys)).await?;
+        Ok(())
+    }
+
+    /// Collects the changed keys of every source into a temporary table, read
+    /// on the server; returns how many.
     async fn changed_keys(&self, xmax: i64) -> Result<i64, tokio_postgres::Error> {
         let client = self.client;
         client
@@ -1007,6 +1045,18 @@ impl Cycle<'_> {
             .await?;
         Ok(())
     }
+}
+
+/// How many keys `keys` (one text array per key column) holds.
+fn key_count(keys: &[Vec<String>]) -> usize {
+    keys.first().map_or(0, Vec::len)
+}
+
+/// `keys` (one text array per key column) as the parameters `$1` ...
+fn bound(keys: &[Vec<String>]) -> Vec<(&(dyn ToSql + Sync), Type)> {
+    keys.iter()
+        .map(|column| (column as &(dyn ToSql + Sync), Type::TEXT_ARRAY))
+        .collect()
 }
 
 /// The error of a query that returns `key` more than once.
