@@ -389,17 +389,11 @@ impl Statements<'_> {
     /// per key that differs, at most `limit`: the key, how, the columns
     /// whose values differ (by their image), and how many keys differ.
     pub fn proof(&self, open: Option<usize>, limit: usize) -> String {
-        let arrays: Vec<String> = self
-            .target
-            .key_types(self.spec)
-            .enumerate()
-            .map(|(i, ty)| format!("${}::text[]::{ty}[]", i + 1))
-            .collect();
         let k = self.keys("");
         let keys = "SELECT * FROM mv_refresher_keys";
         let columns = format!("min({})", self.columns_differing("r", "w"));
         format!(
-            "WITH mv_refresher_keys AS MATERIALIZED (SELECT * FROM unnest({arrays}) AS k({k})), \
+            "WITH mv_refresher_keys({k}) AS MATERIALIZED ({bound}), \
              mv_refresher_r AS MATERIALIZED ({restricted}), \
              mv_refresher_w AS MATERIALIZED (SELECT * FROM ({full}\n) AS q WHERE ({qk}) IN ({keys})), \
              mv_refresher_d AS (SELECT ROW({k})::text AS key, \
@@ -414,7 +408,7 @@ impl Statements<'_> {
                HAVING count(*) > 1 OR bool_or(r.mv_refresher_r IS NULL OR w.mv_refresher_w IS NULL \
                    OR {differs})) \
              SELECT key, how, columns, count(*) OVER () FROM mv_refresher_d ORDER BY key LIMIT {limit}",
-            arrays = arrays.join(", "),
+            bound = self.bound_keys(),
             restricted = self.rows_of_but(keys, open),
             full = self.spec.query.full(),
             qk = self.keys("q."),
