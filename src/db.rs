@@ -610,6 +610,31 @@ pub fn housekeeping_timeouts() -> [String; 2] {
     ]
 }
 
+/// One row of `sql` (or none), read behind a savepoint so that a refusal
+/// (a function this role may not call, one a server lacks) does not end the
+/// caller's transaction: the inner result is the query's, the outer one the
+/// savepoint's. The four statements go in one write.
+pub async fn query_opt_or_refusal(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    params: &[(
+        &(dyn tokio_postgres::types::ToSql + Sync),
+        tokio_postgres::types::Type,
+    )],
+) -> Result<Result<Option<tokio_postgres::Row>, tokio_postgres::Error>, tokio_postgres::Error> {
+    let (saved, read, undone, released) = tokio::join!(
+        biased;
+        client.batch_execute("SAVEPOINT mv_refresher_refusal"),
+        client.query_typed_opt(sql, params),
+        client.batch_execute("ROLLBACK TO SAVEPOINT mv_refresher_refusal"),
+        client.batch_execute("RELEASE SAVEPOINT mv_refresher_refusal"),
+    );
+    saved?;
+    undone?;
+    released?;
+    Ok(read)
+}
+
 /// Sends `statements`, one message each, all in one write, and waits for
 /// their answers; the first error is returned. One message each because a
 /// Citus coordinator forwards the whole text of a message holding a

@@ -60,8 +60,8 @@ pub struct Lookup {
 /// workers' on their own connections. `None` where it cannot be done (no
 /// `run_command_on_workers`, or it is not this role's to call, or reads may
 /// go to secondaries, whose replay lags their primary's snapshot): the
-/// windows are then read whole. Behind a savepoint, so that a refusal does
-/// not end the cycle's transaction; all four statements in one write.
+/// windows are then read whole. A refusal does not end the cycle's
+/// transaction ([`crate::db::query_opt_or_refusal`]).
 pub async fn take(
     client: &Client,
     sources: &[u32],
@@ -84,17 +84,7 @@ pub async fn take(
              IS DISTINCT FROM 'always' \
          HAVING count(*) > 0";
     let params: [(&(dyn ToSql + Sync), Type); 1] = [(&sources, Type::OID_ARRAY)];
-    let (saved, read, undone, released) = tokio::join!(
-        biased;
-        client.batch_execute("SAVEPOINT mv_refresher_nodes"),
-        client.query_typed_opt(sql, &params),
-        client.batch_execute("ROLLBACK TO SAVEPOINT mv_refresher_nodes"),
-        client.batch_execute("RELEASE SAVEPOINT mv_refresher_nodes"),
-    );
-    saved?;
-    undone?;
-    released?;
-    let row = match read {
+    let row = match crate::db::query_opt_or_refusal(client, sql, &params).await? {
         Ok(Some(row)) => row,
         Ok(None) => return Ok(None),
         Err(err) => {

@@ -452,24 +452,11 @@ fn identity(row: &tokio_postgres::Row, i: usize) -> Option<Identity> {
 }
 
 /// The cluster's system identifier, or `None` where `pg_control_system()`
-/// may not be called (a managed service may refuse it): read behind a
-/// savepoint, so that a refusal does not end the transaction. All four
-/// statements in one write.
+/// may not be called (a managed service may refuse it).
 async fn system_identifier(client: &Client) -> Result<Option<i64>, tokio_postgres::Error> {
-    let (saved, read, undone, released) = tokio::join!(
-        biased;
-        client.batch_execute("SAVEPOINT mv_refresher_system"),
-        client.query_typed_one(
-            "SELECT system_identifier FROM pg_catalog.pg_control_system()",
-            &[]
-        ),
-        client.batch_execute("ROLLBACK TO SAVEPOINT mv_refresher_system"),
-        client.batch_execute("RELEASE SAVEPOINT mv_refresher_system"),
-    );
-    saved?;
-    undone?;
-    released?;
-    Ok(read.ok().map(|row| row.get(0)))
+    let sql = "SELECT system_identifier FROM pg_catalog.pg_control_system()";
+    let read = crate::db::query_opt_or_refusal(client, sql, &[]).await?;
+    Ok(read.ok().flatten().map(|row| row.get(0)))
 }
 
 /// What the changed keys are read with: which rows each source's last cycle
