@@ -66,10 +66,6 @@ pub(super) async fn check(
     Ok(print_problems(&plan, &unproven))
 }
 
-/// The longest a template's proof may take in `check` (less where the view's
-/// own `statement_timeout` is less): `check` runs before deployments.
-const PROOF_TIMEOUT_MS: u64 = 60_000;
-
 /// Proves each incremental view's template (SPEC §2.5), read-only, each in
 /// a transaction of its own under a statement timeout; prints what it found.
 /// Returns the views whose template failed, each with its differences.
@@ -77,7 +73,7 @@ async fn prove(
     client: &tokio_postgres::Client,
     plan: &Plan,
 ) -> Result<Vec<(String, Vec<String>)>, tokio_postgres::Error> {
-    use crate::incremental::proof::{self, Verdict};
+    use crate::incremental::proof::{self, Proof, Verdict};
     let mut unproven = Vec::new();
     for step in &plan.steps {
         let (Some(spec), Some(target)) = (&step.spec.incremental, &step.incremental) else {
@@ -90,34 +86,24 @@ async fn prove(
             .settings()
             .statement_timeout
             .as_millis()
-            .min(PROOF_TIMEOUT_MS);
-        let begin = [
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY".to_owned(),
-            format!("SET LOCAL statement_timeout = {timeout}"),
-            "SET LOCAL jit = off".to_owned(),
-        ];
-        crate::db::execute_each(client, &begin).await?;
-        let verdict = proof::prove(client, spec, target).await;
-        // The sources' keys, where the template's proof finished.
-        let sources = match verdict {
-            Ok(Verdict::Unfinished) | Err(_) => Ok(Some(Vec::new())),
-            Ok(_) => proof::sources(client, spec, target).await,
-        };
-        let _ = client.batch_execute("ROLLBACK").await;
+            .min(proof::TIMEOUT_MS);
+        let Proof { template, sources } =
+            proof::prove_read_only(client, spec, target, timeout).await?;
         let name = step.view_name();
-        match sources? {
+        match sources {
             Some(unmapped) if !unmapped.is_empty() => unproven.push((
                 name.clone(),
                 unmapped.iter().map(|u| u.describe()).collect(),
             )),
             Some(_) => {}
+            None if matches!(template, Verdict::Unfinished) => {}
             None => outln!(
                 "\nwarning: {name}: its sources' keys could not be proven within {} \
                  (statement_timeout): run `mv-refresher verify` after a few cycles",
                 crate::units::millis(timeout as f64)
             ),
         }
-        match verdict? {
+        match template {
             Verdict::Proven { keys } => outln!(
                 "\nproof: {name}: restricted to {keys} keys (of its table, of its sources' newest \
                  rows, and one that exists nowhere), its query returns the full query's rows"

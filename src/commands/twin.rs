@@ -13,13 +13,10 @@ use crate::config::TwinConfig;
 use crate::db::DbTarget;
 use crate::error::{Error, Exit};
 use crate::incremental::derive::{self, Derived};
-use crate::incremental::proof::{self, Verdict};
+use crate::incremental::proof::{self, Proof, Verdict};
 use crate::quote::display_ident;
 use crate::refresh_log::RefreshLog;
 use crate::registry::Registry;
-
-/// How long the proof may take here.
-const PROOF_TIMEOUT_MS: u64 = 60_000;
 
 pub(super) async fn twin(
     target: &DbTarget,
@@ -90,21 +87,11 @@ pub(super) async fn twin(
             step.problem.as_deref().unwrap_or("no incremental view")
         ));
     };
-    let begin = [
-        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY".to_owned(),
-        format!("SET LOCAL statement_timeout = {PROOF_TIMEOUT_MS}"),
-        "SET LOCAL jit = off".to_owned(),
-    ];
-    crate::db::execute_each(&*client, &begin)
-        .await
-        .map_err(db_err("proving the twin"))?;
-    let verdict = proof::prove(&client, spec, found).await;
-    let sources = match verdict {
-        Ok(Verdict::Proven { .. }) => proof::sources(&client, spec, found).await,
-        _ => Ok(Some(Vec::new())),
-    };
-    let _ = client.batch_execute("ROLLBACK").await;
-    if let Some(unmapped) = sources.map_err(db_err("proving the twin's sources"))?
+    let Proof { template, sources } =
+        proof::prove_read_only(&client, spec, found, proof::TIMEOUT_MS)
+            .await
+            .map_err(db_err("proving the twin"))?;
+    if let Some(unmapped) = sources
         && !unmapped.is_empty()
     {
         for u in &unmapped {
@@ -112,7 +99,7 @@ pub(super) async fn twin(
         }
         return refuse("the derived twin failed its proof".into());
     }
-    match verdict.map_err(db_err("proving the twin"))? {
+    match template {
         Verdict::Proven { keys } => eprintln!(
             "{}: proven on {keys} keys: restricted by its $changed, the query returns the full \
              query's rows",
@@ -122,7 +109,7 @@ pub(super) async fn twin(
             "{}: warning: the proof did not finish within {} s: run `mv-refresher verify` after \
              the first refresh",
             view.name,
-            PROOF_TIMEOUT_MS / 1000
+            proof::TIMEOUT_MS / 1000
         ),
         Verdict::Differs { differences, .. } => {
             for d in &differences {
@@ -146,6 +133,9 @@ struct View {
     relname: String,
     definition: String,
     /// The columns of its unique index (the primary one, else the narrowest).
+    /// Not the catalog's `unique_keys`: those are a table's keys for
+    /// `ON CONFLICT`, on `NOT NULL` columns, which a materialized view's
+    /// columns never are.
     key: Option<Vec<String>>,
 }
 

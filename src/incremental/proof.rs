@@ -76,6 +76,46 @@ impl Difference {
     }
 }
 
+/// The longest a proof's statement may take outside a refresh (`check`,
+/// `twin`; less where the view's own `statement_timeout` is less): they run
+/// before deployments.
+pub const TIMEOUT_MS: u64 = 60_000;
+
+/// Both proofs of a view, in a read-only transaction of their own.
+pub struct Proof {
+    pub template: Verdict,
+    /// The sources' keys: `None` when the statement timeout ended it, or
+    /// the template's proof did not finish.
+    pub sources: Option<Vec<Unmapped>>,
+}
+
+/// Proves `spec`'s template and then its sources' keys, read-only in one
+/// `REPEATABLE READ` snapshot, each statement under `timeout_ms`.
+pub async fn prove_read_only(
+    client: &Client,
+    spec: &Incremental,
+    target: &Target,
+    timeout_ms: u64,
+) -> Result<Proof, tokio_postgres::Error> {
+    let begin = [
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY".to_owned(),
+        format!("SET LOCAL statement_timeout = {timeout_ms}"),
+        "SET LOCAL jit = off".to_owned(),
+    ];
+    crate::db::execute_each(client, &begin).await?;
+    let proof = async {
+        let template = prove(client, spec, target).await?;
+        let sources = match template {
+            Verdict::Unfinished => None,
+            _ => sources(client, spec, target).await?,
+        };
+        Ok(Proof { template, sources })
+    }
+    .await;
+    let _ = client.batch_execute("ROLLBACK").await;
+    proof
+}
+
 /// Proves `spec`'s template on `client`'s transaction. A statement timeout
 /// (`query_canceled`) is [`Verdict::Unfinished`]; other errors are returned.
 pub async fn prove(
