@@ -222,8 +222,8 @@ impl Unmapped {
     }
 }
 
-/// The proof of the sources' keys: for each source, the full query with and
-/// without its newest rows (by marker), in one statement; the keys whose
+/// The proof of the sources' keys: the full query with and without each
+/// source's newest rows (by marker), in one statement; the keys whose
 /// rows differ must be those the source's `key` gives the rows left out. A
 /// source key on the wrong columns, or a block that totals more than the
 /// key (a tenant's sum beside each user) with no `$changed`, changes other
@@ -235,21 +235,25 @@ pub async fn sources(
     target: &Target,
 ) -> Result<Option<Vec<Unmapped>>, tokio_postgres::Error> {
     let statements = Statements { spec, target };
-    let mut unmapped = Vec::new();
-    for source in &target.sources {
-        let Some(sql) = statements.without_newest(source, SAMPLE) else {
-            continue;
-        };
-        let rows = match client.query_typed(&sql, &[]).await {
-            Err(err) if err.code() == Some(&SqlState::QUERY_CANCELED) => return Ok(None),
-            rows => rows?,
-        };
-        if !rows.is_empty() {
-            unmapped.push(Unmapped {
-                source: source.relation.to_string(),
+    let Some(sql) = statements.without_newest(SAMPLE) else {
+        return Ok(Some(Vec::new()));
+    };
+    let rows = match client.query_typed(&sql, &[]).await {
+        Err(err) if err.code() == Some(&SqlState::QUERY_CANCELED) => return Ok(None),
+        rows => rows?,
+    };
+    let mut unmapped: Vec<Unmapped> = Vec::new();
+    for row in &rows {
+        let (i, key): (i32, String) = (row.get(0), row.get(1));
+        let source = &target.sources[i as usize];
+        let name = source.relation.to_string();
+        match unmapped.iter_mut().find(|u| u.source == name) {
+            Some(u) => u.keys.push(key),
+            None => unmapped.push(Unmapped {
+                source: name,
                 key: source.spec.key.clone(),
-                keys: rows.iter().map(|r| r.get(0)).collect(),
-            });
+                keys: vec![key],
+            }),
         }
     }
     Ok(Some(unmapped))

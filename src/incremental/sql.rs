@@ -416,23 +416,15 @@ impl Statements<'_> {
         )
     }
 
-    /// The keys whose rows differ between the full query and the full query
-    /// without `source`'s `n` newest rows (by marker, ties included), less
-    /// the keys the source's `key` gives those rows: 5 at most, as text.
-    /// `None` where the query cannot be rewritten.
-    pub fn without_newest(&self, source: &SourcePlan, n: usize) -> Option<String> {
-        let m = quote_ident(&source.spec.marker);
-        let table = source.relation.quoted();
-        let threshold = format!("({m} >= (SELECT t FROM mv_refresher_threshold))");
+    /// For each of the sources, the keys whose rows differ between the full
+    /// query and the full query without that source's `n` newest rows (by
+    /// marker, ties included), less the keys the source's `key` gives those
+    /// rows: 5 at most per source, as `(index of the source, key as text)`.
+    /// One statement: the full query is computed once, beside one rewrite
+    /// per source; a source whose references cannot be rewritten is left
+    /// out. `None` when none can be.
+    pub fn without_newest(&self, n: usize) -> Option<String> {
         let full = self.spec.query.full();
-        let without = super::derive::without_rows(
-            &full,
-            &source.relation.schema,
-            &source.relation.name,
-            &format!("{threshold} IS NOT TRUE"),
-        )
-        .ok()?;
-        let mapped = self.keys_of(source);
         let k = self.keys("");
         let nulls: Vec<String> = self
             .spec
@@ -440,27 +432,51 @@ impl Statements<'_> {
             .iter()
             .map(|c| format!("{} IS NULL", quote_ident(c)))
             .collect();
+        let nulls = nulls.join(" OR ");
+        let compared = [k.clone()]
+            .into_iter()
+            .chain(self.compared_values())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut ctes = vec![format!("mv_refresher_with AS MATERIALIZED ({full}\n)")];
+        let mut reads = Vec::new();
+        for (i, source) in self.target.sources.iter().enumerate() {
+            let m = quote_ident(&source.spec.marker);
+            let table = source.relation.quoted();
+            let threshold = format!("({m} >= (SELECT t FROM mv_refresher_threshold_{i}))");
+            let Ok(without) = super::derive::without_rows(
+                &full,
+                &source.relation.schema,
+                &source.relation.name,
+                &format!("{threshold} IS NOT TRUE"),
+            ) else {
+                continue;
+            };
+            ctes.push(format!(
+                "mv_refresher_threshold_{i} AS MATERIALIZED (SELECT min(m) AS t FROM \
+                     (SELECT {m} AS m FROM {table} WHERE {m} IS NOT NULL ORDER BY {m} DESC LIMIT {n}) s), \
+                 mv_refresher_mapped_{i} AS MATERIALIZED (SELECT {k} FROM \
+                     (SELECT {mapped} FROM {table} WHERE {threshold}) s WHERE NOT ({nulls})), \
+                 mv_refresher_without_{i} AS MATERIALIZED ({without}\n), \
+                 mv_refresher_d_{i} AS ((SELECT {compared} FROM mv_refresher_with \
+                         EXCEPT ALL SELECT {compared} FROM mv_refresher_without_{i}) \
+                     UNION ALL (SELECT {compared} FROM mv_refresher_without_{i} \
+                         EXCEPT ALL SELECT {compared} FROM mv_refresher_with))",
+                mapped = self.keys_of(source).join(", "),
+            ));
+            reads.push(format!(
+                "(SELECT DISTINCT {i}, ROW({k})::text FROM mv_refresher_d_{i} \
+                 WHERE NOT ({nulls}) AND ({k}) NOT IN (SELECT {k} FROM mv_refresher_mapped_{i}) \
+                 ORDER BY 2 LIMIT 5)"
+            ));
+        }
+        if reads.is_empty() {
+            return None;
+        }
         Some(format!(
-            "WITH mv_refresher_threshold AS MATERIALIZED (SELECT min(m) AS t FROM \
-                 (SELECT {m} AS m FROM {table} WHERE {m} IS NOT NULL ORDER BY {m} DESC LIMIT {n}) s), \
-             mv_refresher_mapped AS MATERIALIZED (SELECT {k} FROM \
-                 (SELECT {mapped} FROM {table} WHERE {threshold}) s WHERE NOT ({nulls})), \
-             mv_refresher_with AS MATERIALIZED ({full}\n), \
-             mv_refresher_without AS MATERIALIZED ({without}\n), \
-             mv_refresher_d AS ((SELECT {compared} FROM mv_refresher_with \
-                     EXCEPT ALL SELECT {compared} FROM mv_refresher_without) \
-                 UNION ALL (SELECT {compared} FROM mv_refresher_without \
-                     EXCEPT ALL SELECT {compared} FROM mv_refresher_with)) \
-             SELECT DISTINCT ROW({k})::text FROM mv_refresher_d \
-             WHERE NOT ({nulls}) AND ({k}) NOT IN (SELECT {k} FROM mv_refresher_mapped) \
-             ORDER BY 1 LIMIT 5",
-            mapped = mapped.join(", "),
-            nulls = nulls.join(" OR "),
-            compared = [self.keys("")]
-                .into_iter()
-                .chain(self.compared_values())
-                .collect::<Vec<_>>()
-                .join(", "),
+            "WITH {} {}",
+            ctes.join(", "),
+            reads.join(" UNION ALL ")
         ))
     }
 
