@@ -87,7 +87,6 @@ struct Ctes {
     list: Vec<Node>,
     /// Each CTE's key expressions, once a reference gave them.
     keyed: HashMap<String, Vec<String>>,
-    recursive: bool,
 }
 
 impl Ctes {
@@ -96,7 +95,6 @@ impl Ctes {
             return Ok(Self {
                 list: Vec::new(),
                 keyed: HashMap::new(),
-                recursive: false,
             });
         };
         if with.recursive {
@@ -105,14 +103,12 @@ impl Ctes {
         Ok(Self {
             list: std::mem::take(&mut with.ctes),
             keyed: HashMap::new(),
-            recursive: with.recursive,
         })
     }
 
     fn put_back(self, select: &mut SelectStmt) {
         if let Some(with) = select.with_clause.as_mut() {
             with.ctes = self.list;
-            with.recursive = self.recursive;
         }
     }
 
