@@ -421,24 +421,26 @@ impl Bloat {
 /// `pg_stat_xact_all_tables` are views over them whose planning cost more
 /// than the whole rest of a small view's success row (0.4 ms a view).
 pub async fn bloat(client: &impl GenericClient, oid: u32) -> Result<Bloat, tokio_postgres::Error> {
-    let row = client
-        .query_typed_one(
-            "SELECT (pg_catalog.pg_stat_get_xact_tuples_deleted(c.oid) \
-                     + pg_catalog.pg_stat_get_xact_tuples_updated(c.oid) \
-                     + pg_catalog.pg_stat_get_dead_tuples(c.oid))::float8, \
-                    greatest(c.reltuples::float8, \
-                             (pg_catalog.pg_stat_get_live_tuples(c.oid) \
-                              + pg_catalog.pg_stat_get_xact_tuples_inserted(c.oid) \
-                              - pg_catalog.pg_stat_get_xact_tuples_deleted(c.oid))::float8, 0) \
-             FROM pg_catalog.pg_class c \
-             WHERE c.oid = $1",
-            &[(&oid, Type::OID)],
-        )
-        .await?;
+    let sql = format!("SELECT {}", bloat_columns("$1"));
+    let row = client.query_typed_one(&sql, &[(&oid, Type::OID)]).await?;
     Ok(Bloat {
         dead: row.get(0),
         live: row.get(1),
     })
+}
+
+/// The select list of [`bloat`] for the relation whose OID is `oid` (SQL):
+/// its dead rows and its rows, both `float8`.
+pub fn bloat_columns(oid: &str) -> String {
+    format!(
+        "(pg_catalog.pg_stat_get_xact_tuples_deleted({oid}) \
+          + pg_catalog.pg_stat_get_xact_tuples_updated({oid}) \
+          + pg_catalog.pg_stat_get_dead_tuples({oid}))::float8, \
+         greatest((SELECT c.reltuples FROM pg_catalog.pg_class c WHERE c.oid = {oid})::float8, \
+                  (pg_catalog.pg_stat_get_live_tuples({oid}) \
+                   + pg_catalog.pg_stat_get_xact_tuples_inserted({oid}) \
+                   - pg_catalog.pg_stat_get_xact_tuples_deleted({oid}))::float8, 0)"
+    )
 }
 
 /// Whether this database, which has the `citus` extension, is the Citus

@@ -27,7 +27,7 @@
 //! server that vanishes without a word is noticed within about a minute, and a
 //! cancel request waits for the server to act on it, but never for long.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -42,13 +42,16 @@ use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use deadpool_postgres::{ClientWrapper, RecyclingMethod};
+use futures_util::StreamExt;
 use futures_util::future::try_join_all;
 use percent_encoding::percent_decode_str;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::config::{Config as PgConfig, Host, LoadBalanceHosts, SslMode as PgSslMode};
 use tokio_postgres::error::{DbError, Severity, SqlState};
 use tokio_postgres::tls::MakeTlsConnect;
-use tokio_postgres::{AsyncMessage, CancelToken, Client, GenericClient};
+use tokio_postgres::{
+    AsyncMessage, CancelToken, Client, GenericClient, SimpleQueryMessage, SimpleQueryRow,
+};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::Instrument;
 
@@ -419,6 +422,7 @@ impl DbTarget {
             endpoint: self.endpoints[i].clone(),
             about,
             opened: Instant::now(),
+            prepared: Mutex::default(),
         })
     }
 }
@@ -652,6 +656,73 @@ pub async fn execute_each<S: AsRef<str>>(
     Ok(())
 }
 
+/// What the statements of one simple-query message did: the rows of each
+/// that ran, in order, and the error of the one after them, which failed (the
+/// server runs none after it).
+pub struct Ran {
+    pub rows: Vec<Vec<SimpleQueryRow>>,
+    pub error: Option<tokio_postgres::Error>,
+}
+
+/// Sends `statements` as one simple-query message: one answer, one round
+/// trip, where each statement of its own would be a message and an answer.
+/// In a transaction, a statement that fails aborts it.
+pub async fn run_statements<S: AsRef<str>>(client: &Client, statements: &[S]) -> Ran {
+    let sql = statements
+        .iter()
+        .map(AsRef::as_ref)
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut ran = Ran {
+        rows: Vec::with_capacity(statements.len()),
+        error: None,
+    };
+    let stream = match client.simple_query_raw(&sql).await {
+        Ok(stream) => stream,
+        Err(err) => {
+            ran.error = Some(err);
+            return ran;
+        }
+    };
+    let mut stream = std::pin::pin!(stream);
+    let mut rows = Vec::new();
+    while let Some(message) = stream.next().await {
+        match message {
+            Ok(SimpleQueryMessage::Row(row)) => rows.push(row),
+            Ok(SimpleQueryMessage::CommandComplete(_)) => ran.rows.push(std::mem::take(&mut rows)),
+            Ok(_) => {}
+            Err(err) => {
+                ran.error = Some(err);
+                break;
+            }
+        }
+    }
+    ran
+}
+
+/// Column `i` of a row of text ([`run_statements`]), `None` for `NULL`;
+/// an error names what could not be read.
+pub fn text_column<T: FromStr>(row: &SimpleQueryRow, i: usize) -> Result<Option<T>, String> {
+    let text = row
+        .try_get(i)
+        .map_err(|err| format!("column {i} of the server's answer: {err}"))?;
+    text.map(|text| {
+        text.parse()
+            .map_err(|_| format!("column {i} of the server's answer: {text:?}"))
+    })
+    .transpose()
+}
+
+/// A `boolean` column of a row of text: `t` or `f`.
+pub fn bool_column(row: &SimpleQueryRow, i: usize) -> Result<Option<bool>, String> {
+    match text_column::<String>(row, i)?.as_deref() {
+        None => Ok(None),
+        Some("t") => Ok(Some(true)),
+        Some("f") => Ok(Some(false)),
+        Some(other) => Err(format!("column {i} of the server's answer: {other:?}")),
+    }
+}
+
 /// Begins a housekeeping transaction: `BEGIN` and its timeouts, in one write
 /// (with a `ROLLBACK` first when `rollback_first`).
 pub async fn begin_housekeeping(
@@ -726,6 +797,27 @@ impl Conn {
         }
     }
 
+    /// Whether this connection prepared the statement `name`: the guess that
+    /// its server backend has it ([`crate::prepared`]).
+    pub fn has_prepared(&self, name: &str) -> bool {
+        self.prepared().contains(name)
+    }
+
+    /// Notes that the server backend has the statement `name`.
+    pub fn note_prepared(&self, name: &str) {
+        let mut prepared = self.prepared();
+        if !prepared.contains(name) {
+            prepared.insert(name.to_owned());
+        }
+    }
+
+    fn prepared(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.session()
+            .prepared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn session(&self) -> &Session {
         self.0.as_ref().expect("a connection until dropped")
     }
@@ -775,6 +867,8 @@ pub struct Session {
     endpoint: Endpoint,
     about: About,
     opened: Instant,
+    /// The statements this connection prepared ([`crate::prepared`]).
+    prepared: Mutex<HashSet<String>>,
 }
 
 /// The view a connection's notices are about, shared by its holder and the

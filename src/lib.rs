@@ -10,7 +10,8 @@
 //!   (durations, memory), `schedule` (cron, as Kubernetes reads it, or a
 //!   fixed period);
 //! * the server: `db` (connecting, housekeeping transactions), `tls`,
-//!   `catalog` (what the server says about the views), `quote` (SQL text);
+//!   `catalog` (what the server says about the views), `quote` (SQL text),
+//!   `prepared` (statements run for every view, planned once per backend);
 //! * refreshing: `plan` (order, method, work_mem), `tuner` (work_mem =
 //!   "auto"), `cycle` (one run of the plan), `refresh` (one view, one
 //!   transaction; the executor; the recording), `refresh_log` (the log
@@ -34,6 +35,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod output;
 pub mod plan;
+pub mod prepared;
 pub mod progress;
 pub mod push;
 pub mod quote;

@@ -16,6 +16,7 @@ use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
 use crate::outcome::{Counts, Method, Status};
+use crate::prepared::{Prepared, literal};
 use crate::quote::quote_ident;
 use crate::registry::ViewSettings;
 use crate::units::PgDuration;
@@ -354,7 +355,7 @@ impl RefreshLog {
         let (keys, inserted, updated, deleted) = (count(0), count(1), count(2), count(3));
         let row = client
             .query_typed_one(
-                &self.record_sql(attempt),
+                &self.record_sql(attempt, "id FROM history"),
                 &[
                     (&attempt.run_id, Type::UUID),
                     (&attempt.view_name, Type::TEXT),
@@ -379,9 +380,64 @@ impl RefreshLog {
         Ok(row.get(0))
     }
 
+    /// A success's row, as [`RefreshLog::record`] writes it, by a statement
+    /// prepared on the server ([`crate::prepared`]: a refresh writes one for
+    /// every view, and this statement took longer to parse and plan than a
+    /// small view's `REFRESH` to run). Beside the row's id (`NULL` when a
+    /// trigger kept it from coming back), the dead rows and the rows of the
+    /// relation `$18` ([`crate::catalog::bloat_columns`]), read in the same
+    /// transaction, when it is not `NULL`. Run it with
+    /// [`RefreshLog::success_arguments`].
+    pub fn success_statement(&self, attempt: &Attempt<'_>) -> Prepared {
+        let outputs = format!(
+            "(SELECT id FROM history), {}",
+            crate::catalog::bloat_columns("$18")
+        );
+        Prepared::new(
+            "success",
+            &[
+                "uuid", "text", "float8", "text", "text", "int4", "text", "text", "text", "text",
+                "text", "text", "text", "int8", "int8", "int8", "int8", "oid",
+            ],
+            &self.record_sql(attempt, &outputs),
+        )
+    }
+
+    /// The arguments of [`RefreshLog::success_statement`], in the order of
+    /// [`RefreshLog::record`]'s parameters, and the relation whose dead rows
+    /// to read.
+    pub fn success_arguments(attempt: &Attempt<'_>, bloat_of: Option<u32>) -> Vec<String> {
+        let counts = attempt
+            .counts
+            .map(|c| [c.keys, c.inserted, c.updated, c.deleted]);
+        let count = |i: usize| literal(counts.map(|c| c[i]));
+        vec![
+            literal(Some(attempt.run_id)),
+            literal(Some(attempt.view_name)),
+            literal(Some(attempt.duration_ms)),
+            literal(Some(attempt.status.as_str())),
+            literal(attempt.method.map(Method::as_str)),
+            literal(Some(attempt.attempt)),
+            literal(attempt.work_mem.as_deref()),
+            literal(Some(attempt.settings.statement_timeout)),
+            literal(Some(attempt.lock_timeout)),
+            literal(attempt.sqlstate),
+            literal(attempt.error),
+            literal(attempt.note),
+            literal(Some(attempt.host)),
+            count(0),
+            count(1),
+            count(2),
+            count(3),
+            literal(bloat_of),
+        ]
+    }
+
     /// The statement of [`RefreshLog::record`]: the history row, and in the same
-    /// statement (a data-modifying `WITH`) the summary row's change, if any.
-    fn record_sql(&self, attempt: &Attempt<'_>) -> String {
+    /// statement (a data-modifying `WITH`) the summary row's change, if any;
+    /// it returns the select list `outputs`, which may read the history row
+    /// `FROM history`.
+    fn record_sql(&self, attempt: &Attempt<'_>, outputs: &str) -> String {
         // The counts' columns from version 4 on; the parameters are bound either way.
         let (count_columns, count_values) = match self.has_incremental() {
             true => (
@@ -414,9 +470,12 @@ impl RefreshLog {
             Some(summary) => format!(
                 "WITH t AS (SELECT clock_timestamp() AS now), history AS ({history}), \
                       summary AS ({summary}) \
-                 SELECT id FROM history"
+                 SELECT {outputs}"
             ),
-            None => format!("WITH t AS (SELECT clock_timestamp() AS now) {history}"),
+            None => format!(
+                "WITH t AS (SELECT clock_timestamp() AS now), history AS ({history}) \
+                 SELECT {outputs}"
+            ),
         }
     }
 

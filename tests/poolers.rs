@@ -8,6 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::counting::CountingProxy;
 use common::middlebox::{PgBouncer, StallingProxy};
 use common::{Running, TestDb};
 
@@ -173,6 +174,107 @@ fn the_advisory_lock_holds_through_transaction_pooling_and_is_not_leaked() {
         "{}",
         bouncer.log()
     );
+}
+
+/// The statements a refresh runs for every view are prepared on the server
+/// backend (issue 20), which a transaction pooler may change between two
+/// transactions: a connection's guess that the backend has them, or has not,
+/// is checked by the server and corrected. Through one pooled server
+/// connection: a second refresher finds them prepared by the first (`PREPARE`
+/// refused, `EXECUTE` instead), and a third has them taken away between its
+/// transactions (`DEALLOCATE ALL` from another client: `EXECUTE` refused,
+/// prepared again). Every view is refreshed and recorded all the same.
+#[test]
+fn statements_prepared_on_a_pooled_backend_are_found_there_or_prepared_again() {
+    let db = TestDb::empty("bouncer_prepared");
+    db.execute(
+        "CREATE TABLE src (id int PRIMARY KEY, v int); \
+         INSERT INTO src SELECT i, i FROM generate_series(1, 200) AS i;",
+    );
+    let views: Vec<String> = (1..=20).map(|i| format!("p_{i:02}")).collect();
+    for (i, view) in views.iter().enumerate() {
+        db.execute(&format!(
+            "CREATE MATERIALIZED VIEW {view} AS SELECT id, v FROM src WHERE id % 20 = {i}; \
+             CREATE UNIQUE INDEX ON {view} (id);"
+        ));
+    }
+    let toml: String = views
+        .iter()
+        .map(|view| format!("[[view]]\nname = \"{view}\"\n\n"))
+        .collect();
+    let registry = db.registry(&toml);
+    let bouncer = PgBouncer::start(db.cluster, "transaction", 1);
+    let proxy = CountingProxy::start(bouncer.port);
+    let refresh = || {
+        db.mvr_with(&registry)
+            .env("DATABASE_URL", &proxy.url(&db.name))
+            .arg("refresh")
+            .run()
+            .code(0)
+            .stdout_has("20 refreshed, 0 skipped, 0 failed");
+        proxy.take_sessions()
+    };
+    // The statements sent again after a wrong guess: the first round trip
+    // after its ROLLBACK, the success row after its ROLLBACK TO SAVEPOINT.
+    let again = |sessions: &[common::counting::Session], prepared: bool| {
+        let prepare = |m: &str| m.contains("PREPARE mv_refresher_");
+        sessions
+            .iter()
+            .flat_map(|s| s.round_trips.iter().flatten())
+            .filter(|m| {
+                (m.starts_with("Q: ROLLBACK; BEGIN")
+                    || m.starts_with("Q: ROLLBACK TO SAVEPOINT mv_refresher_log; "))
+                    && prepare(m) == prepared
+            })
+            .count()
+    };
+
+    let first = refresh();
+    assert_eq!((again(&first, true), again(&first, false)), (0, 0));
+    let second = refresh();
+    assert_eq!(
+        again(&second, false),
+        2,
+        "the state's and the success row's statements found prepared:\n{}",
+        second
+            .iter()
+            .map(|s| s.describe())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    // Another client takes them away whenever it gets the server connection:
+    // PgBouncer gives it the connection between two of the refresher's
+    // transactions.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let deallocating = {
+        let (stop, url) = (stop.clone(), bouncer.url(&db.name));
+        std::thread::spawn(move || {
+            let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            let mut times = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                client.batch_execute("DEALLOCATE ALL").unwrap();
+                times += 1;
+            }
+            times
+        })
+    };
+    let third = refresh();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(deallocating.join().unwrap() > 0);
+    assert!(
+        again(&third, true) > 0,
+        "prepared again after DEALLOCATE ALL:\n{}",
+        third
+            .iter()
+            .map(|s| s.describe())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let recorded: i64 = db
+        .scalar("SELECT count(*) FROM materialized_views_refresh_history WHERE status = 'success'");
+    assert_eq!(recorded, 60, "every refresh recorded");
+    bouncer.assert_running("at the end");
 }
 
 /// SIGTERM during a REFRESH through a PgBouncer in `mode`, ten times (a cancel

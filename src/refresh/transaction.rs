@@ -1,30 +1,34 @@
-//! One attempt at one view, in one transaction and three round trips:
+//! One attempt at one view, in one transaction and three round trips, each
+//! one message and one answer where the server allows (on Citus each `SET` is
+//! a message of its own: see [`begin`]):
 //!
 //! 1. `BEGIN` and the view's `SET LOCAL`s, the advisory lock, then the view's
-//!    state and its last success, sent together (pipelined): the state is read
-//!    by a statement that starts after the lock is held, so a refresh another
-//!    refresher committed just before is seen, and `min_interval` skips it.
+//!    state and its last success: the state is read by a statement that starts
+//!    after the lock is held, so a refresh another refresher committed just
+//!    before is seen, and `min_interval` skips it.
 //! 2. `REFRESH MATERIALIZED VIEW [CONCURRENTLY]`, cancellable.
-//! 3. The dead rows it left, then behind a savepoint the success row (history
-//!    and summary in one statement), then `RELEASE` and `COMMIT` in one simple
-//!    query: when the success row cannot be written, `RELEASE` fails and the
-//!    `COMMIT` after it is never run, so the refresh is committed without it
-//!    (a fourth round trip) and the row is written again afterwards.
+//! 3. Behind a savepoint the success row (history and summary in one
+//!    statement) with the dead rows the refresh left, then `RELEASE` and
+//!    `COMMIT`: when the success row cannot be written, `RELEASE` and `COMMIT`
+//!    are never run, so the refresh is committed without it (a fourth round
+//!    trip) and the row is written again afterwards.
 //!
+//! The state's statement and the success row's are prepared on the server
+//! backend ([`crate::prepared`]), planned once per backend, not once per view.
 //! A `VACUUM` follows the commit when the refresh left many dead rows.
 
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
-use tokio_postgres::types::{ToSql, Type};
 
 use super::record::Slot;
 use super::statement::{Interrupted, cancellable, silence_limit};
 use super::{Failure, RunContext};
 use crate::catalog::{self, Bloat, Relation, ViewState};
-use crate::db::{Conn, describe_error};
+use crate::db::{Conn, bool_column, describe_error, execute_each, run_statements, text_column};
 use crate::outcome::{LockWait, Method, Outcome, Status};
 use crate::plan::{Step, choose_method};
+use crate::prepared::{self, Prepared, literal};
 use crate::progress;
 use crate::quote::quote_literal;
 use crate::refresh_log::RefreshLog;
@@ -99,7 +103,7 @@ pub(super) async fn attempt(
     let client = session.client;
     let opened = open(ctx, client, step, relation).await;
     *session.in_transaction = true;
-    let opened = opened.map_err(pg(None))?;
+    let opened = opened?;
     if !opened.locked {
         return Ok(Done::Locked);
     }
@@ -184,36 +188,96 @@ async fn refresh(
     Ok(duration_ms)
 }
 
-/// The first round trip: `BEGIN` with the settings, the lock, the state.
+/// The first round trip: `BEGIN` with the settings, the lock, the state (by a
+/// statement prepared on the backend: sent again, once, when the guess that
+/// the backend has it or has not was wrong, which aborted the transaction).
 async fn open(
     ctx: &RunContext,
-    client: &Client,
+    client: &Conn,
     step: &Step,
     relation: &Relation,
-) -> Result<Opened, tokio_postgres::Error> {
-    let (key, view_name) = (lock_key(relation.oid), relation.to_string());
-    let lock_params: [(&(dyn ToSql + Sync), Type); 1] = [(&key, Type::INT8)];
-    let state_params: [(&(dyn ToSql + Sync), Type); 2] =
-        [(&relation.oid, Type::OID), (&view_name, Type::TEXT)];
-    let state_sql = state_sql(ctx.log.as_ref());
-    let (began, locked, state) = tokio::join!(
-        biased;
-        begin(client, step, ctx.citus),
-        client.query_typed_one("SELECT pg_try_advisory_xact_lock($1)", &lock_params),
-        client.query_typed_opt(&state_sql, &state_params),
-    );
-    began?;
-    let locked: bool = locked?.get(0);
-    let state = state?;
+) -> Result<Opened, Failure> {
+    let pg = |err: tokio_postgres::Error| Failure::from_pg(&err, step, None, 0.0, None);
+    let state = Prepared::new("state", &["oid", "text"], &state_sql(ctx.log.as_ref()));
+    let arguments = [
+        literal(Some(relation.oid)),
+        literal(Some(relation.to_string())),
+    ];
+    let mut prepare = !client.has_prepared(state.name());
+    let mut rollback_first = false;
+    let ran = loop {
+        let mut messages = open_messages(step, ctx.citus, rollback_first, lock_key(relation.oid));
+        messages.last.extend(state.statements(&arguments, prepare));
+        let (began, ran) = tokio::join!(
+            biased;
+            execute_each(&**client, &messages.first),
+            run_statements(client, &messages.last),
+        );
+        began.map_err(pg)?;
+        match ran.error {
+            None => break (ran, messages),
+            Some(err) if !rollback_first && prepared::wrong_guess(&err, prepare) => {
+                (prepare, rollback_first) = (!prepare, true);
+            }
+            Some(err) => return Err(pg(err)),
+        }
+    };
+    client.note_prepared(state.name());
+    let (ran, messages) = ran;
+    let answer = |why: String| Failure::permanent(format!("view {relation}: {why}"));
+    let row = |i: usize| ran.rows.get(i).and_then(|rows| rows.first());
+    let locked = row(messages.lock)
+        .map(|row| bool_column(row, 0))
+        .transpose()
+        .map_err(answer)?
+        .flatten()
+        .ok_or_else(|| answer("the lock was not answered".to_owned()))?;
+    // The state's is the statement's last.
+    let state = row(messages.state + usize::from(prepare));
+    let column = |i| state.map(|row| text_column::<f64>(row, i)).transpose();
     Ok(Opened {
         locked,
-        state: state.as_ref().map(|row| ViewState {
-            populated: row.get(0),
-            has_usable_unique_index: row.get(1),
-        }),
-        age_s: state.as_ref().and_then(|row| row.get(2)),
-        avg_ms: state.as_ref().and_then(|row| row.get(3)),
+        state: match state {
+            Some(row) => Some(ViewState {
+                populated: bool_column(row, 0).map_err(answer)? == Some(true),
+                has_usable_unique_index: bool_column(row, 1).map_err(answer)? == Some(true),
+            }),
+            None => None,
+        },
+        age_s: column(2).map_err(answer)?.flatten(),
+        avg_ms: column(3).map_err(answer)?.flatten(),
     })
+}
+
+/// The first round trip's messages: those sent alone, then one of several
+/// statements ([`run_statements`]): the lock at `lock`, the state's (to be
+/// added) from `state` on.
+struct OpenMessages {
+    first: Vec<String>,
+    last: Vec<String>,
+    lock: usize,
+    state: usize,
+}
+
+/// `BEGIN`, the settings ([`settings_statements`]) and the lock: on Citus each
+/// `SET` a message of its own (a message holding a propagated `SET` is sent
+/// whole to the workers), elsewhere all in one. A `ROLLBACK` first, when
+/// `rollback_first`.
+fn open_messages(step: &Step, citus: bool, rollback_first: bool, key: i64) -> OpenMessages {
+    let rollback = rollback_first.then(|| "ROLLBACK".to_owned());
+    let settings = rollback.into_iter().chain(settings_statements(step, citus));
+    let (first, mut last): (Vec<String>, Vec<String>) = match citus {
+        true => (settings.collect(), Vec::new()),
+        false => (Vec::new(), settings.collect()),
+    };
+    let lock = last.len();
+    last.push(format!("SELECT pg_try_advisory_xact_lock({key})"));
+    OpenMessages {
+        first,
+        last,
+        lock,
+        state: lock + 1,
+    }
 }
 
 /// The statement that reads a view's state (`$1`, its OID) and, from the log
@@ -291,62 +355,92 @@ fn refresh_sql(
     (wait, refresh)
 }
 
-/// The third round trip: the dead rows (when `bloat_of` names the relation),
-/// the success row behind a savepoint, the commit. Returns the success row's
-/// id (when it came back) and the dead rows; an error means nothing was
-/// committed. A success row that cannot be written is noted in
-/// `outcome.log_error`, and the refresh committed without it.
+/// The third round trip: behind a savepoint the success row, with the dead
+/// rows of the relation `bloat_of` when given, then `RELEASE` and `COMMIT`,
+/// all in one message. Returns the success row's id (when it came back) and
+/// the dead rows; an error means nothing was committed. A success row that
+/// cannot be written is noted in `outcome.log_error`, and the refresh
+/// committed without it. The row's statement is prepared on the backend
+/// ([`RefreshLog::success_statement`]); when the guess that the backend has
+/// it or has not was wrong, it is sent again behind the same savepoint.
 pub(super) async fn commit(
     ctx: &RunContext,
-    client: &Client,
+    client: &Conn,
     step: &Step,
     bloat_of: Option<u32>,
     outcome: &mut Outcome,
 ) -> Result<(Option<i64>, Option<Bloat>), tokio_postgres::Error> {
-    // Dead rows this refresh left (of the relation `bloat_of`), read inside
-    // its transaction: statistics of committed transactions arrive later.
-    let bloat = async {
-        match bloat_of {
-            Some(oid) => catalog::bloat(client, oid).await.map(Some),
-            None => Ok(None),
-        }
-    };
     let Some(log) = &ctx.log else {
+        // Dead rows this refresh left, read inside its transaction:
+        // statistics of committed transactions arrive later.
+        let bloat = async {
+            match bloat_of {
+                Some(oid) => catalog::bloat(&**client, oid).await.map(Some),
+                None => Ok(None),
+            }
+        };
         let (bloat, committed) = tokio::join!(biased; bloat, client.batch_execute("COMMIT"));
         let bloat = bloat?;
         committed?;
         return Ok((None, bloat));
     };
     let row = super::record::attempt_row(ctx, step, outcome, false);
-    let savepoint = format!("SAVEPOINT {LOG_SAVEPOINT}");
-    let release = format!("RELEASE SAVEPOINT {LOG_SAVEPOINT}; COMMIT");
-    let (bloat, saved, written, committed) = tokio::join!(
-        biased;
-        bloat,
-        client.batch_execute(&savepoint),
-        log.record(client, &row),
-        client.batch_execute(&release),
-    );
-    let bloat = bloat?;
-    saved?;
-    match (written, committed) {
-        (Ok(id), Ok(())) => Ok((Some(id), bloat)),
-        // The row's statement ran and committed, but its id did not come back
-        // (no SQLSTATE: a trigger that moves history rows elsewhere makes
-        // RETURNING return nothing). The row went where the database puts it.
-        (Err(err), Ok(())) => {
-            tracing::warn!(view = %outcome.view_name, error = %describe_error(&err), "the success row was written, but its id could not be read");
-            Ok((None, bloat))
+    let statement = log.success_statement(&row);
+    let arguments = RefreshLog::success_arguments(&row, bloat_of);
+    let mut prepare = !client.has_prepared(statement.name());
+    let mut start = format!("SAVEPOINT {LOG_SAVEPOINT}");
+    let mut retried = false;
+    loop {
+        let written = statement.statements(&arguments, prepare);
+        // The row's statements are those after the first, its answer the last's.
+        let (first, last) = (1, written.len());
+        let mut statements = vec![start.clone()];
+        statements.extend(written);
+        statements.push(format!("RELEASE SAVEPOINT {LOG_SAVEPOINT}"));
+        statements.push("COMMIT".to_owned());
+        let ran = run_statements(client, &statements).await;
+        let Some(err) = ran.error else {
+            client.note_prepared(statement.name());
+            return Ok(success_answer(&ran.rows[last], outcome, bloat_of));
+        };
+        let failed = ran.rows.len();
+        if !(first..=last).contains(&failed) || crate::db::is_connection_error(&err) {
+            return Err(err);
         }
-        (Err(err), _) if !crate::db::is_connection_error(&err) => {
-            // Undo the row's statement only, keep the refresh.
-            let undo = format!("ROLLBACK TO SAVEPOINT {LOG_SAVEPOINT}; COMMIT");
-            client.batch_execute(&undo).await?;
-            outcome.log_error = Some(describe_error(&err));
-            Ok((None, bloat))
+        if !retried && prepared::wrong_guess(&err, prepare) {
+            (prepare, retried) = (!prepare, true);
+            start = format!("ROLLBACK TO SAVEPOINT {LOG_SAVEPOINT}");
+            continue;
         }
-        (Err(err), _) | (Ok(_), Err(err)) => Err(err),
+        // Undo the row's statement only, keep the refresh.
+        let undo = format!("ROLLBACK TO SAVEPOINT {LOG_SAVEPOINT}; COMMIT");
+        client.batch_execute(&undo).await?;
+        outcome.log_error = Some(describe_error(&err));
+        return Ok((None, None));
     }
+}
+
+/// The success row's id and the dead rows, from its statement's answer.
+fn success_answer(
+    rows: &[tokio_postgres::SimpleQueryRow],
+    outcome: &Outcome,
+    bloat_of: Option<u32>,
+) -> (Option<i64>, Option<Bloat>) {
+    let Some(row) = rows.first() else {
+        return (None, None);
+    };
+    let id = text_column::<i64>(row, 0).unwrap_or_default();
+    if id.is_none() {
+        // The row's statement ran and committed, but its id did not come
+        // back (a trigger that moves history rows elsewhere makes RETURNING
+        // return nothing). The row went where the database puts it.
+        tracing::warn!(view = %outcome.view_name, "the success row was written, but its id could not be read");
+    }
+    let bloat = match (text_column(row, 1), text_column(row, 2)) {
+        (Ok(Some(dead)), Ok(Some(live))) if bloat_of.is_some() => Some(Bloat { dead, live }),
+        _ => None,
+    };
+    (id, bloat)
 }
 
 /// `VACUUM (ANALYZE)` after a committed refresh that left many dead rows; it
@@ -552,6 +646,32 @@ mod tests {
         let plain = settings_statements(&step(work_mem), false);
         assert!(plain.iter().all(|s| !s.contains("citus")), "{plain:#?}");
         assert_eq!(plain.len(), 6, "{plain:#?}");
+    }
+
+    #[test]
+    fn the_first_round_trip_is_one_message_except_each_set_on_citus() {
+        let step = step(Some(Memory::from_kilobytes(12 * 1024)));
+        let plain = open_messages(&step, false, false, 7);
+        assert!(plain.first.is_empty(), "{:#?}", plain.first);
+        assert_eq!(plain.last[0], "BEGIN ISOLATION LEVEL READ COMMITTED");
+        assert!(plain.last.iter().any(|s| s.contains("work_mem")));
+        assert_eq!(
+            plain.last[plain.lock],
+            "SELECT pg_try_advisory_xact_lock(7)"
+        );
+        assert_eq!(plain.state, plain.last.len());
+        // Sent again after a wrong guess: the aborted transaction ends first.
+        let again = open_messages(&step, false, true, 7);
+        assert_eq!(again.last[0], "ROLLBACK");
+        assert_eq!(again.last[1..], plain.last[..]);
+        assert_eq!(again.lock, plain.lock + 1);
+
+        // On Citus the SETs are the messages sent alone, none with the lock.
+        let citus = open_messages(&step, true, true, 7);
+        assert_eq!(citus.first[0], "ROLLBACK");
+        assert_eq!(citus.first[1..], settings_statements(&step, true)[..]);
+        assert_eq!(citus.last, ["SELECT pg_try_advisory_xact_lock(7)"]);
+        assert_eq!((citus.lock, citus.state), (0, 1));
     }
 
     fn min_interval(text: &str) -> ViewSettings {
