@@ -1,6 +1,7 @@
 //! SQL text for the few places where nothing can be bound: identifiers (the
-//! catalog's own spelling of a view, the log tables' schema) and the values of
-//! `SET`. Everything else is a bind parameter.
+//! catalog's own spelling of a view, the log tables' schema), the values of
+//! `SET` and the arguments of `EXECUTE` (`prepared`). Everything else is a
+//! bind parameter.
 
 /// Quotes an identifier for SQL text: always, so no name is ever read as SQL.
 pub fn quote_ident(ident: &str) -> String {
@@ -8,7 +9,8 @@ pub fn quote_ident(ident: &str) -> String {
 }
 
 /// Quotes a string literal for SQL text, where no parameter can be bound
-/// (`SET`): doubled quotes, and `E''` with doubled backslashes when it has any.
+/// (`SET`, `EXECUTE`): doubled quotes, and `E''` with doubled backslashes when
+/// it has any.
 pub fn quote_literal(text: &str) -> String {
     let quoted = text.replace('\'', "''");
     if quoted.contains('\\') {

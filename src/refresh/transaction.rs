@@ -1,17 +1,18 @@
-//! One attempt at one view, in one transaction and three round trips, each
-//! one message and one answer where the server allows (on Citus each `SET` is
-//! a message of its own: see [`begin`]):
+//! One attempt at one view, in one transaction and two round trips, each one
+//! message and one answer where the server allows (on Citus each `SET` is a
+//! message of its own: see [`begin`]):
 //!
 //! 1. `BEGIN` and the view's `SET LOCAL`s, the advisory lock, then the view's
 //!    state and its last success: the state is read by a statement that starts
 //!    after the lock is held, so a refresh another refresher committed just
 //!    before is seen, and `min_interval` skips it.
-//! 2. `REFRESH MATERIALIZED VIEW [CONCURRENTLY]`, cancellable.
-//! 3. Behind a savepoint the success row (history and summary in one
-//!    statement) with the dead rows the refresh left, then `RELEASE` and
-//!    `COMMIT`: when the success row cannot be written, `RELEASE` and `COMMIT`
-//!    are never run, so the refresh is committed without it (a fourth round
-//!    trip) and the row is written again afterwards.
+//! 2. `REFRESH MATERIALIZED VIEW [CONCURRENTLY]`, cancellable, and after it
+//!    ([`Commit`]) behind a savepoint the success row (history and summary in
+//!    one statement, its duration measured by the server) with the dead rows
+//!    the refresh left, then `RELEASE` and `COMMIT`. When the success row
+//!    cannot be written, the server runs neither `RELEASE` nor `COMMIT`, so the
+//!    refresh is committed without it (a third round trip) and the row is
+//!    written again afterwards.
 //!
 //! The state's statement and the success row's are prepared on the server
 //! backend ([`crate::prepared`]), planned once per backend, not once per view.
@@ -19,13 +20,15 @@
 
 use std::time::{Duration, Instant};
 
-use tokio_postgres::Client;
+use tokio_postgres::{Client, SimpleQueryRow};
 
 use super::record::Slot;
 use super::statement::{Interrupted, cancellable, silence_limit};
 use super::{Failure, RunContext};
 use crate::catalog::{self, Bloat, Relation, ViewState};
-use crate::db::{Conn, bool_column, describe_error, execute_each, run_statements, text_column};
+use crate::db::{
+    Conn, Ran, bool_column, describe_error, execute_each, run_statements, text_column,
+};
 use crate::outcome::{LockWait, Method, Outcome, Status};
 use crate::plan::{Step, choose_method};
 use crate::prepared::{self, Prepared, literal};
@@ -94,8 +97,6 @@ pub(super) async fn attempt(
     if let Some(reason) = ctx.cancel.reason() {
         return Err(Failure::not_started(reason));
     }
-    let pg =
-        |method| move |err: tokio_postgres::Error| Failure::from_pg(&err, step, method, 0.0, None);
     let session = slot
         .session(&ctx.pool)
         .await
@@ -124,19 +125,14 @@ pub(super) async fn attempt(
             expected_ms: opened.avg_ms,
         });
     }
-    let duration_ms = refresh(ctx, client, step, relation, method, lock_wait).await?;
-
     let mut outcome = Outcome::new(step, Status::Success, reason.to_owned());
     outcome.blocks_dependents = false;
     outcome.method = Some(method);
-    outcome.duration_ms = duration_ms;
     outcome.attempts = attempt;
     outcome.lock_wait = Some(lock_wait);
     let want_bloat = method == Method::Concurrently && step.settings().vacuum == Vacuum::Auto;
     let bloat_of = want_bloat.then_some(relation.oid);
-    let (history_id, bloat) = commit(ctx, client, step, bloat_of, &mut outcome)
-        .await
-        .map_err(pg(Some(method)))?;
+    let (history_id, bloat) = refresh(ctx, client, step, relation, bloat_of, &mut outcome).await?;
     *session.in_transaction = false;
     Ok(Done::Refreshed {
         outcome,
@@ -145,29 +141,44 @@ pub(super) async fn attempt(
     })
 }
 
-/// The second round trip: the `REFRESH`, cancellable; returns how long it took.
+/// The second round trip: the `REFRESH`, cancellable, and in the same message
+/// the commit ([`Commit`]), so that the refresh of a view takes two round trips
+/// after the first. Sets `outcome`'s duration; returns the success row's id
+/// and the dead rows of `bloat_of`.
 async fn refresh(
     ctx: &RunContext,
     client: &Conn,
     step: &Step,
     relation: &Relation,
-    method: Method,
-    lock_wait: LockWait,
-) -> Result<f64, Failure> {
+    bloat_of: Option<u32>,
+    outcome: &mut Outcome,
+) -> Result<(Option<i64>, Option<Bloat>), Failure> {
+    let (method, lock_wait) = (
+        outcome.method.expect("the method is chosen"),
+        outcome.lock_wait.expect("and its lock wait"),
+    );
     // A stop that came while the transaction was being set up: no REFRESH is
     // sent only to be cancelled at once.
     if let Some(reason) = ctx.cancel.reason() {
         return Err(Failure::not_started(reason));
     }
+    let commit = Commit::new(ctx, client, step, outcome, bloat_of);
+    let (wait, sql) = refresh_sql(relation, method, &lock_wait);
+    let mut statements = vec![sql];
+    // Its row's duration is the REFRESH's, measured by the server: the time
+    // from the message's arrival (`statement_timestamp()`) to the row's.
+    statements.extend(commit.statements(false, SERVER_DURATION.to_owned()));
     let started = Instant::now();
+    let mut answer = None;
     let refreshed = {
         let _running = ctx.running();
-        let (wait, sql) = refresh_sql(relation, method, &lock_wait);
         let silence = silence_limit(step.settings());
         let key = client.cancel_key();
-        // The lock wait's SET, when there is one, in the same write.
+        let answer = &mut answer;
+        // The lock wait's SET, when there is one, in the same write. An error
+        // of the REFRESH is the statement's, anything after it the commit's.
         let refreshed = async {
-            let (waited, refreshed) = tokio::join!(
+            let (waited, mut ran) = tokio::join!(
                 biased;
                 async {
                     match &wait {
@@ -175,17 +186,37 @@ async fn refresh(
                         None => Ok(()),
                     }
                 },
-                client.batch_execute(&sql),
+                run_statements(client, &statements),
             );
-            waited.and(refreshed)
+            waited?;
+            if ran.rows.is_empty()
+                && let Some(err) = ran.error.take()
+            {
+                return Err(err);
+            }
+            *answer = Some(ran);
+            Ok(())
         };
         cancellable(ctx, &relation.to_string(), &key, silence, refreshed).await
     };
-    let duration_ms = round_ms(started.elapsed().as_secs_f64() * 1000.0);
-    refreshed.map_err(|interrupted| {
-        interrupted.into_failure(step, Some(method), duration_ms, Some(lock_wait))
-    })?;
-    Ok(duration_ms)
+    outcome.duration_ms = round_ms(started.elapsed().as_secs_f64() * 1000.0);
+    let ran = match (refreshed, answer) {
+        (Ok(()), Some(ran)) => ran,
+        // Committed before the stop could cancel anything: a success.
+        (Err(Interrupted::Stopped(..)), Some(ran)) if ran.error.is_none() => ran,
+        (Err(interrupted), _) => {
+            return Err(interrupted.into_failure(
+                step,
+                Some(method),
+                outcome.duration_ms,
+                Some(lock_wait),
+            ));
+        }
+        (Ok(()), None) => unreachable!("the REFRESH succeeded and its message was answered"),
+    };
+    let duration_ms = outcome.duration_ms;
+    let pg = |err| Failure::from_pg(&err, step, Some(method), duration_ms, Some(lock_wait));
+    commit.finish(ran, 1, outcome).await.map_err(pg)
 }
 
 /// The first round trip: `BEGIN` with the settings, the lock, the state (by a
@@ -355,14 +386,8 @@ fn refresh_sql(
     (wait, refresh)
 }
 
-/// The third round trip: behind a savepoint the success row, with the dead
-/// rows of the relation `bloat_of` when given, then `RELEASE` and `COMMIT`,
-/// all in one message. Returns the success row's id (when it came back) and
-/// the dead rows; an error means nothing was committed. A success row that
-/// cannot be written is noted in `outcome.log_error`, and the refresh
-/// committed without it. The row's statement is prepared on the backend
-/// ([`RefreshLog::success_statement`]); when the guess that the backend has
-/// it or has not was wrong, it is sent again behind the same savepoint.
+/// The commit of an incremental view's cycle ([`Commit`]), in a round trip of
+/// its own.
 pub(super) async fn commit(
     ctx: &RunContext,
     client: &Conn,
@@ -370,65 +395,137 @@ pub(super) async fn commit(
     bloat_of: Option<u32>,
     outcome: &mut Outcome,
 ) -> Result<(Option<i64>, Option<Bloat>), tokio_postgres::Error> {
-    let Some(log) = &ctx.log else {
-        // Dead rows this refresh left, read inside its transaction:
-        // statistics of committed transactions arrive later.
-        let bloat = async {
-            match bloat_of {
-                Some(oid) => catalog::bloat(&**client, oid).await.map(Some),
-                None => Ok(None),
-            }
+    let commit = Commit::new(ctx, client, step, outcome, bloat_of);
+    let statements = commit.statements(false, literal(Some(outcome.duration_ms)));
+    let ran = run_statements(client, &statements).await;
+    commit.finish(ran, 0, outcome).await
+}
+
+/// The duration of a `REFRESH` sent in one message with its success row, as
+/// the row's argument: from the message's arrival to the row's statement.
+const SERVER_DURATION: &str =
+    "extract(epoch FROM clock_timestamp() - statement_timestamp())::float8 * 1000";
+
+/// Where the duration is among [`RefreshLog::success_arguments`].
+const DURATION_ARGUMENT: usize = 2;
+
+/// The end of a successful refresh: behind a savepoint the success row, with
+/// the dead rows of the relation `bloat_of` when given, then `RELEASE` and
+/// `COMMIT`. A success row that cannot be written never undoes the refresh:
+/// the server runs neither `RELEASE` nor `COMMIT` after it, the savepoint is
+/// rolled back and the refresh committed without it (noted in the outcome's
+/// `log_error`). The row's statement is prepared on the backend
+/// ([`RefreshLog::success_statement`]); when the guess that the backend has
+/// it, or has not, was wrong, it is sent again behind the same savepoint.
+/// Without the log tables: the dead rows, and `COMMIT`.
+struct Commit<'a> {
+    client: &'a Conn,
+    /// The success row's statement and arguments.
+    row: Option<(Prepared, Vec<String>)>,
+    prepare: bool,
+    bloat_of: Option<u32>,
+}
+
+impl<'a> Commit<'a> {
+    fn new(
+        ctx: &RunContext,
+        client: &'a Conn,
+        step: &Step,
+        outcome: &Outcome,
+        bloat_of: Option<u32>,
+    ) -> Self {
+        let row = ctx.log.as_ref().map(|log| {
+            let attempt = super::record::attempt_row(ctx, step, outcome, false);
+            let arguments = RefreshLog::success_arguments(&attempt, bloat_of);
+            (log.success_statement(&attempt), arguments)
+        });
+        let prepare = row
+            .as_ref()
+            .is_some_and(|(statement, _)| !client.has_prepared(statement.name()));
+        Self {
+            client,
+            row,
+            prepare,
+            bloat_of,
+        }
+    }
+
+    /// The statements, the row's duration being `duration` (SQL); `again`: the
+    /// row's sent again, after the rollback of its savepoint.
+    fn statements(&self, again: bool, duration: String) -> Vec<String> {
+        let Some((statement, arguments)) = &self.row else {
+            let bloat = self
+                .bloat_of
+                .map(|oid| format!("SELECT {}", catalog::bloat_columns(&oid.to_string())));
+            return bloat.into_iter().chain(["COMMIT".to_owned()]).collect();
         };
-        let (bloat, committed) = tokio::join!(biased; bloat, client.batch_execute("COMMIT"));
-        let bloat = bloat?;
-        committed?;
-        return Ok((None, bloat));
-    };
-    let row = super::record::attempt_row(ctx, step, outcome, false);
-    let statement = log.success_statement(&row);
-    let arguments = RefreshLog::success_arguments(&row, bloat_of);
-    let mut prepare = !client.has_prepared(statement.name());
-    let mut start = format!("SAVEPOINT {LOG_SAVEPOINT}");
-    let mut retried = false;
-    loop {
-        let written = statement.statements(&arguments, prepare);
-        // The row's statements are those after the first, its answer the last's.
-        let (first, last) = (1, written.len());
-        let mut statements = vec![start.clone()];
-        statements.extend(written);
+        let mut arguments = arguments.clone();
+        arguments[DURATION_ARGUMENT] = duration;
+        let start = match again {
+            false => "SAVEPOINT",
+            true => "ROLLBACK TO SAVEPOINT",
+        };
+        let mut statements = vec![format!("{start} {LOG_SAVEPOINT}")];
+        statements.extend(statement.statements(&arguments, self.prepare));
         statements.push(format!("RELEASE SAVEPOINT {LOG_SAVEPOINT}"));
         statements.push("COMMIT".to_owned());
-        let ran = run_statements(client, &statements).await;
-        let Some(err) = ran.error else {
-            client.note_prepared(statement.name());
-            return Ok(success_answer(&ran.rows[last], outcome, bloat_of));
+        statements
+    }
+
+    /// Reads the answer to [`Commit::statements`], sent after `before` other
+    /// statements in its message: the success row's id and the dead rows; an
+    /// error means nothing was committed.
+    async fn finish(
+        mut self,
+        mut ran: Ran,
+        mut before: usize,
+        outcome: &mut Outcome,
+    ) -> Result<(Option<i64>, Option<Bloat>), tokio_postgres::Error> {
+        let Some(name) = self.row.as_ref().map(|(s, _)| s.name().to_owned()) else {
+            if let Some(err) = ran.error {
+                return Err(err);
+            }
+            let row = self
+                .bloat_of
+                .and(ran.rows.get(before).and_then(|r| r.first()));
+            return Ok((None, row.and_then(|row| bloat(row, 0))));
         };
-        let failed = ran.rows.len();
-        if !(first..=last).contains(&failed) || crate::db::is_connection_error(&err) {
-            return Err(err);
+        let mut again = false;
+        loop {
+            // The savepoint at `before`, then the row's statements.
+            let last = before + 1 + usize::from(self.prepare);
+            let Some(err) = ran.error else {
+                self.client.note_prepared(&name);
+                return Ok(answer(ran.rows[last].first(), outcome));
+            };
+            let failed = ran.rows.len();
+            if !(before + 1..=last).contains(&failed) || crate::db::is_connection_error(&err) {
+                return Err(err);
+            }
+            if !again && prepared::wrong_guess(&err, self.prepare) {
+                (self.prepare, again, before) = (!self.prepare, true, 0);
+                let statements = self.statements(true, literal(Some(outcome.duration_ms)));
+                ran = run_statements(self.client, &statements).await;
+                continue;
+            }
+            // Undo the row's statement only, keep the refresh.
+            let undo = format!("ROLLBACK TO SAVEPOINT {LOG_SAVEPOINT}; COMMIT");
+            self.client.batch_execute(&undo).await?;
+            outcome.log_error = Some(describe_error(&err));
+            return Ok((None, None));
         }
-        if !retried && prepared::wrong_guess(&err, prepare) {
-            (prepare, retried) = (!prepare, true);
-            start = format!("ROLLBACK TO SAVEPOINT {LOG_SAVEPOINT}");
-            continue;
-        }
-        // Undo the row's statement only, keep the refresh.
-        let undo = format!("ROLLBACK TO SAVEPOINT {LOG_SAVEPOINT}; COMMIT");
-        client.batch_execute(&undo).await?;
-        outcome.log_error = Some(describe_error(&err));
-        return Ok((None, None));
     }
 }
 
-/// The success row's id and the dead rows, from its statement's answer.
-fn success_answer(
-    rows: &[tokio_postgres::SimpleQueryRow],
-    outcome: &Outcome,
-    bloat_of: Option<u32>,
-) -> (Option<i64>, Option<Bloat>) {
-    let Some(row) = rows.first() else {
+/// The success row's id and the dead rows, from its statement's answer; the
+/// outcome takes the duration the row was written with.
+fn answer(row: Option<&SimpleQueryRow>, outcome: &mut Outcome) -> (Option<i64>, Option<Bloat>) {
+    let Some(row) = row else {
         return (None, None);
     };
+    if let Ok(Some(duration_ms)) = text_column::<f64>(row, 3) {
+        outcome.duration_ms = round_ms(duration_ms);
+    }
     let id = text_column::<i64>(row, 0).unwrap_or_default();
     if id.is_none() {
         // The row's statement ran and committed, but its id did not come
@@ -436,11 +533,16 @@ fn success_answer(
         // return nothing). The row went where the database puts it.
         tracing::warn!(view = %outcome.view_name, "the success row was written, but its id could not be read");
     }
-    let bloat = match (text_column(row, 1), text_column(row, 2)) {
-        (Ok(Some(dead)), Ok(Some(live))) if bloat_of.is_some() => Some(Bloat { dead, live }),
+    (id, bloat(row, 1))
+}
+
+/// The dead rows and the rows at columns `at` and `at + 1` of a row of text,
+/// when both are there.
+fn bloat(row: &SimpleQueryRow, at: usize) -> Option<Bloat> {
+    match (text_column(row, at), text_column(row, at + 1)) {
+        (Ok(Some(dead)), Ok(Some(live))) => Some(Bloat { dead, live }),
         _ => None,
-    };
-    (id, bloat)
+    }
 }
 
 /// `VACUUM (ANALYZE)` after a committed refresh that left many dead rows; it
