@@ -384,14 +384,13 @@ impl RefreshLog {
     /// prepared on the server ([`crate::prepared`]: a refresh writes one for
     /// every view, and this statement took longer to parse and plan than a
     /// small view's `REFRESH` to run). It returns the row's id (`NULL` when a
-    /// trigger kept it from coming back), the dead rows and the rows of the
+    /// trigger kept it from coming back), and the dead rows and the rows of the
     /// relation `$18` ([`crate::catalog::bloat_columns`]), read in the same
-    /// transaction, when it is not `NULL`, and the duration the row was
-    /// written with (`$3`, which may be an expression). Run it with
+    /// transaction, when it is not `NULL`. Run it with
     /// [`RefreshLog::success_arguments`].
     pub fn success_statement(&self, attempt: &Attempt<'_>) -> Prepared {
         let outputs = format!(
-            "(SELECT id FROM history), {}, $3",
+            "(SELECT id FROM history), {}",
             crate::catalog::bloat_columns("$18")
         );
         Prepared::new(

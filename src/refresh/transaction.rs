@@ -1,17 +1,17 @@
-//! One attempt at one view, in one transaction and two round trips, each one
-//! message and one answer where the server allows (on Citus each `SET` is a
-//! message of its own: see [`begin`]):
+//! One attempt at one view, in one transaction and three round trips, each
+//! one message and one answer where the server allows (on Citus each `SET` is
+//! a message of its own: see [`begin`]):
 //!
 //! 1. `BEGIN` and the view's `SET LOCAL`s, the advisory lock, then the view's
 //!    state and its last success: the state is read by a statement that starts
 //!    after the lock is held, so a refresh another refresher committed just
 //!    before is seen, and `min_interval` skips it.
-//! 2. `REFRESH MATERIALIZED VIEW [CONCURRENTLY]`, cancellable, and after it
-//!    ([`Commit`]) behind a savepoint the success row (history and summary in
-//!    one statement, its duration measured by the server) with the dead rows
-//!    the refresh left, then `RELEASE` and `COMMIT`. When the success row
-//!    cannot be written, the server runs neither `RELEASE` nor `COMMIT`, so the
-//!    refresh is committed without it (a third round trip) and the row is
+//! 2. `REFRESH MATERIALIZED VIEW [CONCURRENTLY]`, cancellable.
+//! 3. Once the refresher has seen it succeed ([`Commit`]): behind a savepoint
+//!    the success row (history and summary in one statement) with the dead
+//!    rows the refresh left, then `RELEASE` and `COMMIT`. When the success row
+//!    cannot be written, the server runs neither `RELEASE` nor `COMMIT`, so
+//!    the refresh is committed without it (a fourth round trip) and the row is
 //!    written again afterwards.
 //!
 //! The state's statement and the success row's are prepared on the server
@@ -132,7 +132,11 @@ pub(super) async fn attempt(
     outcome.lock_wait = Some(lock_wait);
     let want_bloat = method == Method::Concurrently && step.settings().vacuum == Vacuum::Auto;
     let bloat_of = want_bloat.then_some(relation.oid);
-    let (history_id, bloat) = refresh(ctx, client, step, relation, bloat_of, &mut outcome).await?;
+    outcome.duration_ms = refresh(ctx, client, step, relation, method, lock_wait).await?;
+    let pg = |err: tokio_postgres::Error| Failure::from_pg(&err, step, Some(method), 0.0, None);
+    let (history_id, bloat) = commit(ctx, client, step, bloat_of, &mut outcome)
+        .await
+        .map_err(pg)?;
     *session.in_transaction = false;
     Ok(Done::Refreshed {
         outcome,
@@ -141,44 +145,31 @@ pub(super) async fn attempt(
     })
 }
 
-/// The second round trip: the `REFRESH`, cancellable, and in the same message
-/// the commit ([`Commit`]), so that the refresh of a view takes two round trips
-/// after the first. Sets `outcome`'s duration; returns the success row's id
-/// and the dead rows of `bloat_of`.
+/// The second round trip: the `REFRESH`, cancellable; returns how long it
+/// took. Nothing is committed with it: a refresh is committed only once the
+/// refresher has seen it succeed.
 async fn refresh(
     ctx: &RunContext,
     client: &Conn,
     step: &Step,
     relation: &Relation,
-    bloat_of: Option<u32>,
-    outcome: &mut Outcome,
-) -> Result<(Option<i64>, Option<Bloat>), Failure> {
-    let (method, lock_wait) = (
-        outcome.method.expect("the method is chosen"),
-        outcome.lock_wait.expect("and its lock wait"),
-    );
+    method: Method,
+    lock_wait: LockWait,
+) -> Result<f64, Failure> {
     // A stop that came while the transaction was being set up: no REFRESH is
     // sent only to be cancelled at once.
     if let Some(reason) = ctx.cancel.reason() {
         return Err(Failure::not_started(reason));
     }
-    let commit = Commit::new(ctx, client, step, outcome, bloat_of);
-    let (wait, sql) = refresh_sql(relation, method, &lock_wait);
-    let mut statements = vec![sql];
-    // Its row's duration is the REFRESH's, measured by the server: the time
-    // from the message's arrival (`statement_timestamp()`) to the row's.
-    statements.extend(commit.statements(false, SERVER_DURATION.to_owned()));
     let started = Instant::now();
-    let mut answer = None;
     let refreshed = {
         let _running = ctx.running();
+        let (wait, sql) = refresh_sql(relation, method, &lock_wait);
         let silence = silence_limit(step.settings());
         let key = client.cancel_key();
-        let answer = &mut answer;
-        // The lock wait's SET, when there is one, in the same write. An error
-        // of the REFRESH is the statement's, anything after it the commit's.
+        // The lock wait's SET, when there is one, in the same write.
         let refreshed = async {
-            let (waited, mut ran) = tokio::join!(
+            let (waited, refreshed) = tokio::join!(
                 biased;
                 async {
                     match &wait {
@@ -186,37 +177,17 @@ async fn refresh(
                         None => Ok(()),
                     }
                 },
-                run_statements(client, &statements),
+                client.batch_execute(&sql),
             );
-            waited?;
-            if ran.rows.is_empty()
-                && let Some(err) = ran.error.take()
-            {
-                return Err(err);
-            }
-            *answer = Some(ran);
-            Ok(())
+            waited.and(refreshed)
         };
         cancellable(ctx, &relation.to_string(), &key, silence, refreshed).await
     };
-    outcome.duration_ms = round_ms(started.elapsed().as_secs_f64() * 1000.0);
-    let ran = match (refreshed, answer) {
-        (Ok(()), Some(ran)) => ran,
-        // Committed before the stop could cancel anything: a success.
-        (Err(Interrupted::Stopped(..)), Some(ran)) if ran.error.is_none() => ran,
-        (Err(interrupted), _) => {
-            return Err(interrupted.into_failure(
-                step,
-                Some(method),
-                outcome.duration_ms,
-                Some(lock_wait),
-            ));
-        }
-        (Ok(()), None) => unreachable!("the REFRESH succeeded and its message was answered"),
-    };
-    let duration_ms = outcome.duration_ms;
-    let pg = |err| Failure::from_pg(&err, step, Some(method), duration_ms, Some(lock_wait));
-    commit.finish(ran, 1, outcome).await.map_err(pg)
+    let duration_ms = round_ms(started.elapsed().as_secs_f64() * 1000.0);
+    refreshed.map_err(|interrupted| {
+        interrupted.into_failure(step, Some(method), duration_ms, Some(lock_wait))
+    })?;
+    Ok(duration_ms)
 }
 
 /// The first round trip: `BEGIN` with the settings, the lock, the state (by a
@@ -245,6 +216,10 @@ async fn open(
             run_statements(client, &messages.last),
         );
         began.map_err(pg)?;
+        if ran.rows.len() > messages.state {
+            // Its PREPARE or its EXECUTE ran: the backend has it.
+            client.note_prepared(state.name());
+        }
         match ran.error {
             None => break (ran, messages),
             Some(err) if !rollback_first && prepared::wrong_guess(&err, prepare) => {
@@ -253,7 +228,6 @@ async fn open(
             Some(err) => return Err(pg(err)),
         }
     };
-    client.note_prepared(state.name());
     let (ran, messages) = ran;
     let answer = |why: String| Failure::permanent(format!("view {relation}: {why}"));
     let row = |i: usize| ran.rows.get(i).and_then(|rows| rows.first());
@@ -386,8 +360,10 @@ fn refresh_sql(
     (wait, refresh)
 }
 
-/// The commit of an incremental view's cycle ([`Commit`]), in a round trip of
-/// its own.
+/// The third round trip ([`Commit`]): the success row, `RELEASE` and `COMMIT`
+/// in one message, after the refresh (or an incremental view's cycle)
+/// succeeded. Returns the success row's id and the dead rows of `bloat_of`;
+/// an error means nothing was committed.
 pub(super) async fn commit(
     ctx: &RunContext,
     client: &Conn,
@@ -396,18 +372,9 @@ pub(super) async fn commit(
     outcome: &mut Outcome,
 ) -> Result<(Option<i64>, Option<Bloat>), tokio_postgres::Error> {
     let commit = Commit::new(ctx, client, step, outcome, bloat_of);
-    let statements = commit.statements(false, literal(Some(outcome.duration_ms)));
-    let ran = run_statements(client, &statements).await;
-    commit.finish(ran, 0, outcome).await
+    let ran = run_statements(client, &commit.statements(false)).await;
+    commit.finish(ran, outcome).await
 }
-
-/// The duration of a `REFRESH` sent in one message with its success row, as
-/// the row's argument: from the message's arrival to the row's statement.
-const SERVER_DURATION: &str =
-    "extract(epoch FROM clock_timestamp() - statement_timestamp())::float8 * 1000";
-
-/// Where the duration is among [`RefreshLog::success_arguments`].
-const DURATION_ARGUMENT: usize = 2;
 
 /// The end of a successful refresh: behind a savepoint the success row, with
 /// the dead rows of the relation `bloat_of` when given, then `RELEASE` and
@@ -450,62 +417,61 @@ impl<'a> Commit<'a> {
         }
     }
 
-    /// The statements, the row's duration being `duration` (SQL); `again`: the
-    /// row's sent again, after the rollback of its savepoint.
-    fn statements(&self, again: bool, duration: String) -> Vec<String> {
+    /// The statements; `again`: the row's sent again, after the rollback of
+    /// its savepoint.
+    fn statements(&self, again: bool) -> Vec<String> {
         let Some((statement, arguments)) = &self.row else {
             let bloat = self
                 .bloat_of
                 .map(|oid| format!("SELECT {}", catalog::bloat_columns(&oid.to_string())));
             return bloat.into_iter().chain(["COMMIT".to_owned()]).collect();
         };
-        let mut arguments = arguments.clone();
-        arguments[DURATION_ARGUMENT] = duration;
         let start = match again {
             false => "SAVEPOINT",
             true => "ROLLBACK TO SAVEPOINT",
         };
         let mut statements = vec![format!("{start} {LOG_SAVEPOINT}")];
-        statements.extend(statement.statements(&arguments, self.prepare));
+        statements.extend(statement.statements(arguments, self.prepare));
         statements.push(format!("RELEASE SAVEPOINT {LOG_SAVEPOINT}"));
         statements.push("COMMIT".to_owned());
         statements
     }
 
-    /// Reads the answer to [`Commit::statements`], sent after `before` other
-    /// statements in its message: the success row's id and the dead rows; an
-    /// error means nothing was committed.
+    /// Reads the answer to [`Commit::statements`]: the success row's id and
+    /// the dead rows; an error means nothing was committed.
     async fn finish(
         mut self,
         mut ran: Ran,
-        mut before: usize,
         outcome: &mut Outcome,
     ) -> Result<(Option<i64>, Option<Bloat>), tokio_postgres::Error> {
         let Some(name) = self.row.as_ref().map(|(s, _)| s.name().to_owned()) else {
             if let Some(err) = ran.error {
                 return Err(err);
             }
-            let row = self
-                .bloat_of
-                .and(ran.rows.get(before).and_then(|r| r.first()));
+            let row = self.bloat_of.and(ran.rows.first().and_then(|r| r.first()));
             return Ok((None, row.and_then(|row| bloat(row, 0))));
         };
         let mut again = false;
         loop {
-            // The savepoint at `before`, then the row's statements.
-            let last = before + 1 + usize::from(self.prepare);
-            let Some(err) = ran.error else {
-                self.client.note_prepared(&name);
-                return Ok(answer(ran.rows[last].first(), outcome));
-            };
+            // The savepoint first, then the row's statements: its `PREPARE`
+            // (when sent) and its `EXECUTE`.
+            let last = 1 + usize::from(self.prepare);
             let failed = ran.rows.len();
-            if !(before + 1..=last).contains(&failed) || crate::db::is_connection_error(&err) {
+            if failed > 1 {
+                // Its `PREPARE`, when sent, ran: the backend has it.
+                self.client.note_prepared(&name);
+            }
+            let Some(err) = ran.error else {
+                return Ok(answer(ran.rows.get(last).and_then(|r| r.first()), outcome));
+            };
+            // Only the server's own refusal of the row's statement leaves the
+            // transaction for the refresh to be committed without its row.
+            if !(1..=last).contains(&failed) || err.as_db_error().is_none() {
                 return Err(err);
             }
             if !again && prepared::wrong_guess(&err, self.prepare) {
-                (self.prepare, again, before) = (!self.prepare, true, 0);
-                let statements = self.statements(true, literal(Some(outcome.duration_ms)));
-                ran = run_statements(self.client, &statements).await;
+                (self.prepare, again) = (!self.prepare, true);
+                ran = run_statements(self.client, &self.statements(true)).await;
                 continue;
             }
             // Undo the row's statement only, keep the refresh.
@@ -517,15 +483,11 @@ impl<'a> Commit<'a> {
     }
 }
 
-/// The success row's id and the dead rows, from its statement's answer; the
-/// outcome takes the duration the row was written with.
-fn answer(row: Option<&SimpleQueryRow>, outcome: &mut Outcome) -> (Option<i64>, Option<Bloat>) {
+/// The success row's id and the dead rows, from its statement's answer.
+fn answer(row: Option<&SimpleQueryRow>, outcome: &Outcome) -> (Option<i64>, Option<Bloat>) {
     let Some(row) = row else {
         return (None, None);
     };
-    if let Ok(Some(duration_ms)) = text_column::<f64>(row, 3) {
-        outcome.duration_ms = round_ms(duration_ms);
-    }
     let id = text_column::<i64>(row, 0).unwrap_or_default();
     if id.is_none() {
         // The row's statement ran and committed, but its id did not come
