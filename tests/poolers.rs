@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::counting::CountingProxy;
+use common::counting::{CountingProxy, describe};
 use common::middlebox::{PgBouncer, StallingProxy};
 use common::{Running, TestDb};
 
@@ -236,11 +236,7 @@ fn statements_prepared_on_a_pooled_backend_are_found_there_or_prepared_again() {
         again(&second, false),
         2,
         "the state's and the success row's statements found prepared:\n{}",
-        second
-            .iter()
-            .map(|s| s.describe())
-            .collect::<Vec<_>>()
-            .join("\n")
+        describe(&second)
     );
 
     // Another client takes them away whenever it gets the server connection:
@@ -265,11 +261,7 @@ fn statements_prepared_on_a_pooled_backend_are_found_there_or_prepared_again() {
     assert!(
         again(&third, true) > 0,
         "prepared again after DEALLOCATE ALL:\n{}",
-        third
-            .iter()
-            .map(|s| s.describe())
-            .collect::<Vec<_>>()
-            .join("\n")
+        describe(&third)
     );
     let recorded: i64 = db
         .scalar("SELECT count(*) FROM materialized_views_refresh_history WHERE status = 'success'");

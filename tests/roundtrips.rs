@@ -8,7 +8,7 @@
 mod common;
 
 use common::TestDb;
-use common::counting::{CountingProxy, Session};
+use common::counting::{CountingProxy, Session, describe};
 
 /// The most round trips a successful refresh of one view may take.
 const PER_VIEW: usize = 3;
@@ -65,15 +65,6 @@ fn split(sessions: &[Session]) -> (Vec<Vec<Vec<String>>>, usize) {
         views.extend(current);
     }
     (views, others)
-}
-
-fn describe(sessions: &[Session]) -> String {
-    sessions
-        .iter()
-        .enumerate()
-        .map(|(i, s)| format!("session {}:\n{}", i + 1, s.describe()))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// `count` small views with a unique index each, every tenth reading the one

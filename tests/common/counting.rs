@@ -88,6 +88,16 @@ impl Session {
     }
 }
 
+/// The round trips of `sessions`, numbered, for a failing test to show.
+pub fn describe(sessions: &[Session]) -> String {
+    sessions
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("session {}:\n{}", i + 1, s.describe()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// A proxy on 127.0.0.1 in front of a local port, recording every session.
 pub struct CountingProxy {
     port: u16,
