@@ -798,7 +798,7 @@ impl Conn {
     }
 
     /// Whether this connection prepared the statement `name`: the guess that
-    /// its server backend has it ([`crate::prepared`]).
+    /// its server backend has it (`prepared`).
     pub fn has_prepared(&self, name: &str) -> bool {
         self.prepared().contains(name)
     }
@@ -867,7 +867,7 @@ pub struct Session {
     endpoint: Endpoint,
     about: About,
     opened: Instant,
-    /// The statements this connection prepared ([`crate::prepared`]).
+    /// The statements this connection prepared (`prepared`).
     prepared: Mutex<HashSet<String>>,
 }
 

@@ -21,6 +21,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use tokio_postgres::error::SqlState;
 
+use crate::db::{Conn, Ran};
 use crate::quote::quote_literal;
 
 /// A statement to run prepared.
@@ -49,12 +50,68 @@ impl Prepared {
 
     /// The statements that run it with `arguments` (from [`literal`]): its
     /// `EXECUTE`, after its `PREPARE` when `prepare`.
-    pub fn statements(&self, arguments: &[String], prepare: bool) -> Vec<String> {
+    fn statements(&self, arguments: &[String], prepare: bool) -> Vec<String> {
         let execute = format!("EXECUTE {}({})", self.name, arguments.join(", "));
         match prepare {
             true => vec![self.prepare.clone(), execute],
             false => vec![execute],
         }
+    }
+}
+
+/// A prepared statement to run with its arguments on a connection, and the
+/// guess that the server backend behind it has the statement: the
+/// connection's until the server says otherwise, then the other, once.
+pub struct Execution<'a> {
+    conn: &'a Conn,
+    statement: Prepared,
+    arguments: Vec<String>,
+    /// The guess: the backend lacks it, `PREPARE` first.
+    prepare: bool,
+    corrected: bool,
+}
+
+impl<'a> Execution<'a> {
+    pub fn new(conn: &'a Conn, statement: Prepared, arguments: Vec<String>) -> Self {
+        let prepare = !conn.has_prepared(statement.name());
+        Self {
+            conn,
+            statement,
+            arguments,
+            prepare,
+            corrected: false,
+        }
+    }
+
+    /// Its statements, to send in a message after others.
+    pub fn statements(&self) -> Vec<String> {
+        self.statement.statements(&self.arguments, self.prepare)
+    }
+
+    /// Where the `EXECUTE`'s answer is in [`Ran::rows`] when its statements
+    /// were sent from place `at` of their message.
+    pub fn answer_at(&self, at: usize) -> usize {
+        at + usize::from(self.prepare)
+    }
+
+    /// After a message holding its statements from place `at` was answered:
+    /// notes that the backend has the statement when it ran there, and
+    /// whether to send it again with the other guess (the server said this
+    /// one was wrong, and it was not corrected before).
+    pub fn again(&mut self, ran: &Ran, at: usize) -> bool {
+        if ran.rows.len() > at {
+            // Its PREPARE or its EXECUTE ran: the backend has it.
+            self.conn.note_prepared(self.statement.name());
+        }
+        let wrong = !self.corrected
+            && ran
+                .error
+                .as_ref()
+                .is_some_and(|err| wrong_guess(err, self.prepare));
+        if wrong {
+            (self.prepare, self.corrected) = (!self.prepare, true);
+        }
+        wrong
     }
 }
 
@@ -65,7 +122,7 @@ pub fn literal(value: Option<impl Display>) -> String {
 
 /// Whether `err` says the guess `prepare` was wrong: the statement was
 /// prepared on this backend already, or it was not.
-pub fn wrong_guess(err: &tokio_postgres::Error, prepare: bool) -> bool {
+fn wrong_guess(err: &tokio_postgres::Error, prepare: bool) -> bool {
     let wrong = match prepare {
         true => SqlState::DUPLICATE_PSTATEMENT,
         false => SqlState::INVALID_SQL_STATEMENT_NAME,

@@ -7,6 +7,7 @@
 //! bind parameters.
 
 use std::collections::HashMap;
+use std::fmt::Display;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -86,6 +87,59 @@ pub struct Attempt<'a> {
     /// A failed attempt that will be retried: a history row only, the summary
     /// row counts the refresh once it has its final outcome.
     pub retried: bool,
+}
+
+/// The parameters [`RefreshLog::record`] binds (`$1` to `$17`); the success
+/// row's prepared statement also takes the relation whose dead rows it reads.
+const RECORDED: usize = 17;
+
+/// One parameter of the row's statement: its value to bind, its type, and
+/// its literal for `EXECUTE`.
+struct Parameter {
+    value: Box<dyn ToSql + Sync + Send>,
+    ty: Type,
+    literal: String,
+}
+
+fn parameter<T>(value: Option<T>, ty: Type) -> Parameter
+where
+    T: ToSql + Display + Sync + Send + 'static,
+{
+    Parameter {
+        literal: literal(value.as_ref()),
+        value: Box::new(value),
+        ty,
+    }
+}
+
+/// The parameters of the row of `attempt`, in the order of
+/// [`RefreshLog::record_sql`]'s `$1`…, then `bloat_of`.
+fn parameters(attempt: &Attempt<'_>, bloat_of: Option<u32>) -> Vec<Parameter> {
+    let owned = |text: Option<&str>| text.map(str::to_owned);
+    let count = |pick: fn(&Counts) -> i64| parameter(attempt.counts.as_ref().map(pick), Type::INT8);
+    vec![
+        parameter(Some(attempt.run_id), Type::UUID),
+        parameter(Some(attempt.view_name.to_owned()), Type::TEXT),
+        parameter(Some(attempt.duration_ms), Type::FLOAT8),
+        parameter(Some(attempt.status.as_str()), Type::TEXT),
+        parameter(attempt.method.map(Method::as_str), Type::TEXT),
+        parameter(Some(attempt.attempt as i32), Type::INT4),
+        parameter(attempt.work_mem.clone(), Type::TEXT),
+        parameter(
+            Some(attempt.settings.statement_timeout.to_string()),
+            Type::TEXT,
+        ),
+        parameter(Some(attempt.lock_timeout.to_string()), Type::TEXT),
+        parameter(owned(attempt.sqlstate), Type::TEXT),
+        parameter(owned(attempt.error), Type::TEXT),
+        parameter(owned(attempt.note), Type::TEXT),
+        parameter(Some(attempt.host.to_owned()), Type::TEXT),
+        count(|c| c.keys),
+        count(|c| c.inserted),
+        count(|c| c.updated),
+        count(|c| c.deleted),
+        parameter(bloat_of, Type::OID),
+    ]
 }
 
 /// The latest successful refreshes of a view, for `work_mem = "auto"`.
@@ -346,91 +400,38 @@ impl RefreshLog {
         client: &impl GenericClient,
         attempt: &Attempt<'_>,
     ) -> Result<i64, tokio_postgres::Error> {
-        let settings = attempt.settings;
-        let attempt_no = attempt.attempt as i32;
-        let counts = attempt
-            .counts
-            .map(|c| [c.keys, c.inserted, c.updated, c.deleted]);
-        let count = |i: usize| counts.map(|c| c[i]);
-        let (keys, inserted, updated, deleted) = (count(0), count(1), count(2), count(3));
+        let parameters = parameters(attempt, None);
+        let bound: Vec<(&(dyn ToSql + Sync), Type)> = parameters[..RECORDED]
+            .iter()
+            .map(|p| (p.value.as_ref() as &(dyn ToSql + Sync), p.ty.clone()))
+            .collect();
         let row = client
-            .query_typed_one(
-                &self.record_sql(attempt, "id FROM history"),
-                &[
-                    (&attempt.run_id, Type::UUID),
-                    (&attempt.view_name, Type::TEXT),
-                    (&attempt.duration_ms, Type::FLOAT8),
-                    (&attempt.status.as_str(), Type::TEXT),
-                    (&attempt.method.map(Method::as_str), Type::TEXT),
-                    (&attempt_no, Type::INT4),
-                    (&attempt.work_mem, Type::TEXT),
-                    (&settings.statement_timeout.to_string(), Type::TEXT),
-                    (&attempt.lock_timeout.to_string(), Type::TEXT),
-                    (&attempt.sqlstate, Type::TEXT),
-                    (&attempt.error, Type::TEXT),
-                    (&attempt.note, Type::TEXT),
-                    (&attempt.host, Type::TEXT),
-                    (&keys, Type::INT8),
-                    (&inserted, Type::INT8),
-                    (&updated, Type::INT8),
-                    (&deleted, Type::INT8),
-                ],
-            )
+            .query_typed_one(&self.record_sql(attempt, "id FROM history"), &bound)
             .await?;
         Ok(row.get(0))
     }
 
     /// A success's row, as [`RefreshLog::record`] writes it, by a statement
-    /// prepared on the server ([`crate::prepared`]: a refresh writes one for
-    /// every view, and this statement took longer to parse and plan than a
-    /// small view's `REFRESH` to run). It returns the row's id (`NULL` when a
-    /// trigger kept it from coming back), and the dead rows and the rows of the
-    /// relation `$18` ([`crate::catalog::bloat_columns`]), read in the same
-    /// transaction, when it is not `NULL`. Run it with
-    /// [`RefreshLog::success_arguments`].
-    pub fn success_statement(&self, attempt: &Attempt<'_>) -> Prepared {
+    /// prepared on the server (`prepared`: a refresh writes one for every
+    /// view, and this statement took longer to parse and plan than a small
+    /// view's `REFRESH` to run), and its arguments. It returns the row's id
+    /// (`NULL` when a trigger kept it from coming back), and the dead rows and
+    /// the rows of the relation `bloat_of` ([`crate::catalog::bloat_columns`]),
+    /// read in the same transaction, when it is given.
+    pub fn success_statement(
+        &self,
+        attempt: &Attempt<'_>,
+        bloat_of: Option<u32>,
+    ) -> (Prepared, Vec<String>) {
+        let parameters = parameters(attempt, bloat_of);
         let outputs = format!(
             "(SELECT id FROM history), {}",
-            crate::catalog::bloat_columns("$18")
+            crate::catalog::bloat_columns(&format!("${}", RECORDED + 1))
         );
-        Prepared::new(
-            "success",
-            &[
-                "uuid", "text", "float8", "text", "text", "int4", "text", "text", "text", "text",
-                "text", "text", "text", "int8", "int8", "int8", "int8", "oid",
-            ],
-            &self.record_sql(attempt, &outputs),
-        )
-    }
-
-    /// The arguments of [`RefreshLog::success_statement`], in the order of
-    /// [`RefreshLog::record`]'s parameters, and the relation whose dead rows
-    /// to read.
-    pub fn success_arguments(attempt: &Attempt<'_>, bloat_of: Option<u32>) -> Vec<String> {
-        let counts = attempt
-            .counts
-            .map(|c| [c.keys, c.inserted, c.updated, c.deleted]);
-        let count = |i: usize| literal(counts.map(|c| c[i]));
-        vec![
-            literal(Some(attempt.run_id)),
-            literal(Some(attempt.view_name)),
-            literal(Some(attempt.duration_ms)),
-            literal(Some(attempt.status.as_str())),
-            literal(attempt.method.map(Method::as_str)),
-            literal(Some(attempt.attempt)),
-            literal(attempt.work_mem.as_deref()),
-            literal(Some(attempt.settings.statement_timeout)),
-            literal(Some(attempt.lock_timeout)),
-            literal(attempt.sqlstate),
-            literal(attempt.error),
-            literal(attempt.note),
-            literal(Some(attempt.host)),
-            count(0),
-            count(1),
-            count(2),
-            count(3),
-            literal(bloat_of),
-        ]
+        let types: Vec<&str> = parameters.iter().map(|p| p.ty.name()).collect();
+        let statement = Prepared::new("success", &types, &self.record_sql(attempt, &outputs));
+        let arguments = parameters.into_iter().map(|p| p.literal).collect();
+        (statement, arguments)
     }
 
     /// The statement of [`RefreshLog::record`]: the history row, and in the same

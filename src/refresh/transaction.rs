@@ -31,7 +31,7 @@ use crate::db::{
 };
 use crate::outcome::{LockWait, Method, Outcome, Status};
 use crate::plan::{Step, choose_method};
-use crate::prepared::{self, Prepared, literal};
+use crate::prepared::{Execution, Prepared, literal};
 use crate::progress;
 use crate::quote::quote_literal;
 use crate::refresh_log::RefreshLog;
@@ -200,31 +200,29 @@ async fn open(
     relation: &Relation,
 ) -> Result<Opened, Failure> {
     let pg = |err: tokio_postgres::Error| Failure::from_pg(&err, step, None, 0.0, None);
-    let state = Prepared::new("state", &["oid", "text"], &state_sql(ctx.log.as_ref()));
-    let arguments = [
+    let arguments = vec![
         literal(Some(relation.oid)),
         literal(Some(relation.to_string())),
     ];
-    let mut prepare = !client.has_prepared(state.name());
+    let statement = Prepared::new("state", &["oid", "text"], &state_sql(ctx.log.as_ref()));
+    let mut state = Execution::new(client, statement, arguments);
     let mut rollback_first = false;
     let ran = loop {
         let mut messages = open_messages(step, ctx.citus, rollback_first, lock_key(relation.oid));
-        messages.last.extend(state.statements(&arguments, prepare));
+        messages.last.extend(state.statements());
         let (began, ran) = tokio::join!(
             biased;
             execute_each(&**client, &messages.first),
             run_statements(client, &messages.last),
         );
         began.map_err(pg)?;
-        if ran.rows.len() > messages.state {
-            // Its PREPARE or its EXECUTE ran: the backend has it.
-            client.note_prepared(state.name());
+        if state.again(&ran, messages.state) {
+            // The wrong guess aborted the transaction.
+            rollback_first = true;
+            continue;
         }
         match ran.error {
             None => break (ran, messages),
-            Some(err) if !rollback_first && prepared::wrong_guess(&err, prepare) => {
-                (prepare, rollback_first) = (!prepare, true);
-            }
             Some(err) => return Err(pg(err)),
         }
     };
@@ -237,8 +235,7 @@ async fn open(
         .map_err(answer)?
         .flatten()
         .ok_or_else(|| answer("the lock was not answered".to_owned()))?;
-    // The state's is the statement's last.
-    let state = row(messages.state + usize::from(prepare));
+    let state = row(state.answer_at(messages.state));
     let column = |i| state.map(|row| text_column::<f64>(row, i)).transpose();
     Ok(Opened {
         locked,
@@ -387,9 +384,8 @@ pub(super) async fn commit(
 /// Without the log tables: the dead rows, and `COMMIT`.
 struct Commit<'a> {
     client: &'a Conn,
-    /// The success row's statement and arguments.
-    row: Option<(Prepared, Vec<String>)>,
-    prepare: bool,
+    /// The success row's statement.
+    row: Option<Execution<'a>>,
     bloat_of: Option<u32>,
 }
 
@@ -403,16 +399,12 @@ impl<'a> Commit<'a> {
     ) -> Self {
         let row = ctx.log.as_ref().map(|log| {
             let attempt = super::record::attempt_row(ctx, step, outcome, false);
-            let arguments = RefreshLog::success_arguments(&attempt, bloat_of);
-            (log.success_statement(&attempt), arguments)
+            let (statement, arguments) = log.success_statement(&attempt, bloat_of);
+            Execution::new(client, statement, arguments)
         });
-        let prepare = row
-            .as_ref()
-            .is_some_and(|(statement, _)| !client.has_prepared(statement.name()));
         Self {
             client,
             row,
-            prepare,
             bloat_of,
         }
     }
@@ -420,21 +412,15 @@ impl<'a> Commit<'a> {
     /// The statements; `again`: the row's sent again, after the rollback of
     /// its savepoint.
     fn statements(&self, again: bool) -> Vec<String> {
-        let Some((statement, arguments)) = &self.row else {
-            let bloat = self
-                .bloat_of
-                .map(|oid| format!("SELECT {}", catalog::bloat_columns(&oid.to_string())));
-            return bloat.into_iter().chain(["COMMIT".to_owned()]).collect();
-        };
-        let start = match again {
-            false => "SAVEPOINT",
-            true => "ROLLBACK TO SAVEPOINT",
-        };
-        let mut statements = vec![format!("{start} {LOG_SAVEPOINT}")];
-        statements.extend(statement.statements(arguments, self.prepare));
-        statements.push(format!("RELEASE SAVEPOINT {LOG_SAVEPOINT}"));
-        statements.push("COMMIT".to_owned());
-        statements
+        match &self.row {
+            Some(row) => behind_savepoint(row, again),
+            None => {
+                let bloat = self
+                    .bloat_of
+                    .map(|oid| format!("SELECT {}", catalog::bloat_columns(&oid.to_string())));
+                bloat.into_iter().chain(["COMMIT".to_owned()]).collect()
+            }
+        }
     }
 
     /// Reads the answer to [`Commit::statements`]: the success row's id and
@@ -444,43 +430,46 @@ impl<'a> Commit<'a> {
         mut ran: Ran,
         outcome: &mut Outcome,
     ) -> Result<(Option<i64>, Option<Bloat>), tokio_postgres::Error> {
-        let Some(name) = self.row.as_ref().map(|(s, _)| s.name().to_owned()) else {
+        let Some(row) = &mut self.row else {
             if let Some(err) = ran.error {
                 return Err(err);
             }
             let row = self.bloat_of.and(ran.rows.first().and_then(|r| r.first()));
             return Ok((None, row.and_then(|row| bloat(row, 0))));
         };
-        let mut again = false;
-        loop {
-            // The savepoint first, then the row's statements: its `PREPARE`
-            // (when sent) and its `EXECUTE`.
-            let last = 1 + usize::from(self.prepare);
-            let failed = ran.rows.len();
-            if failed > 1 {
-                // Its `PREPARE`, when sent, ran: the backend has it.
-                self.client.note_prepared(&name);
-            }
-            let Some(err) = ran.error else {
-                return Ok(answer(ran.rows.get(last).and_then(|r| r.first()), outcome));
-            };
-            // Only the server's own refusal of the row's statement leaves the
-            // transaction for the refresh to be committed without its row.
-            if !(1..=last).contains(&failed) || err.as_db_error().is_none() {
-                return Err(err);
-            }
-            if !again && prepared::wrong_guess(&err, self.prepare) {
-                (self.prepare, again) = (!self.prepare, true);
-                ran = run_statements(self.client, &self.statements(true)).await;
-                continue;
-            }
-            // Undo the row's statement only, keep the refresh.
-            let undo = format!("ROLLBACK TO SAVEPOINT {LOG_SAVEPOINT}; COMMIT");
-            self.client.batch_execute(&undo).await?;
-            outcome.log_error = Some(describe_error(&err));
-            return Ok((None, None));
+        // The savepoint first, then the row's statements.
+        while row.again(&ran, 1) {
+            ran = run_statements(self.client, &behind_savepoint(row, true)).await;
         }
+        let last = row.answer_at(1);
+        let Some(err) = ran.error else {
+            return Ok(answer(ran.rows.get(last).and_then(|r| r.first()), outcome));
+        };
+        // Only the server's own refusal of the row's statement leaves the
+        // transaction for the refresh to be committed without its row.
+        if !(1..=last).contains(&ran.rows.len()) || err.as_db_error().is_none() {
+            return Err(err);
+        }
+        // Undo the row's statement only, keep the refresh.
+        let undo = format!("ROLLBACK TO SAVEPOINT {LOG_SAVEPOINT}; COMMIT");
+        self.client.batch_execute(&undo).await?;
+        outcome.log_error = Some(describe_error(&err));
+        Ok((None, None))
     }
+}
+
+/// The success row's statements behind its savepoint, then `RELEASE` and
+/// `COMMIT`; `again`: sent again, after the rollback of the savepoint.
+fn behind_savepoint(row: &Execution, again: bool) -> Vec<String> {
+    let start = match again {
+        false => "SAVEPOINT",
+        true => "ROLLBACK TO SAVEPOINT",
+    };
+    let mut statements = vec![format!("{start} {LOG_SAVEPOINT}")];
+    statements.extend(row.statements());
+    statements.push(format!("RELEASE SAVEPOINT {LOG_SAVEPOINT}"));
+    statements.push("COMMIT".to_owned());
+    statements
 }
 
 /// The success row's id and the dead rows, from its statement's answer.
